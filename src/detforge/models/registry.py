@@ -1,0 +1,93 @@
+"""A flat name -> builder registry for user-facing model choices (timm's ``register_model`` style).
+
+A builder is a function ``fn(num_classes: int = ..., **kwargs) -> nn.Module`` that returns a bare detector
+(forward / loss / postprocess, no Lightning). Prefix resolvers build names on demand, e.g. ``fcos_<timm name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["create_model", "is_model", "list_models", "register_model", "register_prefix"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+_LOADED = False
+
+
+def register_model(name: str | None = None):
+    """Decorator: register a builder under ``name`` (default: the function's name). Duplicates raise."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _MODELS:
+            raise ValueError(f"model {key!r} is already registered")
+        _MODELS[key] = fn
+        return fn
+
+    return wrap
+
+
+def register_prefix(prefix: str):
+    """Decorator: ``fn(suffix, **kwargs)`` builds any model named ``prefix + suffix`` (e.g. ``fcos_``)."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if prefix in _PREFIXES:
+            raise ValueError(f"model prefix {prefix!r} is already registered")
+        _PREFIXES[prefix] = fn
+        return fn
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    """Import the modules whose import registers the built-in models (lazily, to keep import cheap)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for mod in ("detforge.models.zoo", "detforge.models.edge"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as err:  # a family not built yet
+            if err.name != mod:
+                raise
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered with an fnmatch ``pattern``."""
+    _load_builtin()
+    names = sorted(_MODELS)
+    if pattern:
+        import fnmatch
+
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def is_model(name: str) -> bool:
+    _load_builtin()
+    return name in _MODELS or any(name.startswith(p) and len(name) > len(p) for p in _PREFIXES)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the bare detector registered as ``name`` (or resolved by a prefix such as ``fcos_``)."""
+    _load_builtin()
+    if name in _MODELS:
+        return _MODELS[name](**kwargs)
+    for prefix, fn in _PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return fn(name[len(prefix) :], **kwargs)
+    raise ValueError(
+        f"unknown model {name!r}; registered: {', '.join(list_models())}"
+        + (
+            f"; or a prefix + timm name: {', '.join(p + '<timm name>' for p in _PREFIXES)}"
+            if _PREFIXES
+            else ""
+        )
+    )

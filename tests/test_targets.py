@@ -1,0 +1,30 @@
+import torch
+
+from detforge.targets import image_sizes_of, pad_targets
+
+
+def _t(n, crowd=None):
+    t = {"boxes": torch.rand(n, 4) * 10 + torch.tensor([0, 0, 10, 10.0]), "labels": torch.arange(n)}
+    if crowd is not None:
+        t["iscrowd"] = torch.tensor(crowd, dtype=torch.bool)
+    return t
+
+
+def test_pad_targets_mixed_counts_and_crowd():
+    targets = [_t(0), _t(3, crowd=[False, True, False]), _t(1)]
+    boxes, labels, mask = pad_targets(targets)
+    assert boxes.shape == (3, 2, 4) and labels.shape == (3, 2) and mask.shape == (3, 2)
+    assert mask.tolist() == [[False, False], [True, True], [True, False]]
+    assert labels[1].tolist() == [0, 2]
+    assert torch.equal(boxes[1, 1], targets[1]["boxes"][2])
+    assert (labels[~mask] == -1).all()
+
+
+def test_pad_targets_all_empty():
+    boxes, labels, mask = pad_targets([_t(0), _t(0)])
+    assert boxes.shape == (2, 0, 4) and mask.shape == (2, 0)
+
+
+def test_image_sizes_of():
+    images = torch.zeros(2, 3, 64, 80)
+    assert image_sizes_of([{"size": torch.tensor([60, 70])}, {}], images) == [(60, 70), (64, 80)]
