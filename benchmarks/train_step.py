@@ -1,0 +1,131 @@
+"""Training-step time and inference latency: detforge FCOS vs torchvision FCOS, same setup, one run.
+
+Both use a resnet18 backbone (random init, trainable BatchNorm), a 256-channel FPN with P6/P7, a 4-conv GroupNorm
+head, the same batch of images and targets. torchvision's transform runs at min_size = max_size = image size
+so it does not resize. Prints median times over repeats after warm-up and the ratios detforge / torchvision
+(goal: training step <= 0.9, inference <= 1.0).
+
+    uv run python benchmarks/train_step.py [--batch 8] [--size 320] [--classes 20] [--repeats 7] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torchvision.models import resnet18
+from torchvision.models.detection import FCOS as TorchvisionFCOS
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from detforge.models.fcos import FCOS
+
+
+def make_batch(batch: int, size: int, num_classes: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=gen)
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 8, (1,), generator=gen))
+        xy = torch.rand(n, 2, generator=gen) * size * 0.7
+        wh = 16 + torch.rand(n, 2, generator=gen) * size * 0.3
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
+        labels = torch.randint(0, num_classes, (n,), generator=gen)
+        targets.append({"boxes": boxes, "labels": labels})
+    return images, targets
+
+
+def build_torchvision(num_classes: int, size: int) -> torch.nn.Module:
+    backbone = _resnet_fpn_extractor(
+        resnet18(), trainable_layers=5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
+    )
+    return TorchvisionFCOS(
+        backbone, num_classes, min_size=size, max_size=size, score_thresh=0.05, nms_thresh=0.6,
+        detections_per_img=100, topk_candidates=1000,
+    )
+
+
+def build_detforge(num_classes: int, size: int) -> torch.nn.Module:
+    return FCOS("resnet18", num_classes, fpn_channels=256, head_num_convs=4, input_size=(size, size))
+
+
+def time_it(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images, targets = make_batch(args.batch, args.size, args.classes)
+    sizes = [(args.size, args.size)] * args.batch
+
+    ours = build_detforge(args.classes, args.size)
+    theirs = build_torchvision(args.classes, args.size)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=1e-4, momentum=0.9)
+
+    def train_ours():
+        ours.train()
+        loss = ours.loss(ours(images), targets)["loss"]
+        opt_ours.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ours.step()
+
+    def train_theirs():
+        theirs.train()
+        losses = theirs(list(images), targets)
+        loss = sum(losses.values())
+        opt_theirs.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_theirs.step()
+
+    @torch.inference_mode()
+    def infer_ours():
+        ours.eval()
+        ours.postprocess(ours(images), sizes)
+
+    @torch.inference_mode()
+    def infer_theirs():
+        theirs.eval()
+        theirs(list(images))
+
+    rows = []
+    for name, fn_ours, fn_theirs in (("train step", train_ours, train_theirs), ("inference", infer_ours, infer_theirs)):
+        # Interleave the peers so slow drift on a shared machine hits both alike.
+        t_ours, t_theirs = [], []
+        for _ in range(3):
+            t_ours.append(time_it(fn_ours, max(1, args.repeats // 3), args.warmup))
+            t_theirs.append(time_it(fn_theirs, max(1, args.repeats // 3), args.warmup))
+        rows.append((name, statistics.median(t_ours), statistics.median(t_theirs)))
+
+    print(
+        f"batch {args.batch}, {args.size}x{args.size}, {args.classes} classes, resnet18 + FPN(256) + P6/P7, "
+        f"torch threads {args.threads}, median over repeats"
+    )
+    print(f"{'':12s} {'detforge':>12s} {'torchvision':>12s} {'ratio':>8s}")
+    for name, a, b in rows:
+        print(f"{name:12s} {a * 1000:10.1f}ms {b * 1000:10.1f}ms {a / b:8.3f}")
+    print(f"train step ratio (detforge / torchvision): {rows[0][1] / rows[0][2]:.3f} (goal <= 0.9)")
+    print(f"inference ratio  (detforge / torchvision): {rows[1][1] / rows[1][2]:.3f} (goal <= 1.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""``detforge bench``: time a model's forward and postprocess on this machine (median over repeats)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+HELP = "time a model's forward and postprocess on this machine"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detforge bench", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default="detforge_s", help="registered model name (default detforge_s)")
+    source.add_argument("--ckpt", default=None, help="an ObjectDetector checkpoint instead of a model name")
+    parser.add_argument("--imgsz", type=int, default=None, help="square input size (default: the model's)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--iters", type=int, default=20, help="timed repeats")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repeats first")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return parser
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(model, images, iters: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds of ``model.forward`` and ``model.postprocess`` on ``images`` (Tensor[B, C, H, W])."""
+    import torch
+
+    sizes = [tuple(images.shape[-2:])] * images.shape[0]
+    forward_ms, post_ms = [], []
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            _sync(images.device)
+            t0 = time.perf_counter()
+            outputs = model(images)
+            _sync(images.device)
+            t1 = time.perf_counter()
+            model.postprocess(outputs, sizes)
+            _sync(images.device)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                forward_ms.append((t1 - t0) * 1e3)
+                post_ms.append((t2 - t1) * 1e3)
+    return {"forward_ms": statistics.median(forward_ms), "postprocess_ms": statistics.median(post_ms)}
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from detforge.engine.validate import load_detector, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.ckpt:
+        detector = load_detector(args.ckpt, device)
+        model, name = detector.model, args.ckpt
+    else:
+        from detforge.models.registry import create_model
+
+        model, name = create_model(args.model, num_classes=args.num_classes).to(device).eval(), args.model
+    size = args.imgsz or max(getattr(model, "default_input_size", (640,)))
+    images = torch.rand(args.batch, getattr(model, "in_chans", 3), size, size, device=device)
+    result = bench(model, images, args.iters, args.warmup)
+    per_image = (result["forward_ms"] + result["postprocess_ms"]) / args.batch
+    print(
+        f"{name}: batch {args.batch} x {size}x{size} on {device} ({torch.get_num_threads()} threads): "
+        f"forward {result['forward_ms']:.1f} ms, postprocess {result['postprocess_ms']:.1f} ms, "
+        f"{per_image:.1f} ms/image, {1000 / per_image:.1f} images/s"
+    )
+    return 0

@@ -1,0 +1,129 @@
+"""``detforge predict --ckpt C SOURCE... --out DIR``: detect objects in images, folders or globs.
+
+For every image it writes a copy with the boxes drawn (``DIR/<name>.png``) and, for all of them,
+``DIR/predictions.json``: one record per image with its file, (h, w) and detections (``box`` xyxy pixels of
+the original image, ``score``, ``label``, ``class_name``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+HELP = "run a checkpoint on images, folders or globs; draw boxes and write JSON"
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def collect_images(sources: list[str]) -> list[Path]:
+    """Image files named by ``sources`` (files, folders searched recursively, glob patterns), sorted within
+    each source and without duplicates. A source that matches nothing raises ``FileNotFoundError``."""
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+            matches = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not matches:
+            raise FileNotFoundError(f"predict: no images found for {source!r}")
+        found += matches
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detforge predict", description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--ckpt", required=True, help="ObjectDetector checkpoint (best.ckpt / last.ckpt)")
+    parser.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    parser.add_argument(
+        "--imgsz", type=int, default=None, help="network input size (default: the training size)"
+    )
+    parser.add_argument("--conf", type=float, default=0.25, help="score threshold for drawing and JSON")
+    parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-draw", action="store_true", help="only write predictions.json")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from detforge.data.transforms import build_val_transforms
+    from detforge.engine.callbacks import atomic_write, draw_predictions
+    from detforge.engine.validate import load_detector
+    from detforge.io import load_image_uint8
+    from detforge.models.detector import to_original_size
+
+    files = collect_images(args.sources)
+    model = load_detector(args.ckpt, args.device)
+    imgsz = (
+        args.imgsz or model.hparams.get("imgsz") or max(getattr(model.model, "default_input_size", (640,)))
+    )
+    transform = build_val_transforms(int(imgsz))
+    mode = "L" if model.hparams.in_chans == 1 else "RGB"
+    names = model.class_names
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    used_names: set[str] = set()
+    for start in range(0, len(files), args.batch):
+        chunk = files[start : start + args.batch]
+        originals, images, targets = [], [], []
+        for path in chunk:
+            raw = load_image_uint8(path, mode)  # [C, H, W] uint8
+            h, w = raw.shape[-2:]
+            empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+            image, target = transform(raw, empty)
+            target["orig_size"] = torch.tensor([h, w])
+            originals.append(raw)
+            images.append(image)
+            targets.append(target)
+        batch = torch.stack(images).to(model.device)  # [B, C, S, S]
+        sizes = [tuple(int(v) for v in t["size"]) for t in targets]
+        preds = to_original_size(model.predict(batch, sizes), targets)
+        for path, raw, pred in zip(chunk, originals, preds, strict=True):
+            keep = pred["scores"] >= args.conf
+            pred = {k: v[keep].cpu() for k, v in pred.items()}
+            dets = [
+                {
+                    "box": [round(float(c), 2) for c in box],
+                    "score": round(float(score), 4),
+                    "label": int(label),
+                    "class_name": names[int(label)] if names else str(int(label)),
+                }
+                for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)
+            ]
+            records.append(
+                {
+                    "file": str(path),
+                    "height": int(raw.shape[-2]),
+                    "width": int(raw.shape[-1]),
+                    "detections": dets,
+                }
+            )
+            if not args.no_draw:
+                from PIL import Image
+
+                drawn = draw_predictions(raw.float() / 255, pred, names, score_thresh=args.conf)
+                array = drawn.permute(1, 2, 0).numpy()  # [H, W, 3]
+                name = path.stem
+                n = 2
+                while name in used_names:  # same file name in two folders
+                    name, n = f"{path.stem}_{n}", n + 1
+                used_names.add(name)
+                atomic_write(
+                    out / f"{name}.png", lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG")
+                )
+    text = json.dumps(records, indent=1)
+    atomic_write(out / "predictions.json", lambda tmp: Path(tmp).write_text(text))
+    total = sum(len(r["detections"]) for r in records)
+    print(f"{len(records)} images, {total} detections (score >= {args.conf}) -> {out}")
+    return 0

@@ -1,0 +1,134 @@
+"""``detforge val``: COCO evaluation of a results JSON against its ground truth, or of a checkpoint on a data set.
+
+detforge val --gt instances_val.json --pred results.json [--plots DIR] [--save-json metrics.json]
+detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES [--imgsz 640 --batch 8 --device cpu --out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "evaluate a checkpoint on a data set, or a COCO results JSON against its ground truth"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detforge val", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    files = p.add_argument_group("evaluate a COCO results file")
+    files.add_argument("--gt", type=Path, help="COCO instances JSON (images, annotations, categories)")
+    files.add_argument("--pred", type=Path, help="COCO results JSON: [{image_id, category_id, bbox, score}]")
+    files.add_argument("--plots", type=Path, help="write pr_curve.png and confusion_matrix.png here")
+    files.add_argument("--save-json", type=Path, help="write the 12 stats and per-class AP here as JSON")
+    model = p.add_argument_group("evaluate a checkpoint")
+    model.add_argument("--ckpt", type=Path, help="checkpoint written by `detforge train`")
+    model.add_argument("--data", help="data set spec, e.g. synthetic:200, coco:ANN.json:IMAGES, voc:DIR")
+    model.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's)")
+    model.add_argument("--batch", type=int, default=8)
+    model.add_argument("--device", default="cpu")
+    model.add_argument("--out", type=Path, default=None, help="folder for results JSON, metrics and plots")
+    return p
+
+
+def _write_plots(result, gt_path: Path, pred_path: Path, out: Path) -> list[Path]:
+    import numpy as np
+    import torch
+
+    from detforge.metrics import CocoDetections, CocoGroundTruth, load_coco_json
+    from detforge.metrics.plots import confusion_matrix, plot_confusion_matrix, plot_pr_curves
+
+    written = [plot_pr_curves(result, out / "pr_curve.png")]
+    gt = CocoGroundTruth.from_coco_dict(load_coco_json(gt_path), str(gt_path))
+    dt = CocoDetections.from_coco_results(load_coco_json(pred_path), str(pred_path))
+    cats = result.category_ids
+    to_label = {int(c): i for i, c in enumerate(cats.tolist())}
+    preds, targets = [], []
+    for img in result.image_ids.tolist():
+        g = (gt.image_ids == img) & np.isin(gt.category_ids, cats)
+        d = (dt.image_ids == img) & np.isin(dt.category_ids, cats)
+        g_xyxy = np.concatenate([gt.boxes[g, :2], gt.boxes[g, :2] + gt.boxes[g, 2:]], 1)
+        d_xyxy = np.concatenate([dt.boxes[d, :2], dt.boxes[d, :2] + dt.boxes[d, 2:]], 1)
+        targets.append(
+            {
+                "boxes": torch.as_tensor(g_xyxy),
+                "labels": torch.as_tensor([to_label[int(c)] for c in gt.category_ids[g]], dtype=torch.long),
+                "ignore": torch.as_tensor(gt.ignore[g]),
+            }
+        )
+        preds.append(
+            {
+                "boxes": torch.as_tensor(d_xyxy),
+                "scores": torch.as_tensor(dt.scores[d]),
+                "labels": torch.as_tensor([to_label[int(c)] for c in dt.category_ids[d]], dtype=torch.long),
+            }
+        )
+    matrix = confusion_matrix(preds, targets, num_classes=len(cats))
+    names = [result.category_names.get(int(c), str(c)) for c in cats.tolist()]
+    written.append(plot_confusion_matrix(matrix, out / "confusion_matrix.png", names))
+    return written
+
+
+def _evaluate_files(args: argparse.Namespace) -> int:
+    from detforge.metrics import evaluate_coco_files
+
+    try:
+        result = evaluate_coco_files(args.gt, args.pred)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"detforge val: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(result.image_ids)} images, {len(result.category_ids)} categories")
+    print(result.table())
+    if args.save_json:
+        payload = {
+            "stats": result.as_dict(),
+            "per_class_ap": {str(k): v for k, v in result.per_class_ap.items()},
+        }
+        args.save_json.parent.mkdir(parents=True, exist_ok=True)
+        args.save_json.write_text(json.dumps(payload, indent=2))
+        print(f"metrics written to {args.save_json}")
+    if args.plots:
+        for path in _write_plots(result, args.gt, args.pred, args.plots):
+            print(f"plot written to {path}")
+    return 0
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    try:
+        from detforge.engine.validate import validate_checkpoint
+    except ImportError as err:
+        print(
+            f"detforge val: checkpoint evaluation is not available in this build ({err}); "
+            "evaluate a results file with --gt GT.json --pred RESULTS.json",
+            file=sys.stderr,
+        )
+        return 2
+    out = validate_checkpoint(
+        ckpt=args.ckpt,
+        data=args.data,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        out_dir=args.out,
+    )
+    return int(out) if isinstance(out, int) else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.ckpt is not None or args.data is not None:
+        if args.gt is not None or args.pred is not None:
+            parser.error("use either --gt/--pred or --ckpt/--data, not both")
+        if args.ckpt is None or args.data is None:
+            parser.error("--ckpt and --data go together")
+        return _evaluate_checkpoint(args)
+    if args.gt is None or args.pred is None:
+        parser.error("give --gt GT.json and --pred RESULTS.json (or --ckpt CKPT --data SPEC)")
+    return _evaluate_files(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

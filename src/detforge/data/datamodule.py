@@ -1,0 +1,208 @@
+"""Batching: ``detection_collate`` and the Lightning ``DetectionDataModule``.
+
+A batch is ``(images Tensor[B, C, H, W], targets list[dict])`` (docs/architecture.md): images of one size are
+stacked, otherwise zero-padded on the bottom/right to the batch's largest height and width; every target keeps
+its unpadded ``size`` (h, w).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from detforge.data.mosaic import Mosaic
+from detforge.data.transforms import build_train_transforms, build_val_transforms
+
+__all__ = ["DetectionDataModule", "detection_collate"]
+
+
+def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
+    """Collate ``(image Tensor[C, H_i, W_i], target)`` pairs into ``(Tensor[B, C, H, W], list[dict])``.
+
+    Equal sizes are stacked; otherwise each image is zero-padded bottom/right to the largest H and W. A target
+    without ``size`` gets its image's (h, w).
+
+    Raises:
+        ValueError: the batch is empty, or its images differ in channel count or dtype.
+    """
+    if len(batch) == 0:
+        raise ValueError("detection_collate got an empty batch")
+    images = [sample[0] for sample in batch]
+    targets = [dict(sample[1]) for sample in batch]
+    first = images[0]
+    for i, (image, target) in enumerate(zip(images, targets)):
+        if image.ndim != 3 or image.shape[0] != first.shape[0] or image.dtype != first.dtype:
+            raise ValueError(
+                f"detection_collate: sample {i} (image_id={target.get('image_id')!r}) has an image of shape "
+                f"{tuple(image.shape)} and dtype {image.dtype}; sample 0 has {tuple(first.shape)}, {first.dtype}"
+            )
+        if "size" not in target:
+            target["size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
+    if all(image.shape == first.shape for image in images):
+        return torch.stack(images), targets  # [B, C, H, W]
+    height = max(image.shape[-2] for image in images)
+    width = max(image.shape[-1] for image in images)
+    out = first.new_zeros((len(images), first.shape[0], height, width))  # [B, C, H, W]
+    for i, image in enumerate(images):
+        out[i, :, : image.shape[-2], : image.shape[-1]] = image
+    return out, targets
+
+
+def _base_dataset(dataset: Dataset) -> Dataset:
+    """The data set under any ``Subset`` / ``Mosaic`` wrappers."""
+    while isinstance(dataset, Subset | Mosaic):
+        dataset = dataset.dataset
+    return dataset
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train/val data for the Lightning trainer, from a spec string or ready data set objects.
+
+    Args:
+        data: dataset spec (``synthetic``, ``synthetic:1024``, ``coco:ANN.json:IMAGES``, ``voc:DIR``, ...; see
+            ``detforge.data.spec``) or a data set object used for training as given (its own transforms).
+        imgsz: network input side; images are letterboxed to ``imgsz x imgsz``.
+        batch_size: images per batch (per device under DDP).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory; only takes effect when CUDA is available.
+        persistent_workers: keep workers alive between epochs; only when ``num_workers > 0``.
+        mosaic: probability of a 4-image mosaic per training sample (0 disables).
+        augment: use the training augmentation (flip, photometric, scale jitter); False uses the val pipeline.
+        val_data: spec or data set for validation; None uses ``data``'s ``val`` split (for an object: none).
+        train_size: use only the first ``train_size`` training images.
+        seed: seeds shuffling and the worker RNGs (torch, numpy, random) so runs repeat.
+        dataset_kwargs: extra keyword arguments for the data set classes (e.g. ``{"mode": "L"}``).
+    """
+
+    def __init__(
+        self,
+        data: str | Dataset = "synthetic",
+        imgsz: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        mosaic: float = 0.0,
+        augment: bool = True,
+        val_data: str | Dataset | None = None,
+        train_size: int | None = None,
+        seed: int = 0,
+        dataset_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0.0 <= mosaic <= 1.0:
+            raise ValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
+        if train_size is not None and train_size < 1:
+            raise ValueError(f"train_size must be >= 1, got {train_size}")
+        self.data = data
+        self.imgsz = int(imgsz)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        self.mosaic = float(mosaic)
+        self.augment = bool(augment)
+        self.val_data = val_data
+        self.train_size = train_size
+        self.seed = int(seed)
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    # ------------------------------------------------------------------ datasets
+    def _build(self, spec: str, split: str, transforms) -> Dataset:
+        from detforge.data.spec import build_dataset, parse_spec
+
+        kwargs = dict(self.dataset_kwargs)
+        if parse_spec(spec)[0].startswith("synthetic"):
+            kwargs.setdefault("image_size", self.imgsz)
+        return build_dataset(spec, split=split, transforms=transforms, **kwargs)
+
+    def _train_transforms(self):
+        if self.augment:
+            return build_train_transforms(self.imgsz)
+        return build_val_transforms(self.imgsz)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the data sets (every process builds its own, so this works under DDP without prepare_data)."""
+        if self.train_dataset is None and stage in (None, "fit"):
+            self.train_dataset = self._make_train()
+        if self.val_dataset is None and stage in (None, "fit", "validate"):
+            self.val_dataset = self._make_val()
+
+    def _make_train(self) -> Dataset:
+        if isinstance(self.data, str):
+            if self.mosaic > 0:
+                dataset = self._build(self.data, "train", None)
+                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
+            else:
+                dataset = self._build(self.data, "train", self._train_transforms())
+        else:
+            dataset = self.data
+            if self.mosaic > 0:
+                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
+        if self.train_size is not None and self.train_size < len(dataset):
+            dataset = Subset(dataset, range(self.train_size))
+        if len(dataset) == 0:
+            raise ValueError(f"training data {self.data!r} has no images")
+        return dataset
+
+    def _make_val(self) -> Dataset | None:
+        source = self.val_data if self.val_data is not None else self.data
+        if not isinstance(source, str):
+            return self.val_data  # an object given as ``data`` has no val split of its own
+        return self._build(source, "val", build_val_transforms(self.imgsz))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the training data (after ``setup``)."""
+        return int(_base_dataset(self._any_dataset()).num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names of the training data (after ``setup``)."""
+        return list(_base_dataset(self._any_dataset()).class_names)
+
+    def _any_dataset(self) -> Dataset:
+        dataset = self.train_dataset if self.train_dataset is not None else self.val_dataset
+        if dataset is None:
+            raise RuntimeError("DetectionDataModule: call setup() before reading num_classes / class_names")
+        return dataset
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=detection_collate,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            worker_init_fn=pl_worker_init_function if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, shuffle=False)

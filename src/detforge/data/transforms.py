@@ -1,0 +1,205 @@
+"""Box-aware train and val pipelines on torchvision.transforms.v2.
+
+``build_train_transforms(imgsz)`` and ``build_val_transforms(imgsz)`` return callables with the readers'
+contract: ``transform(image, target) -> (image, target)`` where ``image`` is uint8 (or float in [0, 1])
+``Tensor[C, H, W]`` and ``target`` holds ``boxes`` (float32 [N, 4] xyxy pixels) and per-box tensors. Inside,
+the boxes travel as ``tv_tensors.BoundingBoxes`` so every geometric op moves them; the image stays uint8 until
+the last step (much faster), and ``SanitizeBoundingBoxes`` drops degenerate boxes together with every per-box
+entry (``labels``, ``iscrowd``, ``ignore``, ``area``, ``track_ids``). The output image is float32 in [0, 1]
+(``[C, imgsz, imgsz]`` when letterboxed) and ``target["size"]`` is its (h, w).
+
+Letterbox = keep-ratio resize of the longer side to ``imgsz``, then pad bottom/right to ``imgsz x imgsz``
+with grey 114; boxes stay in pixels of the padded image, whose top-left is the original's top-left, so
+predictions map back with one scale factor (``orig_size / unpadded size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "PER_BOX_KEYS",
+    "DetectionTransform",
+    "PadBottomRight",
+    "RecordSize",
+    "build_train_transforms",
+    "build_val_transforms",
+]
+
+#: Target entries with one value per box; they are filtered together with the boxes.
+PER_BOX_KEYS = ("labels", "iscrowd", "ignore", "area", "track_ids", "scores")
+PAD_VALUE = 114
+_ROW = "_row"  # private target key: input row of each box, to rescale areas after sanitising
+_CONTENT_SIZE = "_content_size"  # private target key written by RecordSize
+
+
+class PadBottomRight(v2.Transform):
+    """Pad the image (and canvas of the boxes) on the bottom and right up to ``size=(h, w)``; never crops."""
+
+    def __init__(self, size: int | Sequence[int], fill: int = PAD_VALUE) -> None:
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.fill = fill
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"padding": [0, 0, max(self.size[1] - width, 0), max(self.size[0] - height, 0)]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not any(params["padding"]):
+            return inpt
+        return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=self.fill)
+
+
+class RecordSize(v2.Transform):
+    """Remember the current image size as the sample's unpadded ``size`` (use it right before padding)."""
+
+    def forward(self, *inputs: Any) -> Any:
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        target[_CONTENT_SIZE] = tuple(image.shape[-2:])
+        return sample
+
+
+def _sanitize_entries(sample: Any) -> tuple[Tensor, ...]:
+    """``SanitizeBoundingBoxes`` labels_getter: every per-box tensor of the target, plus our row index."""
+    target = sample[1]
+    return tuple(target[k] for k in (*PER_BOX_KEYS, _ROW) if isinstance(target.get(k), Tensor))
+
+
+class DetectionTransform:
+    """Run a v2 pipeline on ``(image, target)`` and return plain tensors in detforge's sample format.
+
+    Args:
+        pipeline: v2 transforms applied to ``(tv_tensors.Image, target with tv_tensors.BoundingBoxes)``;
+            it should end with ``SanitizeBoundingBoxes(labels_getter=...)`` and ``ToDtype(scale=True)`` as
+            the builders below do.
+
+    Each surviving object's ``area`` is scaled by how much its box area changed. ``target["size"]`` becomes
+    the unpadded (h, w) when the pipeline has a :class:`RecordSize` step, else the output image's (h, w).
+    """
+
+    def __init__(self, pipeline: v2.Transform) -> None:
+        self.pipeline = pipeline
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline})"
+
+    def __call__(self, image: Tensor, target: dict) -> tuple[Tensor, dict]:
+        """``image``: Tensor[C, H, W] uint8 or float in [0, 1]; ``target["boxes"]``: Tensor[N, 4] xyxy pixels."""
+        height, width = image.shape[-2:]
+        target = dict(target)
+        boxes = torch.as_tensor(target.get("boxes", torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
+        n = boxes.shape[0]
+        for key in PER_BOX_KEYS:
+            value = target.get(key)
+            if isinstance(value, Tensor) and value.shape[:1] != (n,):
+                raise ValueError(
+                    f"target of image_id={target.get('image_id')!r}: {key!r} has shape {tuple(value.shape)} "
+                    f"but there are {n} boxes"
+                )
+        target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+        has_area = isinstance(target.get("area"), Tensor)
+        if has_area:
+            target[_ROW] = torch.arange(n)
+        out_image, target = self.pipeline(tv_tensors.Image(image), target)
+        new_boxes = target["boxes"].as_subclass(Tensor)  # [N', 4]
+        if has_area:
+            before = _box_area(boxes)[target.pop(_ROW)]  # [N'] box areas of the surviving objects
+            target["area"] = target["area"] * (_box_area(new_boxes) / before.clamp(min=1e-6))
+        target["boxes"] = new_boxes
+        out_image = out_image.as_subclass(Tensor)  # [C, H', W']
+        size = target.pop(_CONTENT_SIZE, None) or tuple(out_image.shape[-2:])
+        target["size"] = torch.tensor(size, dtype=torch.int64)
+        return out_image, target
+
+
+def _box_area(boxes: Tensor) -> Tensor:
+    """Areas of xyxy ``boxes`` (Tensor[N, 4]) -> Tensor[N]."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def _finish(normalize: bool, mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    steps: list[v2.Transform] = [
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_sanitize_entries),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+    ]
+    if normalize:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return steps
+
+
+def build_train_transforms(
+    imgsz: int,
+    *,
+    letterbox: bool = True,
+    hflip: float = 0.5,
+    photometric: bool = True,
+    scale_jitter: tuple[float, float] | None = (0.5, 1.5),
+    iou_crop: float = 0.0,
+    normalize: bool = False,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> DetectionTransform:
+    """Training augmentation ending in a float32 ``[C, imgsz, imgsz]`` image in [0, 1].
+
+    Args:
+        imgsz: output side in pixels.
+        letterbox: keep the aspect ratio (fit the longer side, pad with grey); False stretches to a square.
+        hflip: probability of a horizontal flip.
+        photometric: SSD-style brightness/contrast/saturation/hue jitter and channel shuffle (grey images
+            get brightness and contrast only).
+        scale_jitter: ``(lo, hi)`` range of the random zoom relative to the fitted size; a zoomed-in image is
+            randomly cropped, a zoomed-out one placed at a random offset on the grey canvas. None disables.
+        iou_crop: probability of an SSD random IoU crop before resizing.
+        normalize: subtract ``mean`` and divide by ``std`` after scaling to [0, 1] (off by default).
+    """
+    if imgsz < 8:
+        raise ValueError(f"imgsz must be >= 8, got {imgsz}")
+    if not 0.0 <= hflip <= 1.0 or not 0.0 <= iou_crop <= 1.0:
+        raise ValueError(f"hflip and iou_crop are probabilities in [0, 1], got {hflip} and {iou_crop}")
+    if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
+        raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
+    steps: list[v2.Transform] = []
+    if iou_crop > 0:
+        steps.append(v2.RandomApply([v2.RandomIoUCrop()], p=iou_crop))
+    if not letterbox:
+        steps.append(v2.Resize((imgsz, imgsz), antialias=True))
+    if scale_jitter is not None:
+        steps += [
+            v2.ScaleJitter((imgsz, imgsz), scale_range=tuple(scale_jitter), antialias=True),
+            v2.RandomCrop(imgsz, pad_if_needed=True, fill=PAD_VALUE),
+        ]
+    elif letterbox:
+        steps += [v2.Resize(None, max_size=imgsz, antialias=True), RecordSize(), PadBottomRight(imgsz)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if photometric:
+        steps.append(v2.RandomPhotometricDistort(p=0.5))
+    return DetectionTransform(v2.Compose(steps + _finish(normalize, mean, std)))
+
+
+def build_val_transforms(
+    imgsz: int,
+    *,
+    letterbox: bool = True,
+    normalize: bool = False,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> DetectionTransform:
+    """Deterministic resize to ``imgsz`` (letterbox: fit the longer side and pad bottom/right; else stretch)."""
+    if imgsz < 8:
+        raise ValueError(f"imgsz must be >= 8, got {imgsz}")
+    if letterbox:
+        steps = [v2.Resize(None, max_size=imgsz, antialias=True), RecordSize(), PadBottomRight(imgsz)]
+    else:
+        steps = [v2.Resize((imgsz, imgsz), antialias=True)]
+    return DetectionTransform(v2.Compose(steps + _finish(normalize, mean, std)))

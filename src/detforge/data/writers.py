@@ -1,0 +1,232 @@
+"""Write any detforge data set to disk as COCO, Pascal VOC or YOLO-txt, in each format's own conventions.
+
+- COCO: ``OUT/<split>/<id>.png`` + ``OUT/annotations/instances_<split>.json``; boxes ``[x, y, w, h]`` pixels,
+  categories with 1-based ids, ``iscrowd``, ``area`` (visible pixels when the data set gives it), an ``ignore``
+  flag, and in sequence mode ``track_id`` / ``frame_index`` / ``video_id``.
+- VOC: ``OUT/JPEGImages/<split>_<id>.png``, ``OUT/Annotations/<split>_<id>.xml`` (1-based integer corners, ``<size>``,
+  ``<difficult>`` = ignore) and ``OUT/ImageSets/Main/<split>.txt``.
+- YOLO: ``OUT/images/<split>/<id>.png``, ``OUT/labels/<split>/<id>.txt`` (``class cx cy w h`` normalized) and
+  ``OUT/data.yaml`` with ``train``, ``val`` and ``names``. YOLO has no ignore or crowd flag, so such
+  boxes are left out, with a warning that counts them.
+
+Images are read from the data set as it returns them (float in [0, 1] or uint8) and saved losslessly as PNG
+unless ``image_format="jpg"``; 1-channel images are saved as greyscale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["write_coco", "write_voc", "write_yolo"]
+
+ImageFormat = Literal["png", "jpg"]
+_FORMATS = ("png", "jpg")
+_MARGIN = 1e-6  # YOLO: normalized distance kept from the image border
+
+
+def _check(split: str, image_format: str) -> None:
+    if image_format not in _FORMATS:
+        raise ValueError(f"image_format must be one of {_FORMATS}, got {image_format!r}")
+    if not split or any(c in split for c in "/\\:"):
+        raise ValueError(f"split must be a plain folder name like 'train' or 'val', got {split!r}")
+
+
+def _class_names(dataset: Dataset) -> list[str]:
+    base = dataset
+    while not hasattr(base, "class_names") and hasattr(base, "dataset"):
+        base = base.dataset
+    names = getattr(base, "class_names", None)
+    if names is None:
+        raise ValueError(f"{type(dataset).__name__} has no class_names; the writers need one name per label")
+    return [str(n) for n in names]
+
+
+def _samples(dataset: Dataset) -> Iterator[tuple[int, Image.Image, dict]]:
+    """Yield ``(index, PIL image, target)`` with the target's boxes as float32 [N, 4] xyxy pixels."""
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"{type(dataset).__name__}[{index}]: expected an image Tensor[1|3, H, W]")
+        if image.dtype != torch.uint8:
+            image = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        array = image.permute(1, 2, 0).numpy()  # [H, W, C]
+        pil = Image.fromarray(np.ascontiguousarray(array[..., 0]) if array.shape[-1] == 1 else array)
+        yield index, pil, target
+
+
+def _flag(target: dict, key: str, n: int) -> np.ndarray:
+    value = target.get(key)
+    if isinstance(value, Tensor) and value.numel() == n:
+        return value.bool().numpy()
+    return np.zeros(n, dtype=bool)
+
+
+def _stem(target: dict, index: int) -> str:
+    return f"{int(target.get('image_id', index)):06d}"
+
+
+def _save(pil: Image.Image, path: Path, image_format: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image_format == "jpg":
+        pil.save(path, quality=95)
+    else:
+        pil.save(path, compress_level=1)
+
+
+def write_coco(
+    dataset: Dataset, out_dir: str | os.PathLike, split: str = "train", image_format: ImageFormat = "png"
+) -> Path:
+    """Write ``dataset`` as a COCO detection data set; returns the annotation file's path.
+
+    Layout: ``out_dir/<split>/<image_id>.<ext>`` and ``out_dir/annotations/instances_<split>.json``.
+    """
+    _check(split, image_format)
+    out = Path(out_dir)
+    names = _class_names(dataset)
+    images, annotations = [], []
+    for index, pil, target in _samples(dataset):
+        stem = _stem(target, index)
+        file_name = f"{stem}.{image_format}"
+        _save(pil, out / split / file_name, image_format)
+        image_id = int(target.get("image_id", index))
+        entry = {"id": image_id, "file_name": file_name, "width": pil.width, "height": pil.height}
+        if "frame_index" in target:
+            entry["frame_index"] = int(target["frame_index"])
+            entry["video_id"] = int(target.get("sequence_id", 0))
+        images.append(entry)
+        boxes = target["boxes"].reshape(-1, 4).double()  # [N, 4] xyxy
+        n = boxes.shape[0]
+        crowd, ignore = _flag(target, "iscrowd", n), _flag(target, "ignore", n)
+        area = target.get("area")
+        tracks = target.get("track_ids")
+        for k in range(n):
+            x1, y1, x2, y2 = boxes[k].tolist()
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(target["labels"][k]) + 1,
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "area": round(float(area[k]) if isinstance(area, Tensor) else (x2 - x1) * (y2 - y1), 3),
+                "iscrowd": int(crowd[k]),
+                "ignore": int(ignore[k]),
+            }
+            if isinstance(tracks, Tensor):
+                ann["track_id"] = int(tracks[k])
+            annotations.append(ann)
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(names)]
+    ann_file = out / "annotations" / f"instances_{split}.json"
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(ann_file, "w", encoding="utf-8") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return ann_file
+
+
+def write_voc(
+    dataset: Dataset, out_dir: str | os.PathLike, split: str = "train", image_format: ImageFormat = "png"
+) -> Path:
+    """Write ``dataset`` as a Pascal VOC tree; returns ``out_dir``.
+
+    Files are named ``<split>_<image_id>`` since all splits share ``JPEGImages`` and ``Annotations``.
+
+    Corners are 1-based pixel indices: the xyxy box ``[x1, y1, x2, y2]`` becomes ``xmin = round(x1) + 1``,
+    ``ymin = round(y1) + 1``, ``xmax = round(x2)``, ``ymax = round(y2)``. ``ignore`` boxes get
+    ``<difficult>1</difficult>``; crowd boxes too (VOC has no crowd flag).
+    """
+    _check(split, image_format)
+    out = Path(out_dir)
+    names = _class_names(dataset)
+    stems = []
+    for index, pil, target in _samples(dataset):
+        stem = f"{split}_{_stem(target, index)}"  # splits share one image folder, so stems carry the split
+        file_name = f"{stem}.{image_format}"
+        _save(pil, out / "JPEGImages" / file_name, image_format)
+        root = ET.Element("annotation")
+        ET.SubElement(root, "folder").text = "JPEGImages"
+        ET.SubElement(root, "filename").text = file_name
+        size = ET.SubElement(root, "size")
+        ET.SubElement(size, "width").text = str(pil.width)
+        ET.SubElement(size, "height").text = str(pil.height)
+        ET.SubElement(size, "depth").text = str(len(pil.getbands()))
+        boxes = target["boxes"].reshape(-1, 4)  # [N, 4]
+        n = boxes.shape[0]
+        difficult = _flag(target, "ignore", n) | _flag(target, "iscrowd", n)
+        for k in range(n):
+            x1, y1, x2, y2 = boxes[k].tolist()
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = names[int(target["labels"][k])]
+            ET.SubElement(obj, "pose").text = "Unspecified"
+            ET.SubElement(obj, "truncated").text = "0"
+            ET.SubElement(obj, "difficult").text = str(int(difficult[k]))
+            box = ET.SubElement(obj, "bndbox")
+            xmin, ymin = round(x1) + 1, round(y1) + 1
+            xmax, ymax = max(round(x2), xmin), max(round(y2), ymin)
+            for tag, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
+                ET.SubElement(box, tag).text = str(value)
+        ET.indent(root)
+        xml_path = out / "Annotations" / f"{stem}.xml"
+        xml_path.parent.mkdir(parents=True, exist_ok=True)
+        ET.ElementTree(root).write(xml_path, encoding="utf-8")
+        stems.append(stem)
+    sets = out / "ImageSets" / "Main"
+    sets.mkdir(parents=True, exist_ok=True)
+    (sets / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems), encoding="utf-8")
+    return out
+
+
+def write_yolo(
+    dataset: Dataset, out_dir: str | os.PathLike, split: str = "train", image_format: ImageFormat = "png"
+) -> Path:
+    """Write ``dataset`` as an ultralytics-style YOLO data set; returns the path of ``data.yaml``.
+
+    ``data.yaml`` gets ``<split>: images/<split>`` (relative to the yaml's folder) (keeping entries written for other splits)
+    and ``names`` as an ``{id: name}`` mapping. Crowd and ignore boxes are left out (counted in a warning).
+    """
+    _check(split, image_format)
+    out = Path(out_dir)
+    names = _class_names(dataset)
+    skipped = 0
+    for index, pil, target in _samples(dataset):
+        stem = _stem(target, index)
+        _save(pil, out / "images" / split / f"{stem}.{image_format}", image_format)
+        boxes = target["boxes"].reshape(-1, 4).double()  # [N, 4] xyxy pixels
+        n = boxes.shape[0]
+        keep = ~(_flag(target, "ignore", n) | _flag(target, "iscrowd", n))
+        skipped += int((~keep).sum())
+        w, h = pil.width, pil.height
+        lines = []
+        for k in np.flatnonzero(keep).tolist():
+            x1, y1, x2, y2 = (boxes[k] / boxes.new_tensor([w, h, w, h])).tolist()  # normalized corners
+            # Keep a 1e-6 margin inside the image so 6-decimal rounding never puts a border box outside it.
+            x1, y1 = min(max(x1, _MARGIN), 1.0), min(max(y1, _MARGIN), 1.0)
+            x2, y2 = max(min(x2, 1.0 - _MARGIN), x1), max(min(y2, 1.0 - _MARGIN), y1)
+            cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            lines.append(f"{int(target['labels'][k])} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n")
+        label_path = out / "labels" / split / f"{stem}.txt"
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.write_text("".join(lines), encoding="utf-8")
+    data_yaml = out / "data.yaml"
+    data = {}
+    if data_yaml.exists():
+        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
+    data.pop("path", None)  # without ``path`` the folders are relative to data.yaml, wherever it is moved
+    data.update({split: f"images/{split}", "names": dict(enumerate(names))})
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    if skipped:
+        warnings.warn(
+            f"write_yolo({out}, split={split!r}): {skipped} crowd/ignore boxes left out (YOLO labels cannot mark them)",
+            stacklevel=2,
+        )
+    return data_yaml

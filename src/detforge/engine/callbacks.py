@@ -1,0 +1,236 @@
+"""What a training run leaves in its folder besides checkpoints: curves, PR curves, a grid of predictions,
+and the final COCO table on the console.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a killed run never
+leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+__all__ = ["RunArtifacts", "atomic_write", "draw_predictions", "plot_curves", "prediction_grid"]
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (same folder, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """Columns of Lightning's ``metrics.csv`` as ``{name: [(step, value), ...]}`` (empty cells skipped)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = float(row.get("step") or 0)
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in ("", None):
+                    continue
+                series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def plot_curves(metrics_csv: str | Path, out_path: str | Path) -> Path | None:
+    """Plot losses (train and val) and mAP from a run's ``metrics.csv`` into one PNG. None if nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _read_metrics_csv(Path(metrics_csv))
+    loss_keys = [k for k in series if k.endswith("/loss") or k.endswith("_loss")]
+    map_keys = [k for k in ("val/map", "val/map_50", "val/map_75") if k in series]
+    if not loss_keys and not map_keys:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted(loss_keys):
+        steps, values = zip(*series[key], strict=True)
+        axes[0].plot(steps, values, label=key, marker="." if len(steps) < 30 else None)
+    axes[0].set(title="losses", xlabel="step", yscale="log" if loss_keys else "linear")
+    for key in map_keys:
+        steps, values = zip(*series[key], strict=True)
+        axes[1].plot(steps, values, label=key, marker="o")
+    axes[1].set(title="validation mAP", xlabel="step", ylim=(0, 1))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def draw_predictions(
+    image: Tensor, pred: dict[str, Tensor], class_names: list[str] | None = None, score_thresh: float = 0.3
+) -> Tensor:
+    """Draw ``pred`` (boxes Tensor[K, 4] xyxy pixels of ``image``, scores, labels) on ``image``
+    (Tensor[C, H, W] float in [0, 1], C = 1 or 3); returns uint8 Tensor[3, H, W]."""
+    from torchvision.utils import draw_bounding_boxes
+
+    img = (image.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    keep = pred["scores"].detach().cpu() >= score_thresh
+    boxes = pred["boxes"].detach().float().cpu()[keep]
+    labels = pred["labels"].detach().cpu()[keep].tolist()
+    scores = pred["scores"].detach().cpu()[keep].tolist()
+    names = [f"{class_names[c] if class_names else c} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
+    if boxes.numel() == 0:
+        return img.contiguous()
+    palette = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
+    colors = [palette[c % len(palette)] for c in labels]
+    return draw_bounding_boxes(img, boxes, labels=names, colors=colors, width=2)
+
+
+def prediction_grid(images: list[Tensor], preds: list[dict], class_names: list[str] | None = None) -> Tensor:
+    """Images with their predictions drawn, tiled in a grid: uint8 Tensor[3, H', W']."""
+    from torchvision.utils import make_grid
+
+    drawn = [draw_predictions(img, p, class_names) for img, p in zip(images, preds, strict=True)]
+    h = max(d.shape[-2] for d in drawn)
+    w = max(d.shape[-1] for d in drawn)
+    padded = [torch.nn.functional.pad(d, (0, w - d.shape[-1], 0, h - d.shape[-2])) for d in drawn]
+    return make_grid(padded, nrow=max(1, math.ceil(math.sqrt(len(padded)))), padding=4, pad_value=255)
+
+
+def _save_png(tensor: Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    array = tensor.permute(1, 2, 0).contiguous().numpy()  # [H, W, 3] uint8
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+class RunArtifacts(L.Callback):
+    """At the end of ``fit`` (rank 0): ``curves.png`` (losses, mAP), ``pr_curves.png`` when the metric gives
+    precision arrays, ``val_predictions.png`` (a grid of validation images with their detections),
+    ``results.json`` (the final validation stats) and the COCO table on the console.
+
+    Args:
+        run_dir: the run folder.
+        num_images: how many validation images go into the prediction grid.
+        print_table: print the COCO table when training ends.
+    """
+
+    def __init__(self, run_dir: str | Path, num_images: int = 16, print_table: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.num_images = num_images
+        self.print_table = print_table
+        self.written: list[Path] = []
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        metrics_csv = self.run_dir / "metrics.csv"
+        if metrics_csv.is_file():
+            self._keep(plot_curves(metrics_csv, self.run_dir / "curves.png"))
+        stats = getattr(pl_module, "last_val_stats", None)
+        class_names = getattr(pl_module, "class_names", None)
+        if stats:
+            self._keep(self._write_results(stats))
+            self._keep(self._plot_pr(stats, class_names))
+            if self.print_table:
+                print(format_table(stats, class_names))
+        self._keep(self._prediction_grid(trainer, pl_module, class_names))
+
+    def _keep(self, path: Path | None) -> None:
+        if path is not None:
+            self.written.append(path)
+
+    def _write_results(self, stats: dict[str, Any]) -> Path:
+        plain = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in stats.items() if k != "coco_eval"}
+        text = json.dumps(plain, indent=2)
+        return atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
+
+    def _plot_pr(self, stats: dict[str, Any], class_names: list[str] | None) -> Path | None:
+        from detforge.metrics import plot_pr_curves
+
+        result = stats.get("coco_eval")
+        if result is None:
+            return None
+        path = self.run_dir / "pr_curves.png"
+        return atomic_write(path, lambda tmp: plot_pr_curves(result, tmp, class_names=class_names))
+
+    def _prediction_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, class_names) -> Path | None:
+        datamodule = trainer.datamodule
+        dataset = getattr(datamodule, "val_dataset", None) if datamodule is not None else None
+        if dataset is None or len(dataset) == 0 or self.num_images <= 0:
+            return None
+        from detforge.targets import image_sizes_of
+
+        from detforge.data.datamodule import detection_collate
+
+        samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        images, targets = detection_collate(samples)  # [N, C, H, W]
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            batch = images.to(pl_module.device)
+            preds = pl_module.predict(batch, image_sizes_of(targets, batch))
+        pl_module.train(was_training)
+        images = [img[:, : int(t["size"][0]), : int(t["size"][1])] for img, t in zip(images, targets, strict=True)]
+        return _save_png(prediction_grid(images, preds, class_names), self.run_dir / "val_predictions.png")
+
+
+COCO_STAT_KEYS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
+)
+
+
+def format_table(stats: dict[str, Any], class_names: list[str] | None = None) -> str:
+    """The 12-line COCO summary (pycocotools' order) plus per-class AP for a metric's ``compute()`` dict."""
+    from detforge.metrics import format_coco_table
+
+    numbers = [float(stats.get(key, -1.0)) for key in COCO_STAT_KEYS]
+    per_class = stats.get("map_per_class")
+    classes = stats.get("classes")
+    per_class_ap = None
+    if (
+        isinstance(per_class, Tensor)
+        and isinstance(classes, Tensor)
+        and per_class.numel() == classes.numel() > 0
+    ):
+        per_class_ap = {
+            int(c): float(a)
+            for c, a in zip(classes.reshape(-1).tolist(), per_class.reshape(-1).tolist(), strict=True)
+        }
+    return format_coco_table(numbers, per_class_ap=per_class_ap, class_names=class_names)

@@ -1,0 +1,122 @@
+"""Evaluate a checkpoint on a data set: the COCO table, a COCO results JSON and the stats dict.
+
+``detforge val --ckpt C --data SPEC`` calls :func:`validate_checkpoint`. Predictions are mapped back to each
+image's original size and written with the data set's original category ids, so the printed mAP equals a
+pycocotools evaluation of the written JSON against the data set's annotation file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["load_detector", "resolve_device", "validate_checkpoint"]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``"auto"`` / None -> the first CUDA device when there is one, else the CPU; otherwise ``device`` as is."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "gpu":
+        device = "cuda"
+    return torch.device(device)
+
+
+def load_detector(ckpt: str | Path, device: str | torch.device | None = None):
+    """An ``ObjectDetector`` from a checkpoint (``weights_only=True``: a checkpoint cannot run code), in eval mode.
+
+    Checkpoints from EMA runs hold the averaged weights, which are the ones loaded.
+    """
+    from detforge.models.detector import ObjectDetector
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    try:
+        model = ObjectDetector.load_from_checkpoint(
+            str(path), map_location=device, weights_only=True, compile_model=False
+        )
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path}: not a detforge ObjectDetector checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    return model.to(device).eval()
+
+
+def _default_imgsz(model) -> int:
+    size = getattr(model.model, "default_input_size", None)
+    return int(max(size)) if size else 640
+
+
+def validate_checkpoint(
+    ckpt: str | Path,
+    data: str,
+    imgsz: int | None = None,
+    batch: int = 16,
+    device: str | None = "auto",
+    out_dir: str | Path | None = None,
+    workers: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``ckpt`` on ``data``'s validation split; print the COCO table, write the COCO results JSON.
+
+    Args:
+        ckpt: an ``ObjectDetector`` checkpoint (``best.ckpt`` / ``last.ckpt`` of a run).
+        data: a dataset spec string (``synthetic``, ``coco:ann.json:images``, ...).
+        imgsz: network input size (default: the training run's ``data.imgsz`` when the checkpoint knows it,
+            else the model's default input size).
+        batch / workers: evaluation batch size and DataLoader workers.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        out_dir: where ``predictions.json`` (COCO results, original category ids) goes; default the
+            checkpoint's folder.
+        verbose: print the table.
+
+    Returns:
+        The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
+        ``classes`` (Tensors), plus ``results_json`` (the written path).
+    """
+    from detforge.data.datamodule import DetectionDataModule
+    from detforge.engine.callbacks import format_table
+    from detforge.metrics import DetectionMAP, write_coco_results
+    from detforge.models.detector import metric_targets, to_original_size
+    from detforge.targets import image_sizes_of
+
+    model = load_detector(ckpt, device)
+    dev = model.device
+    imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
+    dm = DetectionDataModule(data=data, imgsz=imgsz, batch_size=batch, num_workers=workers)
+    dm.setup("validate")
+    dataset = dm.val_dataset
+    loader = dm.val_dataloader()
+    if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
+        raise ValueError(
+            f"{ckpt}: the model has {model.num_classes} classes but data {data!r} has {dataset.num_classes}"
+        )
+    metric = DetectionMAP(class_metrics=True).to(dev)
+    all_preds: list[dict] = []
+    image_ids: list[int] = []
+    with torch.no_grad():
+        for images, targets in loader:
+            images = images.to(dev)
+            outputs = model.model(images)
+            preds = model.model.postprocess(outputs, image_sizes_of(targets, images))
+            preds = [{k: v.cpu() for k, v in p.items()} for p in to_original_size(preds, targets)]
+            gts = metric_targets(targets)
+            metric.update(preds, gts)
+            all_preds += preds
+            image_ids += [int(t["image_id"]) for t in targets]
+    stats = dict(metric.compute())
+    stats["coco_eval"] = metric.last_result
+    out = Path(out_dir) if out_dir is not None else Path(ckpt).parent
+    label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
+    stats["results_json"] = str(
+        write_coco_results(all_preds, image_ids, label_to_cat_id, out / "predictions.json")
+    )
+    if verbose:
+        names = model.class_names or getattr(dataset, "class_names", None)
+        print(format_table(stats, names))
+        print(f"COCO results: {stats['results_json']}")
+    return stats

@@ -1,0 +1,379 @@
+"""Nexus: a dual-pathway general object detector for edge video (~430K parameters at 320 x 320).
+
+- A shared stem (stride 4) feeds two streams: the ventral ("what") stream, deeper and wider, for appearance;
+  the dorsal ("where") stream, light and dilated, fed with coordinate channels, for layout. At strides 8, 16
+  and 32 both are fused across pathways (concat + 1x1), then merged top-down like an FPN.
+- FCOS-style anchor-free heads on the three scales: class logits, a box as distances (l, t, r, b) with a
+  log-variance per side (uncertainty), and centerness.
+- Predictive coding: a small predictor guesses the next frame's stem features. ``detect`` compares the new
+  stem with that guess; where nothing is surprising the cached head outputs are reused and the two streams
+  and the heads are skipped (see ``NexusVideo``).
+- Object memory: a GRU state per tracked object (``detforge.models.edge.tracker``) keeps identity over frames.
+
+``forward`` / ``loss`` / ``postprocess`` are pure and identical in train and eval mode; video state lives in
+``NexusVideo`` (used by ``Nexus.detect``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, level_points
+from detforge.models.edge.tracker import TrackMemory
+
+__all__ = ["Nexus", "NexusConfig", "decode_ltrb", "nexus_training_step", "surprise_map"]
+
+
+@dataclass(frozen=True)
+class NexusConfig:
+    """What to build; ``Nexus.with_config(cfg)`` turns it into a model.
+
+    Attributes:
+        input_width, input_height: default network input size in pixels (multiples of 32).
+        num_classes: object classes (no background).
+        in_chans: image channels.
+        memory_hidden_size: GRU hidden size of each tracked object's memory.
+        proposal_threshold: score a detection needs to be reported.
+        nms_threshold: IoU above which same-class detections are suppressed.
+        surprise_threshold: stem-feature prediction error (relative to the features' mean magnitude, worst
+            8 x 8 cell) under which a video frame reuses the previous frame's head outputs.
+    """
+
+    input_width: int = 320
+    input_height: int = 320
+    num_classes: int = 20
+    in_chans: int = 3
+    memory_hidden_size: int = 64
+    proposal_threshold: float = 0.3
+    nms_threshold: float = 0.5
+    surprise_threshold: float = 0.1
+    max_detections: int = 100
+
+
+class NexusStreams(nn.Module):
+    """Stem + ventral and dorsal streams + cross-pathway fusion + top-down merge.
+
+    ``forward(stem Tensor[B, 24, H/4, W/4]) -> [P3, P4, P5]``, each Tensor[B, channels, H/s, W/s].
+    """
+
+    def __init__(
+        self,
+        stem_channels: int,
+        channels: int,
+        ventral_widths: tuple[int, int, int] = (64, 128, 320),
+        dorsal_widths: tuple[int, int, int] = (32, 64, 128),
+    ) -> None:
+        super().__init__()
+        v, d = ventral_widths, dorsal_widths  # channels at strides 8, 16, 32
+        self.ventral = nn.ModuleList(
+            [
+                nn.Sequential(
+                    DepthwiseSeparable(stem_channels, v[0], stride=2), DepthwiseSeparable(v[0], v[0])
+                ),
+                nn.Sequential(
+                    DepthwiseSeparable(v[0], v[1], stride=2),
+                    DepthwiseSeparable(v[1], v[1]),
+                    DepthwiseSeparable(v[1], v[1]),
+                ),
+                nn.Sequential(DepthwiseSeparable(v[1], v[2], stride=2), DepthwiseSeparable(v[2], v[2])),
+            ]
+        )
+        self.dorsal = nn.ModuleList(
+            [
+                nn.Sequential(
+                    DepthwiseSeparable(stem_channels + 2, d[0], stride=2),
+                    DepthwiseSeparable(d[0], d[0], dilation=2),
+                ),
+                nn.Sequential(
+                    DepthwiseSeparable(d[0], d[1], stride=2), DepthwiseSeparable(d[1], d[1], dilation=2)
+                ),
+                nn.Sequential(DepthwiseSeparable(d[1], d[2], stride=2)),
+            ]
+        )
+        self.fuse = nn.ModuleList(
+            ConvBNAct(vc + dc, channels, kernel_size=1) for vc, dc in zip(v, d, strict=True)
+        )
+        self.smooth = nn.ModuleList(DepthwiseSeparable(channels, channels) for _ in range(3))
+
+    @staticmethod
+    def _coords(x: Tensor) -> Tensor:
+        """Normalised (x, y) coordinate channels in [-1, 1], Tensor[B, 2, H, W]."""
+        b, _, h, w = x.shape
+        ys = torch.arange(h, device=x.device).to(x.dtype) * (2.0 / max(h - 1, 1)) - 1.0  # [H]
+        xs = torch.arange(w, device=x.device).to(x.dtype) * (2.0 / max(w - 1, 1)) - 1.0  # [W]
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([xx, yy])[None].expand(b, 2, h, w)
+
+    def forward(self, stem: Tensor) -> list[Tensor]:
+        v, d = stem, torch.cat([stem, self._coords(stem)], dim=1)  # [B, S, H/4, W/4], [B, S + 2, H/4, W/4]
+        fused = []
+        for ventral, dorsal, fuse in zip(self.ventral, self.dorsal, self.fuse, strict=True):
+            v, d = ventral(v), dorsal(d)
+            fused.append(fuse(torch.cat([v, d], dim=1)))  # [B, channels, H/s, W/s]
+        p3, p4, p5 = fused
+        p4 = p4 + F.interpolate(p5, size=p4.shape[-2:], mode="nearest")
+        p3 = p3 + F.interpolate(p4, size=p3.shape[-2:], mode="nearest")
+        return [smooth(p) for smooth, p in zip(self.smooth, (p3, p4, p5), strict=True)]
+
+
+class NexusHead(nn.Module):
+    """FCOS head shared by all levels: class logits, (l, t, r, b) mean and log-variance, centerness.
+
+    ``forward(feat Tensor[B, ch, H, W], level, stride)`` -> cls Tensor[B, C, H, W], ltrb Tensor[B, 4, H, W]
+    (pixels, > 0), ltrb log-variance Tensor[B, 4, H, W] (in units of stride^2), centerness Tensor[B, 1, H, W].
+    """
+
+    def __init__(self, channels: int, num_classes: int, num_levels: int = 3) -> None:
+        super().__init__()
+        self.cls_tower = nn.Sequential(
+            DepthwiseSeparable(channels, channels), DepthwiseSeparable(channels, channels)
+        )
+        self.reg_tower = nn.Sequential(
+            DepthwiseSeparable(channels, channels), DepthwiseSeparable(channels, channels)
+        )
+        self.cls_out = nn.Conv2d(channels, num_classes, 3, padding=1)
+        self.bbox_out = nn.Conv2d(channels, 4, 3, padding=1)
+        self.log_var_out = nn.Conv2d(channels, 4, 1)
+        self.centerness_out = nn.Conv2d(channels, 1, 3, padding=1)
+        self.scales = nn.ModuleList(LearnedScale(1.0) for _ in range(num_levels))
+        nn.init.constant_(self.cls_out.bias, -4.59)  # sigmoid 0.01 prior
+        nn.init.zeros_(self.log_var_out.weight)
+        nn.init.zeros_(self.log_var_out.bias)
+
+    def forward(self, feat: Tensor, level: int, stride: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        reg = self.reg_tower(feat)
+        ltrb = self.scales[level](self.bbox_out(reg)).clamp(max=10.0).exp() * stride  # [B, 4, H, W]
+        return self.cls_out(self.cls_tower(feat)), ltrb, self.log_var_out(reg), self.centerness_out(reg)
+
+
+class FeaturePredictor(nn.Module):
+    """Predicts the next frame's stem features from the current ones: ``f + delta(f)``.
+
+    The delta's last layer starts at zero, so an untrained predictor expects a static scene; trained on
+    frame pairs (``Nexus.predictive_loss``) it learns typical motion. ``forward(Tensor[B, S, h, w])`` keeps
+    the shape.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.delta = nn.Sequential(
+            ConvBNAct(channels, channels, kernel_size=3, groups=channels),
+            nn.Conv2d(channels, channels, kernel_size=1),
+        )
+        nn.init.zeros_(self.delta[-1].weight)
+        nn.init.zeros_(self.delta[-1].bias)
+
+    def forward(self, stem: Tensor) -> Tensor:
+        return stem + self.delta(stem)
+
+
+class Nexus(nn.Module):
+    """Dual-pathway FCOS detector with uncertainty, predictive coding and per-object GRU memory.
+
+    Protocol: ``forward(images Tensor[B, in_chans, H, W])`` -> dict with lists over the three levels of
+    ``cls_logits`` Tensor[B, C, H_l, W_l], ``bbox_pred`` Tensor[B, 4, H_l, W_l] (l, t, r, b pixels),
+    ``bbox_log_var`` Tensor[B, 4, H_l, W_l], ``centerness`` Tensor[B, 1, H_l, W_l]; ``loss``; ``postprocess``.
+    Video: ``detect(frame)`` (stateful, see ``NexusVideo``), ``reset()``.
+    """
+
+    strides = (8, 16, 32)
+    stem_channels = 24
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 20,
+        in_chans: int = 3,
+        input_size: tuple[int, int] = (320, 320),
+        channels: int = 96,
+        memory_hidden_size: int = 64,
+        proposal_threshold: float = 0.3,
+        nms_threshold: float = 0.5,
+        surprise_threshold: float = 0.1,
+        max_detections: int = 100,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.default_input_size = tuple(input_size)
+        self.proposal_threshold = proposal_threshold
+        self.nms_threshold = nms_threshold
+        self.surprise_threshold = surprise_threshold
+        self.max_detections = max_detections
+        self.stem = nn.Sequential(
+            ConvBNAct(in_chans, 16, stride=2), DepthwiseSeparable(16, self.stem_channels, stride=2)
+        )  # stride 4
+        self.streams = NexusStreams(self.stem_channels, channels)
+        self.head = NexusHead(channels, num_classes, num_levels=len(self.strides))
+        self.predictor = FeaturePredictor(self.stem_channels)
+        self.memory = TrackMemory(appearance_size=channels, hidden_size=memory_hidden_size)
+        self._video = None
+
+    @classmethod
+    def with_config(cls, cfg: NexusConfig) -> Nexus:
+        return cls(
+            num_classes=cfg.num_classes,
+            in_chans=cfg.in_chans,
+            input_size=(cfg.input_height, cfg.input_width),
+            memory_hidden_size=cfg.memory_hidden_size,
+            proposal_threshold=cfg.proposal_threshold,
+            nms_threshold=cfg.nms_threshold,
+            surprise_threshold=cfg.surprise_threshold,
+            max_detections=cfg.max_detections,
+        )
+
+    # ---- network -------------------------------------------------------------------------------------
+    def _check(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Nexus expects images Tensor[B, {self.in_chans}, H, W], got {tuple(images.shape)}"
+            )
+
+    def heads_from_stem(self, stem: Tensor) -> dict[str, Any]:
+        """Everything after the stem: the streams, fusion and heads (the part predictive coding may skip)."""
+        out: dict[str, Any] = {"cls_logits": [], "bbox_pred": [], "bbox_log_var": [], "centerness": []}
+        feats = self.streams(stem)
+        for level, (feat, stride) in enumerate(zip(feats, self.strides, strict=True)):
+            cls, ltrb, log_var, ctr = self.head(feat, level, stride)
+            out["cls_logits"].append(cls)
+            out["bbox_pred"].append(ltrb)
+            out["bbox_log_var"].append(log_var)
+            out["centerness"].append(ctr)
+        out["p3"] = feats[0]  # [B, channels, H/8, W/8], appearance features for the object memory
+        return out
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        self._check(images)
+        return self.heads_from_stem(self.stem(images))
+
+    def forward_train(self, frame: Tensor) -> list[dict[str, Tensor]]:
+        """Per scale (strides 8, 16, 32): ``cls_logits`` [B, C, H, W], ``bbox_pred`` [B, 4, H, W],
+        ``centerness`` [B, 1, H, W], ``bbox_log_var`` [B, 4, H, W]; ``frame`` is Tensor[B, C, H, W] or [C, H, W]."""
+        out = self.forward(frame if frame.ndim == 4 else frame[None])
+        keys = ("cls_logits", "bbox_pred", "centerness", "bbox_log_var")
+        return [{k: out[k][i] for k in keys} for i in range(len(self.strides))]
+
+    def predictive_loss(self, frames: Tensor, next_frames: Tensor) -> Tensor:
+        """Mean squared error of the predicted next stem features (Tensor[B, C, H, W] frame pairs)."""
+        with torch.no_grad():
+            target = self.stem(next_frames)
+        return F.mse_loss(self.predictor(self.stem(frames)), target)
+
+    # ---- protocol -------------------------------------------------------------------------------------
+    def flatten_outputs(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        """All levels concatenated: cls [B, P, C], ltrb [B, P, 4], log_var [B, P, 4], centerness [B, P],
+        points [P, 2], point_strides [P]."""
+        flat = {
+            k: torch.cat([t.flatten(2).transpose(1, 2) for t in outputs[k]], dim=1)  # [B, P, *]
+            for k in ("cls_logits", "bbox_pred", "bbox_log_var", "centerness")
+        }
+        feat_sizes = [tuple(c.shape[-2:]) for c in outputs["cls_logits"]]
+        flat["centerness"] = flat["centerness"].squeeze(-1)  # [B, P]
+        flat["points"], flat["point_strides"] = level_points(
+            feat_sizes, list(self.strides), device=flat["cls_logits"].device
+        )
+        flat["feat_sizes"] = feat_sizes
+        return flat
+
+    def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:
+        from detforge.models.edge.losses import fcos_uncertainty_loss
+
+        flat = self.flatten_outputs(outputs)
+        return fcos_uncertainty_loss(flat, targets, self.num_classes, list(self.strides))
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Per image ``boxes`` [K, 4] xyxy pixels, ``scores`` [K], ``labels`` [K], and ``box_log_var``
+        [K, 4] (log-variance of l, t, r, b in stride units)."""
+        flat = self.flatten_outputs(outputs)
+        scores_all = (
+            flat["cls_logits"].sigmoid() * flat["centerness"].sigmoid()[..., None]
+        ).sqrt()  # [B, P, C]
+        boxes_all = decode_ltrb(flat["points"], flat["bbox_pred"])  # [B, P, 4]
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            scores, labels = scores_all[i].max(dim=1)  # [P], [P]
+            keep = scores > self.proposal_threshold
+            b = boxes_all[i][keep]
+            b = torch.stack(
+                [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1
+            )
+            s, lab, lv = scores[keep], labels[keep], flat["bbox_log_var"][i][keep]
+            kept = batched_nms(b, s, lab, self.nms_threshold)[: self.max_detections]
+            results.append(
+                {"boxes": b[kept], "scores": s[kept], "labels": lab[kept], "box_log_var": lv[kept]}
+            )
+        return results
+
+    # ---- video ----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the video state (tracks, cached features); call between videos."""
+        self._video = None
+
+    @torch.no_grad()
+    def detect(self, frame: Tensor) -> list[dict]:
+        """Detect and track objects in one video frame (Tensor[C, H, W] or [1, C, H, W], float in [0, 1]).
+
+        Returns one dict per detection: ``bbox`` (x1, y1, x2, y2 pixels), ``confidence``, ``class_id``,
+        ``track_id``, ``bbox_log_var`` (4 floats). Uses eval mode for the call.
+        """
+        from detforge.models.edge.nexus_video import NexusVideo
+
+        if self._video is None:
+            self._video = NexusVideo(self)
+        return self._video.step(frame)
+
+    @property
+    def video(self):
+        """The current ``NexusVideo`` state (profile counters, tracker), or None before the first ``detect``."""
+        return self._video
+
+
+def surprise_map(stem: Tensor, predicted: Tensor) -> Tensor:
+    """Prediction error of the stem features, relative to their mean magnitude, pooled over 8 x 8 stem cells.
+
+    Args:
+        stem, predicted: Tensor[B, S, H/4, W/4].
+
+    Returns:
+        Tensor[B, 1, H/32, W/32]; 0 for a perfectly predicted frame, about 1 for an unrelated one.
+    """
+    error = (stem - predicted).abs().mean(dim=1, keepdim=True)  # [B, 1, H/4, W/4]
+    scale = stem.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-6  # [B, 1, 1, 1]
+    return F.avg_pool2d(error / scale, 8, ceil_mode=True)
+
+
+def decode_ltrb(points: Tensor, ltrb: Tensor) -> Tensor:
+    """Distances to box sides -> boxes: points Tensor[P, 2] (x, y), ltrb Tensor[B, P, 4] -> Tensor[B, P, 4] xyxy."""
+    return torch.cat([points[None] - ltrb[..., :2], points[None] + ltrb[..., 2:]], dim=-1)
+
+
+def nexus_training_step(
+    model: Nexus, frame: Tensor, gt_boxes: Tensor, gt_classes: Tensor, optimizer: torch.optim.Optimizer
+) -> float:
+    """One optimisation step on one frame: forward, FCOS assignment on the three scales, focal + GIoU +
+    uncertainty + centerness losses, backward, optimizer step.
+
+    Args:
+        frame: Tensor[C, H, W] (or [1, C, H, W]) float in [0, 1].
+        gt_boxes: Tensor[N, 4] xyxy pixels (N may be 0). gt_classes: Tensor[N] int64.
+
+    Returns:
+        The total loss as a float.
+    """
+    model.train()
+    x = frame if frame.ndim == 4 else frame[None]
+    targets = [{"boxes": gt_boxes.reshape(-1, 4).float(), "labels": gt_classes.reshape(-1).long()}]
+    losses = model.loss(model(x), targets)
+    optimizer.zero_grad()
+    losses["loss"].backward()
+    optimizer.step()
+    return float(losses["loss"].detach())

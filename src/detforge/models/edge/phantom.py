@@ -1,0 +1,229 @@
+"""Phantom: an event-driven face detector for video on small devices (~126K parameters, 128 x 128).
+
+The network is a single-scale (stride 4) fully convolutional face detector: a face-probability map and
+(l, t, r, b) distances per cell. Because every output cell depends only on a small image neighbourhood, video
+frames can be processed sparsely: ``PhantomVideo`` turns frame differences into pseudo-events, runs the
+network only on event-active regions and pastes the result into cached output maps, refreshing the whole map
+every ``backbone_refresh_interval`` frames. Faces are tracked with a GRU state per face (motion prediction),
+get track ids from temporal continuity, and gain confidence the longer they are tracked.
+
+``forward`` / ``loss`` / ``postprocess`` are pure and identical in train and eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detforge.assigners.single_scale import decode_single_scale_boxes
+from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable
+from detforge.models.edge.tracker import TrackMemory
+
+__all__ = ["Phantom", "PhantomConfig", "phantom_training_step"]
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What to build; ``Phantom.with_config(cfg)`` turns it into a model.
+
+    Attributes:
+        input_width, input_height: default network input size (multiples of 4).
+        backbone_refresh_interval: in video, every this many frames the whole frame is recomputed.
+        tracker_hidden_size: GRU hidden size of each face track.
+        detection_threshold: accumulated confidence a face needs to be reported.
+        in_chans: image channels.
+        event_threshold: per-pixel absolute frame difference (0..1) that counts as an event.
+        nms_threshold: IoU above which overlapping faces are suppressed.
+    """
+
+    input_width: int = 128
+    input_height: int = 128
+    backbone_refresh_interval: int = 30
+    tracker_hidden_size: int = 64
+    detection_threshold: float = 0.5
+    in_chans: int = 3
+    event_threshold: float = 0.08
+    nms_threshold: float = 0.3
+
+
+class PhantomNet(nn.Module):
+    """Backbone + face head: ``forward(x Tensor[B, C, H, W]) -> (face_cls Tensor[B, 1, H/4, W/4] logits,
+    face_bbox Tensor[B, 4, H/4, W/4] (dx, dy, log w, log h) in cells, as ``SingleScaleAssigner`` encodes)``."""
+
+    stride = 4
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            ConvBNAct(in_chans, 16, stride=2),  # [B, 16, H/2, W/2]
+            DepthwiseSeparable(16, 48, stride=2),  # [B, 48, H/4, W/4]
+            DepthwiseSeparable(48, 96),
+            DepthwiseSeparable(96, 128, dilation=2),
+            DepthwiseSeparable(128, 160, dilation=2),
+            DepthwiseSeparable(160, 160, dilation=3),
+        )
+        self.cls_branch = DepthwiseSeparable(160, 112)
+        self.reg_branch = DepthwiseSeparable(160, 112)
+        self.cls_out = nn.Conv2d(112, 1, 1)
+        self.bbox_out = nn.Conv2d(112, 4, 1)
+        nn.init.constant_(self.cls_out.bias, -4.59)  # sigmoid 0.01 prior
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feat = self.backbone(x)  # [B, 160, H/4, W/4]
+        return self.cls_out(self.cls_branch(feat)), self.bbox_out(self.reg_branch(feat))
+
+
+class Phantom(nn.Module):
+    """Single-class ("face") detector with the detforge model protocol plus a sparse video API.
+
+    ``forward(images Tensor[B, C, H, W])`` -> ``face_cls`` Tensor[B, 1, H/4, W/4] (logits) and ``face_bbox``
+    Tensor[B, 4, H/4, W/4] (dx, dy, log w, log h): centre = (cell + d) * 4, size = exp(log size) * 4.
+    """
+
+    stride = 4
+
+    def __init__(
+        self,
+        *,
+        in_chans: int = 3,
+        input_size: tuple[int, int] = (128, 128),
+        backbone_refresh_interval: int = 30,
+        tracker_hidden_size: int = 64,
+        detection_threshold: float = 0.5,
+        event_threshold: float = 0.08,
+        nms_threshold: float = 0.3,
+        max_detections: int = 50,
+    ) -> None:
+        super().__init__()
+        if backbone_refresh_interval < 1:
+            raise ValueError(f"backbone_refresh_interval must be >= 1, got {backbone_refresh_interval}")
+        if not 0.0 < detection_threshold < 1.0:
+            raise ValueError(f"detection_threshold must be in (0, 1), got {detection_threshold}")
+        self.num_classes = 1
+        self.class_names = ("face",)
+        self.in_chans = in_chans
+        self.default_input_size = tuple(input_size)
+        self.backbone_refresh_interval = backbone_refresh_interval
+        self.detection_threshold = detection_threshold
+        self.event_threshold = event_threshold
+        self.nms_threshold = nms_threshold
+        self.max_detections = max_detections
+        self.score_threshold = (
+            0.05  # postprocess keeps candidates above this (for mAP); video uses the tracker
+        )
+        self.net = PhantomNet(in_chans)
+        self.memory = TrackMemory(appearance_size=0, hidden_size=tracker_hidden_size)
+        self._video = None
+
+    @classmethod
+    def with_config(cls, cfg: PhantomConfig) -> Phantom:
+        return cls(
+            in_chans=cfg.in_chans,
+            input_size=(cfg.input_height, cfg.input_width),
+            backbone_refresh_interval=cfg.backbone_refresh_interval,
+            tracker_hidden_size=cfg.tracker_hidden_size,
+            detection_threshold=cfg.detection_threshold,
+            event_threshold=cfg.event_threshold,
+            nms_threshold=cfg.nms_threshold,
+        )
+
+    # ---- protocol -------------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(
+                f"Phantom expects images Tensor[B, {self.in_chans}, H, W], got {tuple(images.shape)}"
+            )
+        cls, ltrb = self.net(images)
+        return {"face_cls": cls, "face_bbox": ltrb}
+
+    def forward_train(self, frame: Tensor) -> tuple[Tensor, Tensor]:
+        """face_cls Tensor[B, 1, H/4, W/4] logits and face_bbox Tensor[B, 4, H/4, W/4] for a frame
+        Tensor[C, H, W] (B = 1) or a batch Tensor[B, C, H, W]."""
+        out = self.forward(frame if frame.ndim == 4 else frame[None])
+        return out["face_cls"], out["face_bbox"]
+
+    def loss(self, outputs: dict[str, Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        from detforge.models.edge.losses import single_scale_face_loss
+
+        return single_scale_face_loss(outputs["face_cls"], outputs["face_bbox"], targets, self.stride)
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:
+        cls, deltas = outputs["face_cls"], outputs["face_bbox"]
+        scores_all = cls.flatten(1).sigmoid()  # [B, P]
+        deltas = deltas.permute(0, 2, 3, 1).clamp(max=8.0)  # [B, H, W, 4]
+        boxes_all = decode_single_scale_boxes(deltas, self.stride).flatten(1, 2)  # [B, P, 4] xyxy
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            keep = scores_all[i] > self.score_threshold
+            b, s = boxes_all[i][keep], scores_all[i][keep]
+            b = torch.stack(
+                [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1
+            )
+            labels = torch.zeros_like(s, dtype=torch.int64)
+            kept = batched_nms(b, s, labels, self.nms_threshold)[: self.max_detections]
+            results.append({"boxes": b[kept], "scores": s[kept], "labels": labels[kept]})
+        return results
+
+    # ---- video ----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the video state (cached maps, tracks); call between videos."""
+        self._video = None
+
+    @property
+    def video(self):
+        """The current ``PhantomVideo`` (profile counters, tracker), or None before the first frame."""
+        return self._video
+
+    def video_runner(self, network=None):
+        """A fresh ``PhantomVideo`` on this model's settings; ``network`` defaults to this model in eval mode
+        (pass an onnxruntime-backed callable from ``detforge.models.edge.onnx`` to run the exported graph)."""
+        from detforge.models.edge.phantom_video import PhantomVideo, torch_network
+
+        return PhantomVideo(
+            network or torch_network(self.net),
+            memory=self.memory,
+            refresh_interval=self.backbone_refresh_interval,
+            event_threshold=self.event_threshold,
+            detection_threshold=self.detection_threshold,
+            nms_threshold=self.nms_threshold,
+        )
+
+    @torch.no_grad()
+    def detect_frame(self, frame: Tensor) -> list[dict]:
+        """Faces in one video frame (Tensor[C, H, W] float in [0, 1]); each ``bbox`` (x1, y1, x2, y2 pixels),
+        ``confidence`` (accumulated over the track), ``track_id``."""
+        if self._video is None:
+            self._video = self.video_runner()
+        x = frame[0] if frame.ndim == 4 else frame
+        return self._video.step(x.detach().cpu().float().numpy())
+
+
+def phantom_training_step(
+    model: Phantom, frame: Tensor, face_boxes: Tensor, optimizer: torch.optim.Optimizer
+) -> float:
+    """One optimisation step on one frame.
+
+    Args:
+        frame: Tensor[C, H, W] (or [1, C, H, W]) float in [0, 1].
+        face_boxes: Tensor[N, 4] xyxy pixels (N may be 0).
+
+    Returns:
+        The total loss as a float.
+    """
+    model.train()
+    x = frame if frame.ndim == 4 else frame[None]
+    targets = [
+        {
+            "boxes": face_boxes.reshape(-1, 4).float(),
+            "labels": torch.zeros(len(face_boxes), dtype=torch.int64),
+        }
+    ]
+    losses = model.loss(model(x), targets)
+    optimizer.zero_grad()
+    losses["loss"].backward()
+    optimizer.step()
+    return float(losses["loss"].detach())

@@ -1,0 +1,237 @@
+"""Phantom on video: pseudo-events, sparse recomputation of the output maps, face tracking.
+
+Per frame:
+
+1. Pseudo-events: pixels whose absolute difference to the previous frame (mean over channels) exceeds
+   ``event_threshold``; counted per ``tile`` x ``tile`` pixel tile.
+2. Sparse processing: on frame 1, every ``refresh_interval`` frames, or when more than ``max_sparse_fraction`` of
+   the frame would need work, the network runs on the whole frame. Otherwise each connected group of
+   event-active tiles is cropped with a ``halo`` of context, the network runs on the crop, and the crop's
+   inner cells replace those of the cached output maps. A frame without events runs no network at all.
+3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
+4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
+   accumulated over the track; a face is reported once its accumulated confidence reaches
+   ``detection_threshold``.
+
+The network is any callable ``numpy [1, C, h, w] float32 -> (cls [1, 1, h/4, w/4], deltas [1, 4, h/4, w/4])``:
+``torch_network(model.net)`` or an onnxruntime session (``detforge.models.edge.onnx.ort_network``). Work per
+frame is the number of input pixels the network ran on divided by the frame's pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torchvision.ops import nms
+
+from detforge.models.edge.tracker import ObjectTracker, TrackMemory
+
+__all__ = ["FrameProfile", "PhantomVideo", "decode_face_maps", "torch_network"]
+
+Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def torch_network(net: torch.nn.Module) -> Network:
+    """Wrap a ``PhantomNet`` as a numpy-in, numpy-out callable (eval mode, no grad)."""
+    net.eval()
+    param = next(net.parameters())
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            cls, deltas = net(torch.from_numpy(x).to(param))
+        return cls.float().cpu().numpy(), deltas.float().cpu().numpy()
+
+    return run
+
+
+@dataclass
+class FrameProfile:
+    """Per frame: fraction of a full-frame network pass spent, event-active pixel fraction, mode."""
+
+    fractions: list[float] = field(default_factory=list)
+    event_fractions: list[float] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)  # "full", "sparse" or "skip"
+
+
+def decode_face_maps(
+    cls: np.ndarray, deltas: np.ndarray, stride: int, score_threshold: float, nms_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and scores from Phantom's maps.
+
+    Args:
+        cls: [1, H, W] logits. deltas: [4, H, W] (dx, dy, log w, log h).
+
+    Returns:
+        boxes [K, 4] xyxy pixels (float32) and scores [K], after NMS, best first.
+    """
+    logit_threshold = float(np.log(score_threshold / (1 - score_threshold)))
+    rows, cols = np.nonzero(cls[0] > logit_threshold)
+    if rows.size == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    scores = 1.0 / (1.0 + np.exp(-cls[0, rows, cols]))  # [K]
+    d = deltas[:, rows, cols]  # [4, K]
+    cx, cy = (cols + d[0]) * stride, (rows + d[1]) * stride
+    half_w, half_h = np.exp(np.minimum(d[2], 8.0)) * stride / 2, np.exp(np.minimum(d[3], 8.0)) * stride / 2
+    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(
+        np.float32
+    )  # [K, 4]
+    if len(scores) > 1:
+        keep = nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores.astype(np.float32)), nms_threshold
+        ).numpy()
+        boxes, scores = boxes[keep], scores[keep]
+    return boxes, scores.astype(np.float32)
+
+
+class PhantomVideo:
+    """Stateful sparse runner for one video; see the module docstring.
+
+    Args:
+        network: numpy callable (see the module docstring).
+        memory: the model's GRU ``TrackMemory`` (None: constant-velocity tracking).
+        refresh_interval: full-frame recomputation every this many frames.
+        event_threshold: per-pixel absolute difference (0..1) counted as an event.
+        detection_threshold: accumulated track confidence needed to report a face.
+        tile: event tile size in pixels (multiple of the stride).
+        halo: context pixels around an active region (multiple of the stride).
+        max_sparse_fraction: above this fraction of the frame, run the whole frame instead.
+    """
+
+    stride = 4
+
+    def __init__(
+        self,
+        network: Network,
+        *,
+        memory: TrackMemory | None,
+        refresh_interval: int = 30,
+        event_threshold: float = 0.08,
+        detection_threshold: float = 0.5,
+        nms_threshold: float = 0.3,
+        tile: int = 8,
+        halo: int = 12,
+        max_sparse_fraction: float = 0.6,
+    ) -> None:
+        if tile % self.stride or halo % self.stride:
+            raise ValueError(f"tile ({tile}) and halo ({halo}) must be multiples of the stride {self.stride}")
+        self.network = network
+        self.memory = memory
+        self.refresh_interval = refresh_interval
+        self.event_threshold = event_threshold
+        self.detection_threshold = detection_threshold
+        self.candidate_threshold = detection_threshold / 2  # tracked faces may continue below the threshold
+        self.nms_threshold = nms_threshold
+        self.tile = tile
+        self.halo = halo
+        self.max_sparse_fraction = max_sparse_fraction
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything about the current video."""
+        self.frame_index = 0
+        self.previous: np.ndarray | None = None  # [C, H, W]
+        self.cls: np.ndarray | None = None  # [1, H/4, W/4]
+        self.deltas: np.ndarray | None = None  # [4, H/4, W/4]
+        self.tracker: ObjectTracker | None = None
+        self.profile = FrameProfile()
+        self.last_candidates: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ---- network on the whole frame or on event regions ----------------------------------------------
+    def _regions(self, events: np.ndarray, h: int, w: int) -> list[tuple[int, int, int, int]]:
+        """Crops (y0, y1, x0, x1) in pixels covering each connected group of active tiles plus the halo."""
+        t = self.tile
+        th, tw = -(-h // t), -(-w // t)
+        padded = np.zeros((th * t, tw * t), dtype=bool)
+        padded[:h, :w] = events
+        active = padded.reshape(th, t, tw, t).any(axis=(1, 3))  # [th, tw]
+        labelled, count = ndimage.label(active)
+        crops = []
+        for sl in ndimage.find_objects(labelled)[:count]:
+            y0, y1 = max(sl[0].start * t - self.halo, 0), min(sl[0].stop * t + self.halo, h)
+            x0, x1 = max(sl[1].start * t - self.halo, 0), min(sl[1].stop * t + self.halo, w)
+            crops.append((y0, y1, x0, x1))
+        return crops
+
+    def _run_full(self, x: np.ndarray) -> None:
+        cls, deltas = self.network(np.ascontiguousarray(x[None]))
+        self.cls, self.deltas = cls[0].copy(), deltas[0].copy()
+
+    def _run_sparse(self, x: np.ndarray, crops: list[tuple[int, int, int, int]]) -> int:
+        """Recompute the cached maps inside each crop's tiles; returns the input pixels processed."""
+        s, halo = self.stride, self.halo
+        h, w = x.shape[-2:]
+        pixels = 0
+        for y0, y1, x0, x1 in crops:
+            cls, deltas = self.network(np.ascontiguousarray(x[None, :, y0:y1, x0:x1]))
+            pixels += (y1 - y0) * (x1 - x0)
+            # inner part (without the halo, except at the image border) goes back into the cache
+            iy0, iy1 = (y0 + halo if y0 > 0 else 0), (y1 - halo if y1 < h else h)
+            ix0, ix1 = (x0 + halo if x0 > 0 else 0), (x1 - halo if x1 < w else w)
+            cy, cx = slice((iy0 - y0) // s, (iy1 - y0) // s), slice((ix0 - x0) // s, (ix1 - x0) // s)
+            self.cls[:, iy0 // s : iy1 // s, ix0 // s : ix1 // s] = cls[0][:, cy, cx]
+            self.deltas[:, iy0 // s : iy1 // s, ix0 // s : ix1 // s] = deltas[0][:, cy, cx]
+        return pixels
+
+    def infer(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network + decode for one frame (no tracking): candidate boxes [K, 4] and scores [K].
+
+        ``frame`` is a float32 array [C, H, W] in [0, 1] with H, W multiples of 4.
+        """
+        x = np.asarray(frame, dtype=np.float32)
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(f"Phantom video frames need H and W divisible by {self.stride}, got {h} x {w}")
+        refresh = (
+            self.previous is None
+            or self.previous.shape != x.shape
+            or self.frame_index % self.refresh_interval == 0
+        )
+        event_fraction = 1.0
+        if refresh:
+            self._run_full(x)
+            mode, fraction = "full", 1.0
+        else:
+            events = np.abs(x - self.previous).max(axis=0) > self.event_threshold  # [H, W]
+            event_fraction = float(events.mean())
+            if event_fraction == 0.0:
+                mode, fraction = "skip", 0.0
+            else:
+                crops = self._regions(events, h, w)
+                area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in crops) / (h * w)
+                if area > self.max_sparse_fraction:
+                    self._run_full(x)
+                    mode, fraction = "full", 1.0
+                else:
+                    fraction = self._run_sparse(x, crops) / (h * w)
+                    mode = "sparse"
+        self.previous = x
+        self.frame_index += 1
+        self.profile.fractions.append(fraction)
+        self.profile.event_fractions.append(event_fraction)
+        self.profile.modes.append(mode)
+        if mode != "skip" or self.last_candidates is None:
+            self.last_candidates = decode_face_maps(
+                self.cls, self.deltas, self.stride, self.candidate_threshold, self.nms_threshold
+            )
+        return self.last_candidates
+
+    def step(self, frame: np.ndarray) -> list[dict]:
+        """``infer`` + tracking: faces with ``bbox``, ``confidence`` (accumulated), ``track_id``."""
+        boxes, scores = self.infer(frame)
+        h, w = frame.shape[-2:]
+        boxes = boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        if self.tracker is None:
+            self.tracker = ObjectTracker(memory=self.memory, image_size=(h, w), min_iou=0.1, max_missed=10)
+        b, s = torch.from_numpy(boxes), torch.from_numpy(scores)
+        ids, confidence = self.tracker.update(b, s, torch.zeros(len(s), dtype=torch.int64))
+        keep = confidence >= self.detection_threshold
+        return [
+            {"bbox": [float(v) for v in box], "confidence": float(c), "track_id": int(t)}
+            for box, c, t in zip(b[keep], confidence[keep], ids[keep], strict=True)
+        ]

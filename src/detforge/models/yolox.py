@@ -1,0 +1,161 @@
+"""Bare YOLOX-style detector: timm backbone, FPN, decoupled YOLOX head, SimOTA assignment, postprocess.
+
+Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``loss(outputs, targets)``,
+``postprocess(outputs, image_sizes)``. The neck is a plain top-down FPN (YOLOX uses a PAFPN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detforge.assigners.simota import SimOTAAssigner
+from detforge.losses import get_loss
+from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
+from detforge.models.fcos import check_labels, mean_over_ranks
+from detforge.models.heads.yolox import YOLOXHead
+from detforge.postprocess import NMSMethod, detect, make_points
+from detforge.targets import pad_targets
+
+__all__ = ["YOLOX"]
+
+
+class YOLOX(nn.Module):
+    """YOLOX (Ge et al. 2021) head and SimOTA on any timm backbone.
+
+    Args:
+        backbone: timm model name, ``FeatureBackboneConfig`` or a built timm feature extractor.
+        num_classes: object classes.
+        fpn_channels: channels of the FPN levels.
+        head_width: hidden channels of the head's stems and branches.
+        head_num_convs: 3x3 convs in each head branch.
+        extra_levels: stride-2 levels above the backbone's coarsest (YOLOX: 0, strides 8, 16, 32).
+        center_radius, candidate_topk: SimOTA's centre prior (in strides) and dynamic-k candidates.
+        cls_loss_fn: "bce" or a registered loss name, or a module called as
+            ``fn(logits [N, C], soft_targets [N, C]) -> summed loss``; targets are one-hot times the IoU.
+        reg_loss_fn: "giou" or another IoU-family name (xyxy), or a module called as
+            ``fn(pred [N, 4], target [N, 4]) -> summed loss``.
+        cls_loss_weight, reg_loss_weight, obj_loss_weight: weights of the loss parts (YOLOX: 1, 5, 1).
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method: postprocess settings;
+            the score is ``sigmoid(cls) * sigmoid(obj)``.
+        in_chans: image channels.
+        input_size: (h, w) the model is meant to run at (``default_input_size``).
+        channels_last: run convolutions in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        backbone: str | FeatureBackboneConfig | nn.Module,
+        num_classes: int,
+        fpn_channels: int = 256,
+        head_width: int = 256,
+        head_num_convs: int = 2,
+        extra_levels: int = 0,
+        center_radius: float = 2.5,
+        candidate_topk: int = 10,
+        cls_loss_fn: str | nn.Module = "bce",
+        reg_loss_fn: str | nn.Module = "giou",
+        cls_loss_weight: float = 1.0,
+        reg_loss_weight: float = 5.0,
+        obj_loss_weight: float = 1.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pre_nms_topk: int = 1000,
+        nms_method: NMSMethod = "hard",
+        in_chans: int = 3,
+        input_size: tuple[int, int] = (320, 320),
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if nms_method not in ("hard", "gaussian", "linear"):
+            raise ValueError(f"nms_method must be one of ('hard', 'gaussian', 'linear'), got {nms_method!r}")
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.default_input_size = tuple(input_size)
+        self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
+        self.strides: tuple[int, ...] = self.features.strides
+        self.head = YOLOXHead(fpn_channels, num_classes, self.strides, head_width, head_num_convs)
+        self.assigner = SimOTAAssigner(center_radius=center_radius, candidate_topk=candidate_topk)
+        if isinstance(cls_loss_fn, str):
+            cls_loss_fn = get_loss(cls_loss_fn, reduction="sum")
+        if isinstance(reg_loss_fn, str):
+            reg_loss_fn = get_loss(reg_loss_fn, reduction="sum")
+        self.cls_loss_fn = cls_loss_fn
+        self.reg_loss_fn = reg_loss_fn
+        self.obj_loss_fn = get_loss("bce", reduction="sum")
+        self.cls_loss_weight = cls_loss_weight
+        self.reg_loss_weight = reg_loss_weight
+        self.obj_loss_weight = obj_loss_weight
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.pre_nms_topk = pre_nms_topk
+        self.nms_method: NMSMethod = nms_method
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | list[tuple[int, int]]]:
+        """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]); see :class:`YOLOXHead`."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(images))
+
+    def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """YOLOX losses of a batch, each divided by the number of SimOTA positives averaged over DDP ranks.
+
+        ``targets``: one dict per image with ``boxes`` (Tensor[N, 4] xyxy pixels) and ``labels`` (Tensor[N]).
+        """
+        cls_logits = outputs["cls_logits"]  # [B, A, C]
+        boxes = outputs["boxes"]  # [B, A, 4]
+        obj_logits = outputs["obj_logits"]  # [B, A]
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets, cls_logits.device)
+        check_labels(gt_labels, gt_mask, self.num_classes)
+        points, point_strides = make_points(outputs["feat_sizes"], self.strides, cls_logits.device)
+        with torch.no_grad():
+            scores = cls_logits.detach().float().sigmoid() * obj_logits.detach().float().sigmoid()[..., None]
+        assigned = self.assigner(scores, boxes.detach().float(), points, point_strides, gt_boxes, gt_labels, gt_mask)
+        fg = assigned.fg_mask  # [B, A]
+        num_fg = mean_over_ranks(fg.sum()).clamp(min=1.0)
+
+        obj_loss = self.obj_loss_fn(obj_logits, fg.to(obj_logits.dtype)) / num_fg
+        fg_labels = assigned.labels[fg]  # [N_fg]
+        soft = nn.functional.one_hot(fg_labels, self.num_classes).to(cls_logits.dtype)  # [N_fg, C]
+        soft = soft * assigned.matched_iou[fg].to(cls_logits.dtype)[:, None]
+        cls_loss = self.cls_loss_fn(cls_logits[fg], soft) / num_fg
+        image_of = fg.nonzero(as_tuple=True)[0]  # [N_fg]
+        matched = gt_boxes[image_of, assigned.matched_gt[fg]]  # [N_fg, 4]
+        reg_loss = self.reg_loss_fn(boxes[fg], matched) / num_fg
+
+        total = self.cls_loss_weight * cls_loss + self.reg_loss_weight * reg_loss + self.obj_loss_weight * obj_loss
+        return {
+            "loss": total,
+            "cls_loss": cls_loss.detach(),
+            "reg_loss": reg_loss.detach(),
+            "obj_loss": obj_loss.detach(),
+            "num_pos": fg.sum().detach().float(),
+        }
+
+    def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
+        """Class scores ``sigmoid(cls) * sigmoid(obj)`` (Tensor[B, A, C]) and xyxy boxes (Tensor[B, A, 4])."""
+        scores = outputs["cls_logits"].float().sigmoid() * outputs["obj_logits"].float().sigmoid()[..., None]
+        return scores, outputs["boxes"].float()
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections per image (``boxes`` xyxy pixels clipped to the image's (h, w), ``scores``, ``labels``)."""
+        scores, boxes = self.decode(outputs)
+        return detect(
+            scores,
+            boxes,
+            [h * w for h, w in outputs["feat_sizes"]],
+            image_sizes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            pre_nms_topk=self.pre_nms_topk,
+            max_detections=self.max_detections_per_image,
+            nms_method=self.nms_method,
+        )

@@ -1,0 +1,311 @@
+"""Turn dense detector outputs into detections: location grids, box decoding, per-level top-k, NMS.
+
+Every step works on the whole batch at once; the only per-image work is the final split into one dict per
+image. :func:`detect_padded` is the same pipeline with fixed-size outputs for ONNX graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+__all__ = [
+    "NMSMethod",
+    "batched_soft_nms",
+    "detect",
+    "detect_padded",
+    "distances_to_boxes",
+    "make_points",
+    "select_candidates",
+]
+
+NMSMethod = Literal["hard", "gaussian", "linear"]
+NMS_METHODS = ("hard", "gaussian", "linear")
+
+
+def make_points(
+    feat_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Centres of every feature-map location, levels concatenated, row-major inside a level.
+
+    Location ``(fx, fy)`` of a level with stride ``s`` is the image point ``((fx + 0.5) s, (fy + 0.5) s)``,
+    the convention of :class:`detforge.assigners.fcos.FCOSAssigner`.
+
+    Args:
+        feat_sizes: (H, W) of each level.
+        strides: stride of each level in pixels.
+
+    Returns:
+        points (Tensor[P, 2], (x, y) pixels) and their strides (Tensor[P]).
+    """
+    if len(feat_sizes) != len(strides):
+        raise ValueError(f"got {len(feat_sizes)} feature sizes for {len(strides)} strides")
+    points, point_strides = [], []
+    for (h, w), s in zip(feat_sizes, strides):
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s  # [W]
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s  # [H]
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W] each
+        points.append(torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2))  # [HW, 2]
+        point_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))  # [HW]
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def distances_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
+    """FCOS decoding: ``points`` (Tensor[P, 2]) and distances ``ltrb`` (Tensor[..., P, 4], pixels) ->
+    xyxy boxes (Tensor[..., P, 4])."""
+    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
+def _check_method(method: str) -> None:
+    if method not in NMS_METHODS:
+        raise ValueError(f"nms method must be one of {NMS_METHODS}, got {method!r}")
+
+
+def select_candidates(
+    scores: Tensor,
+    boxes: Tensor,
+    level_sizes: Sequence[int],
+    score_thresh: float,
+    pre_nms_topk: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per image and level, the ``pre_nms_topk`` best (location, class) pairs scoring above ``score_thresh``.
+
+    Args:
+        scores: Tensor[B, P, C] class probabilities.
+        boxes: Tensor[B, P, 4] decoded xyxy boxes.
+        level_sizes: locations per level (sum = P).
+
+    Returns:
+        image index (Tensor[N] int64), box (Tensor[N, 4]), score (Tensor[N]) and label (Tensor[N] int64) of
+        the N candidates of the batch.
+    """
+    num_images, num_points, num_classes = scores.shape
+    if sum(level_sizes) != num_points:
+        raise ValueError(f"level sizes {list(level_sizes)} do not add up to the {num_points} locations")
+    top_scores, top_index = [], []
+    start = 0
+    for size in level_sizes:
+        level = scores[:, start : start + size].reshape(num_images, size * num_classes)  # [B, P_l * C]
+        k = min(pre_nms_topk, size * num_classes)
+        s, i = level.topk(k, dim=1)  # [B, k] each
+        top_scores.append(s)
+        top_index.append(i + start * num_classes)
+        start += size
+    top_s = torch.cat(top_scores, dim=1)  # [B, K]
+    top_i = torch.cat(top_index, dim=1)  # [B, K] flat index into P * C
+    image_idx, k_idx = (top_s > score_thresh).nonzero(as_tuple=True)  # [N] each
+    flat = top_i[image_idx, k_idx]  # [N]
+    point_idx = torch.div(flat, num_classes, rounding_mode="floor")  # [N]
+    labels = flat % num_classes  # [N]
+    return image_idx, boxes[image_idx, point_idx], top_s[image_idx, k_idx], labels
+
+
+def batched_soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    method: Literal["gaussian", "linear"] = "gaussian",
+    sigma: float = 0.5,
+    iou_thresh: float = 0.3,
+    score_thresh: float = 0.001,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017) inside each group of boxes, all groups at once.
+
+    Each round takes the best remaining box of every group and decays the scores of the rest of its group:
+    ``s *= exp(-iou^2 / sigma)`` (gaussian) or ``s *= 1 - iou`` where ``iou > iou_thresh`` (linear). Boxes
+    whose score falls below ``score_thresh`` are dropped. Rounds = the largest group's size.
+
+    Args:
+        boxes: Tensor[N, 4] xyxy.
+        scores: Tensor[N].
+        groups: Tensor[N] int64; boxes of different groups never suppress each other (use image * C + class).
+
+    Returns:
+        kept indices into the inputs (Tensor[K] int64, by decayed score, best first) and their decayed
+        scores (Tensor[K]).
+    """
+    if method not in ("gaussian", "linear"):
+        raise ValueError(f"soft-NMS method must be one of ('gaussian', 'linear'), got {method!r}")
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device), scores.new_zeros(0)
+    _, group_id = torch.unique(groups, return_inverse=True)  # [N] dense 0..G-1
+    num_groups = int(group_id.max()) + 1
+    work = scores.clone().float()  # [N] decayed scores
+    alive = work >= score_thresh  # [N]
+    final = torch.zeros_like(work)  # [N] score at the time a box was picked
+    picked = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
+    index = torch.arange(n, device=boxes.device)
+    while bool(alive.any()):
+        masked = torch.where(alive, work, torch.full_like(work, -1.0))  # [N]
+        best = torch.full((num_groups,), -1.0, device=boxes.device).scatter_reduce(0, group_id, masked, "amax")
+        is_max = alive & (masked == best[group_id])  # [N]
+        first = torch.full((num_groups,), n, device=boxes.device).scatter_reduce(
+            0, group_id, torch.where(is_max, index, torch.full_like(index, n)), "amin"
+        )  # [G] lowest index among ties, n for finished groups
+        chosen = first[first < n]  # [S]
+        picked[chosen] = True
+        final[chosen] = work[chosen]
+        alive[chosen] = False
+        # IoU of every box with the box just picked in its group.
+        pick_of_group = first[group_id]  # [N]
+        has_pick = pick_of_group < n
+        ref = boxes[pick_of_group.clamp(max=n - 1)]  # [N, 4]
+        wh = (torch.minimum(boxes[:, 2:], ref[:, 2:]) - torch.maximum(boxes[:, :2], ref[:, :2])).clamp(min=0)
+        inter = wh[:, 0] * wh[:, 1]  # [N]
+        iou = inter / (area + area[pick_of_group.clamp(max=n - 1)] - inter).clamp(min=1e-9)  # [N]
+        if method == "gaussian":
+            decay = torch.exp(-(iou * iou) / sigma)
+        else:
+            decay = torch.where(iou > iou_thresh, 1.0 - iou, torch.ones_like(iou))
+        work = torch.where(alive & has_pick, work * decay, work)
+        alive &= work >= score_thresh
+    keep = picked.nonzero(as_tuple=True)[0]  # [K]
+    order = final[keep].argsort(descending=True)
+    return keep[order], final[keep][order]
+
+
+def _nms(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    nms_thresh: float,
+    method: NMSMethod,
+    soft_nms_sigma: float,
+    score_thresh: float,
+) -> tuple[Tensor, Tensor]:
+    """Kept indices (best first) and their (possibly decayed) scores."""
+    if method == "hard":
+        keep = batched_nms(boxes, scores, groups, nms_thresh)  # [K] by decreasing score
+        return keep, scores[keep]
+    return batched_soft_nms(
+        boxes, scores, groups, method, sigma=soft_nms_sigma, iou_thresh=nms_thresh, score_thresh=score_thresh
+    )
+
+
+def _rank_in_image(image_idx: Tensor, num_images: int) -> Tensor:
+    """Position of each detection among those of its image, in the given (best-first) order: Tensor[N]."""
+    one_hot = (image_idx[:, None] == torch.arange(num_images, device=image_idx.device)).long()  # [N, B]
+    return (one_hot.cumsum(0) * one_hot).sum(1) - 1  # [N]
+
+
+def _clip(boxes: Tensor, image_idx: Tensor, image_sizes: Tensor) -> Tensor:
+    """Clip xyxy ``boxes`` (Tensor[N, 4]) to the (h, w) of their image (``image_sizes`` Tensor[B, 2])."""
+    hw = image_sizes.to(boxes.dtype)[image_idx]  # [N, 2]
+    upper = torch.cat([hw.flip(-1), hw.flip(-1)], dim=-1)  # [N, 4] (w, h, w, h)
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def _sizes_tensor(image_sizes: Sequence[tuple[int, int]] | Tensor, num_images: int, device) -> Tensor:
+    sizes = torch.as_tensor(image_sizes, device=device).reshape(-1, 2)  # [B, 2] (h, w)
+    if sizes.shape[0] != num_images:
+        raise ValueError(f"got {sizes.shape[0]} image sizes for a batch of {num_images}")
+    return sizes
+
+
+def _detect_flat(
+    scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
+    nms_method, soft_nms_sigma,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Shared pipeline: (image_idx, boxes, scores, labels, rank) of the kept detections, best first."""
+    _check_method(nms_method)
+    num_images, _, num_classes = scores.shape
+    sizes = _sizes_tensor(image_sizes, num_images, scores.device)
+    image_idx, cand_boxes, cand_scores, labels = select_candidates(
+        scores, boxes, level_sizes, score_thresh, pre_nms_topk
+    )
+    cand_boxes = _clip(cand_boxes.float(), image_idx, sizes)  # [N, 4]
+    groups = image_idx * num_classes + labels  # [N] one NMS group per (image, class)
+    keep, kept_scores = _nms(
+        cand_boxes, cand_scores.float(), groups, nms_thresh, nms_method, soft_nms_sigma, score_thresh
+    )
+    image_idx = image_idx[keep]
+    rank = _rank_in_image(image_idx, num_images)  # [K]
+    top = rank < max_detections
+    return image_idx[top], cand_boxes[keep][top], kept_scores[top], labels[keep][top], rank[top]
+
+
+def detect(
+    scores: Tensor,
+    boxes: Tensor,
+    level_sizes: Sequence[int],
+    image_sizes: Sequence[tuple[int, int]] | Tensor,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.6,
+    pre_nms_topk: int = 1000,
+    max_detections: int = 100,
+    nms_method: NMSMethod = "hard",
+    soft_nms_sigma: float = 0.5,
+) -> list[dict[str, Tensor]]:
+    """Detections of a batch from dense per-location scores and boxes.
+
+    Steps: per image and level keep the ``pre_nms_topk`` best (location, class) scores, drop those at or
+    below ``score_thresh``, clip boxes to the image, NMS per image and class (torchvision ``batched_nms``, or
+    soft-NMS with ``nms_method="gaussian" | "linear"``), keep the ``max_detections`` best per image.
+
+    Args:
+        scores: Tensor[B, P, C] class probabilities.
+        boxes: Tensor[B, P, 4] decoded xyxy boxes, pixels of the network input.
+        level_sizes: locations per level (sum = P), for the per-level top-k.
+        image_sizes: (h, w) of each unpadded image (list or Tensor[B, 2]); boxes are clipped to it.
+
+    Returns:
+        one dict per image: ``boxes`` (Tensor[K, 4]), ``scores`` (Tensor[K]), ``labels`` (Tensor[K] int64),
+        best first.
+    """
+    num_images = scores.shape[0]
+    image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
+        scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
+        nms_method, soft_nms_sigma,
+    )
+    order = (image_idx * (rank.max() + 1 if rank.numel() else 1) + rank).argsort()  # by image, then rank
+    counts = torch.bincount(image_idx, minlength=num_images).tolist()
+    per_image = zip(
+        det_boxes[order].split(counts), det_scores[order].split(counts), labels[order].split(counts)
+    )
+    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in per_image]
+
+
+def detect_padded(
+    scores: Tensor,
+    boxes: Tensor,
+    level_sizes: Sequence[int],
+    image_sizes: Sequence[tuple[int, int]] | Tensor,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.6,
+    pre_nms_topk: int = 1000,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`detect` with fixed-size outputs (hard NMS), for ONNX graphs and batched consumers.
+
+    Returns:
+        boxes (Tensor[B, D, 4]), scores (Tensor[B, D]), labels (Tensor[B, D] int64) and the number of
+        detections per image (Tensor[B] int64), D = ``max_detections``; rows past an image's count hold
+        zero boxes, score 0 and label -1.
+    """
+    num_images = scores.shape[0]
+    image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
+        scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
+        "hard", 0.5,
+    )
+    slot = image_idx * max_detections + rank  # [K] unique slot in the [B * D] outputs
+    out_boxes = det_boxes.new_zeros(num_images * max_detections, 4).index_put((slot,), det_boxes)
+    out_scores = det_scores.new_zeros(num_images * max_detections).index_put((slot,), det_scores)
+    out_labels = labels.new_full((num_images * max_detections,), -1).index_put((slot,), labels)
+    counts = torch.zeros(num_images, dtype=torch.int64, device=scores.device).index_add(
+        0, image_idx, torch.ones_like(image_idx)
+    )
+    return (
+        out_boxes.reshape(num_images, max_detections, 4),
+        out_scores.reshape(num_images, max_detections),
+        out_labels.reshape(num_images, max_detections),
+        counts,
+    )

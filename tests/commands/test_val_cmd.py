@@ -1,0 +1,78 @@
+"""`detforge val --gt --pred`: the table, per-class AP, JSON output, plots and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from detforge.cli import main as cli_main
+from detforge.commands import val
+
+
+@pytest.fixture
+def coco_files(tmp_path):
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "categories": [{"id": 5, "name": "person"}, {"id": 9, "name": "kite"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 40, 40], "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 9, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+    }
+    results = [
+        {"image_id": 1, "category_id": 5, "bbox": [0, 0, 40, 40], "score": 0.9},
+        {"image_id": 2, "category_id": 9, "bbox": [60, 60, 20, 20], "score": 0.8},
+    ]
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt))
+    pred_path.write_text(json.dumps(results))
+    return gt_path, pred_path
+
+
+def test_prints_table_and_per_class_ap(coco_files, tmp_path, capsys) -> None:
+    gt_path, pred_path = coco_files
+    out_json = tmp_path / "m.json"
+    plots = tmp_path / "plots"
+    rc = cli_main(
+        [
+            "val",
+            "--gt",
+            str(gt_path),
+            "--pred",
+            str(pred_path),
+            "--save-json",
+            str(out_json),
+            "--plots",
+            str(plots),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500" in out
+    assert "person" in out and "1.000" in out and "kite" in out
+    saved = json.loads(out_json.read_text())
+    assert saved["stats"]["map"] == pytest.approx(0.5)
+    assert saved["per_class_ap"] == {"5": pytest.approx(1.0), "9": 0.0}
+    assert (plots / "pr_curve.png").is_file() and (plots / "confusion_matrix.png").is_file()
+
+
+def test_errors_name_the_file(coco_files, tmp_path, capsys) -> None:
+    gt_path, _ = coco_files
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 77, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 0.5}]))
+    assert val.main(["--gt", str(gt_path), "--pred", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "image_id 77" in err
+    assert val.main(["--gt", str(tmp_path / "missing.json"), "--pred", str(bad)]) == 1
+    assert "missing.json: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        val.main(["--gt", str(gt_path)])  # --pred is required with --gt
+
+
+def test_checkpoint_path_without_engine_is_a_clear_error(monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "detforge.engine.validate", None)  # import fails as if not built
+    assert val.main(["--ckpt", "x.ckpt", "--data", "synthetic:4"]) == 2
+    assert "not available" in capsys.readouterr().err

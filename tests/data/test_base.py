@@ -1,0 +1,68 @@
+"""DetectionDataset over hand-made records: the target contract of docs/architecture.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detforge.data
+from detforge.data.base import DetectionDataset, Record
+
+
+def _records(tmp_path):
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "b.png")
+    boxes = np.array([[0, 0, 20, 10], [2, 3, 4, 5]], np.float32)
+    return [
+        Record(5, str(tmp_path / "a.png"), boxes, np.array([1, 0]), 10, 20, iscrowd=np.array([False, True])),
+        Record(6, str(tmp_path / "b.png"), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 8, 8),
+    ]
+
+
+def test_target_contract(tmp_path):
+    ds = DetectionDataset(_records(tmp_path), ["x", "y"])
+    image, target = ds[0]
+    assert image.shape == (3, 10, 20) and image.dtype == torch.float32 and image[0].min() == 1.0
+    assert set(target) == {"boxes", "labels", "image_id", "orig_size", "size", "iscrowd", "ignore", "area"}
+    assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
+    assert target["iscrowd"].tolist() == [False, True] and target["ignore"].tolist() == [False, False]
+    torch.testing.assert_close(target["area"], torch.tensor([200.0, 4.0]))
+    assert target["image_id"] == 5 and target["size"].dtype == torch.int64
+    _, empty = ds[-1]
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["area"].shape == (0,)
+    # the dataset's own arrays are not modified through a returned target
+    target["boxes"] += 100
+    assert ds[0][1]["boxes"].max() == 20
+
+
+def test_target_size_and_mode_l(tmp_path):
+    ds = DetectionDataset(_records(tmp_path), ["x", "y"], target_size=(20, 10), mode="L")
+    image, target = ds[0]
+    assert image.shape == (1, 20, 10)
+    torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0.0, 10.0, 20.0], [1.0, 6.0, 2.0, 10.0]]))
+    assert target["orig_size"].tolist() == [10, 20] and target["size"].tolist() == [20, 10]
+
+
+def test_annotation_size_differing_from_file_warns(tmp_path):
+    records = _records(tmp_path)
+    records[1].height = 9
+    with pytest.warns(UserWarning, match=r"b\.png: annotation says 9x8"):
+        DetectionDataset(records, ["x", "y"])[1]
+
+
+def test_empty_dataset_and_bad_arguments(tmp_path):
+    ds = DetectionDataset([], ["x"])
+    assert len(ds) == 0 and ds.num_classes == 1 and ds.skipped == {}
+    with pytest.raises(ValueError, match="'RGB', 'L'"):
+        DetectionDataset([], ["x"], mode="rgb")
+    with pytest.raises(ValueError, match="target_size"):
+        DetectionDataset([], ["x"], target_size=(0, 4))
+
+
+def test_package_exports_readers_and_lazy_names():
+    assert detforge.data.CocoDataset.__name__ == "CocoDataset"
+    assert callable(detforge.data.run_doctor)
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        detforge.data.no_such_thing  # noqa: B018

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from detforge.assigners.single_scale import SingleScaleAssigner
+from detforge.models.edge import Phantom, PhantomConfig, phantom_training_step
+
+
+def _faces(*boxes):
+    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return {"boxes": b, "labels": torch.zeros(len(b), dtype=torch.int64)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Phantom()
+
+
+def test_default_config():
+    cfg = PhantomConfig()
+    assert (cfg.input_width, cfg.input_height, cfg.backbone_refresh_interval) == (128, 128, 30)
+    assert (cfg.tracker_hidden_size, cfg.detection_threshold) == (64, 0.5)
+    m = Phantom.with_config(cfg)
+    assert m.num_classes == 1 and m.default_input_size == (128, 128) and m.memory.hidden_size == 64
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="backbone_refresh_interval"):
+        Phantom(backbone_refresh_interval=0)
+    with pytest.raises(ValueError, match="detection_threshold"):
+        Phantom(detection_threshold=1.5)
+
+
+def test_forward_train_shapes(model):
+    cls, bbox = model.forward_train(torch.rand(3, 64, 48))
+    assert cls.shape == (1, 1, 16, 12) and bbox.shape == (1, 4, 16, 12)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        [_faces(), _faces()],
+        [_faces([10, 10, 30, 34]), _faces()],
+        [_faces([0, 0, 12, 12]), _faces([40, 44, 64, 64])],
+        [_faces([2, 2, 20, 20], [30, 30, 60, 62], [5, 40, 25, 60]), _faces([1, 1, 63, 63])],
+    ],
+    ids=["zero", "one", "border", "mixed"],
+)
+def test_loss_cases(model, targets):
+    model.train()
+    out = model(torch.rand(2, 3, 64, 64))
+    losses = model.loss(out, targets)
+    n = sum(len(t["boxes"]) for t in targets)
+    assert int(losses["num_pos"]) == n  # one centre cell per face, no two share a cell here
+    assert all(torch.isfinite(v) for v in losses.values())
+    if n == 0:
+        assert losses["reg_loss"] == 0
+    losses["loss"].backward()
+    model.zero_grad()
+
+
+def test_postprocess_decodes_the_assigner_encoding(model):
+    """Feeding the assigner's own targets back as predictions must give back the boxes."""
+    faces = torch.tensor([[6.0, 10.0, 30.0, 40.0], [40.0, 8.0, 60.0, 24.0]])
+    targets = SingleScaleAssigner(4)((16, 16), faces[None], torch.ones(1, 2, dtype=torch.bool))
+    out = {
+        "face_cls": (targets.cls[:, None] * 20 - 10),  # [1, 1, 16, 16] logits: +10 at faces, -10 elsewhere
+        "face_bbox": targets.bbox.permute(0, 3, 1, 2),  # [1, 4, 16, 16]
+    }
+    det = model.postprocess(out, [(64, 64)])[0]
+    order = det["boxes"][:, 0].argsort()
+    torch.testing.assert_close(det["boxes"][order], faces)
+    assert det["labels"].tolist() == [0, 0]
+
+
+def test_training_step_reduces_loss():
+    torch.manual_seed(0)
+    m = Phantom()
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    frame = torch.rand(3, 64, 64) * 0.2
+    frame[:, 12:36, 20:40] = 0.9
+    losses = [
+        phantom_training_step(m, frame, torch.tensor([[20.0, 12.0, 40.0, 36.0]]), opt) for _ in range(12)
+    ]
+    assert losses[-1] < 0.5 * losses[0]
+    assert phantom_training_step(m, frame, torch.zeros(0, 4), opt) >= 0  # a frame without faces trains too
