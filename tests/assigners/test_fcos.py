@@ -3,6 +3,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detforge.assigners import (
     FCOS_P3_P7_RANGES,
@@ -97,6 +99,23 @@ def test_matches_per_location_reference_on_random_batches(radius):
             labels.append([rng.randrange(4) for _ in image_boxes])
         ours, ref = run_both(boxes, labels, radius=radius)
         assert_same(ours, ref)
+
+
+coord = st.one_of(st.integers(-10, 90).map(float), st.floats(-10, 90, width=32))
+box_strategy = st.tuples(coord, coord, coord, coord).map(
+    lambda c: [min(c[0], c[2]), min(c[1], c[3]), max(c[0], c[2]), max(c[1], c[3])]
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    boxes=st.lists(st.lists(box_strategy, max_size=4), min_size=1, max_size=3),
+    radius=st.sampled_from([None, 1.0, 2.5]),
+)
+def test_property_matches_reference(boxes, radius):
+    labels = [list(range(len(b))) for b in boxes]
+    ours, ref = run_both(boxes, labels, radius=radius)
+    assert_same(ours, ref)
 
 
 def test_random_batches_have_positives_on_every_level():
@@ -261,6 +280,8 @@ def test_bad_arguments_raise_clear_errors():
     boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, float("nan"), 5.0, 5.0]]])
     with pytest.raises(ValueError, match=r"gt_boxes\[0, 1\]"):
         assigner(FEAT_SIZES, boxes, torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"gt_labels\[0, 0\] = -1"):
+        assigner(FEAT_SIZES, boxes[:, :1], torch.full((1, 1), -1), torch.ones(1, 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="feature sizes"):
         assigner(
             FEAT_SIZES[:2],

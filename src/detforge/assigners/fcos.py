@@ -65,7 +65,7 @@ def fcos_centerness(ltrb: Tensor) -> Tensor:
     return ratio.sqrt()
 
 
-def _check_finite_boxes(gt_boxes: Tensor, gt_mask: Tensor) -> None:
+def _check_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
     bad = gt_mask & ~torch.isfinite(gt_boxes).all(-1)  # [B, G]
     if bool(bad.any()):
         b, g = (int(v) for v in bad.nonzero()[0])
@@ -73,6 +73,10 @@ def _check_finite_boxes(gt_boxes: Tensor, gt_mask: Tensor) -> None:
             f"FCOSAssigner: gt_boxes[{b}, {g}] = {gt_boxes[b, g].tolist()} is not finite "
             f"({int(bad.sum())} such boxes in the batch)"
         )
+    bad = gt_mask & (gt_labels < 0)  # [B, G]
+    if bool(bad.any()):
+        b, g = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"FCOSAssigner: gt_labels[{b}, {g}] = {int(gt_labels[b, g])} is negative")
 
 
 class FCOSAssigner:
@@ -125,7 +129,9 @@ class FCOSAssigner:
         widths = [int(w) for _, w in feat_sizes]
         return heights, widths
 
-    def points(self, feat_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None):
+    def points(
+        self, feat_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Location centres and strides of all levels, concatenated (the order of every [B, P] output).
 
         Args:
@@ -167,7 +173,7 @@ class FCOSAssigner:
         device = gt_boxes.device
         gt_boxes = gt_boxes.float()
         gt_mask = gt_mask.bool()
-        _check_finite_boxes(gt_boxes, gt_mask)
+        _check_targets(gt_boxes, gt_labels, gt_mask)
         num_images = gt_boxes.shape[0]
         points, _ = self.points(feat_sizes, device)  # [P, 2]
         num_points = points.shape[0]
