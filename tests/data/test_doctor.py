@@ -106,17 +106,25 @@ def test_empty_dataset_is_an_error():
     assert report.errors == 1 and "no images" in report.to_text()
 
 
-def test_synthetic_and_its_coco_export_agree(tmp_path):
+def _by_name(report):
+    """Per-class box counts by class name (VOC collects names in sorted order), classes with boxes only."""
+    return {n: c for n, c in zip(report.class_names, report.per_class) if c}
+
+
+def test_synthetic_and_its_exports_agree(tmp_path):
     synthetic = pytest.importorskip("detforge.data.synthetic")
     writers = pytest.importorskip("detforge.data.writers")
     ds = synthetic.SyntheticShapes(num_images=6, image_size=64, seed=3)
-    ann_file = writers.write_coco(ds, tmp_path / "export", split="train")
     direct = examine(ds, max_images=0)
-    exported = run_doctor(f"coco:{ann_file}:{tmp_path / 'export' / 'train'}", out_dir=tmp_path)
-    assert direct.errors == 0 and exported.errors == 0, exported.to_text()
-    assert (exported.num_images, exported.num_boxes, exported.per_class) == (
-        6,
-        direct.num_boxes,
-        direct.per_class,
-    )
+    ann_file = writers.write_coco(ds, tmp_path / "coco", split="train")
+    writers.write_voc(ds, tmp_path / "voc", split="train")
+    writers.write_yolo(ds, tmp_path / "yolo", split="train")
+    specs = [f"coco:{ann_file}:{tmp_path / 'coco' / 'train'}", f"voc:{tmp_path / 'voc'}"]
+    specs.append(f"yolo:{tmp_path / 'yolo' / 'data.yaml'}")
+    assert direct.errors == 0 and direct.num_boxes > 0
+    for spec in specs:
+        exported = run_doctor(spec, out_dir=tmp_path, grid_images=0)
+        assert exported.errors == 0, exported.to_text()
+        got = (exported.num_images, exported.num_boxes, _by_name(exported), exported.empty_images)
+        assert got == (6, direct.num_boxes, _by_name(direct), direct.empty_images), spec
     assert json.loads(ann_file.read_text())["categories"][0]["id"] == 1
