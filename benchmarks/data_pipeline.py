@@ -4,10 +4,11 @@ Writes a small COCO data set of JPEGs (synthetic shapes, 480x640) with ``write_c
 for each input size and worker count times one pass of a DataLoader (batch 16) over
 
 - ours: ``CocoDataset`` (native JPEG decode to uint8) + ``build_train_transforms`` + ``detection_collate``;
-- ref:  ``torchvision.datasets.CocoDetection`` + ``wrap_dataset_for_transforms_v2`` + ``PILToTensor`` and the
+- ref:  ``torchvision.datasets.CocoDetection`` + ``wrap_dataset_for_transforms_v2`` + ``ToImage`` and the
   very same v2 train pipeline + a stacking collate,
 
-on the same files in the same run. Workers are persistent and warmed up; each cell is the median over repeats.
+on the same files in the same run. Workers are persistent and warmed up; passes alternate between ours and
+ref so that a busy machine slows both alike; each cell is the median over the repeats.
 Prints images/s and the ratio ours / ref (> 1 means we are faster). Always exits 0.
 
     uv run python benchmarks/data_pipeline.py [--num-images 200] [--repeats 3] [--sizes 320 640] [--workers 0 2]
@@ -16,6 +17,8 @@ Prints images/s and the ratio ours / ref (> 1 means we are faster). Always exits
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -39,27 +42,34 @@ def _stack_collate(batch):
 
 def _reference(image_dir: Path, ann_file: Path, imgsz: int):
     ours = build_train_transforms(imgsz)
-    pipeline = v2.Compose([v2.PILToTensor(), *ours.pipeline.transforms])
-    dataset = datasets.CocoDetection(str(image_dir), str(ann_file), transforms=pipeline)
+    pipeline = v2.Compose([v2.ToImage(), *ours.pipeline.transforms])
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+        dataset = datasets.CocoDetection(str(image_dir), str(ann_file), transforms=pipeline)
     return datasets.wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "image_id"))
 
 
-def _images_per_second(loader: DataLoader, repeats: int) -> float:
-    for _ in loader:  # warm-up: start the workers, fill caches
-        pass
-    rates = []
+def _one_pass(loader: DataLoader) -> float:
+    count, start = 0, time.perf_counter()
+    for images, _ in loader:
+        count += images.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def _compare(loaders: dict[str, DataLoader], repeats: int) -> dict[str, float]:
+    """Median images/s of each loader; passes alternate between the loaders so load changes hit both alike."""
+    for loader in loaders.values():  # warm-up: start the workers, fill the page cache
+        _one_pass(loader)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        for images, _ in loader:
-            count += images.shape[0]
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, loader in loaders.items():
+            rates[name].append(_one_pass(loader))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -73,14 +83,10 @@ def main() -> int:
         print(f"{'imgsz':>5} {'workers':>7} {'ours img/s':>11} {'ref img/s':>10} {'ours/ref':>9}")
         for imgsz in args.sizes:
             for workers in args.workers:
-                rates = {}
-                for name in ("ours", "ref"):
-                    if name == "ours":
-                        dataset = CocoDataset(image_dir, ann_file, transforms=build_train_transforms(imgsz))
-                        collate = detection_collate
-                    else:
-                        dataset, collate = _reference(image_dir, ann_file, imgsz), _stack_collate
-                    loader = DataLoader(
+                ours = CocoDataset(image_dir, ann_file, transforms=build_train_transforms(imgsz))
+                ref = _reference(image_dir, ann_file, imgsz)
+                loaders = {
+                    name: DataLoader(
                         dataset,
                         batch_size=args.batch_size,
                         shuffle=False,
@@ -88,10 +94,18 @@ def main() -> int:
                         collate_fn=collate,
                         persistent_workers=workers > 0,
                     )
-                    rates[name] = _images_per_second(loader, args.repeats)
-                    del loader
+                    for name, dataset, collate in (
+                        ("ours", ours, detection_collate),
+                        ("ref", ref, _stack_collate),
+                    )
+                }
+                rates = _compare(loaders, args.repeats)
+                del loaders
                 ratio = rates["ours"] / rates["ref"]
-                print(f"{imgsz:>5} {workers:>7} {rates['ours']:>11.1f} {rates['ref']:>10.1f} {ratio:>9.2f}")
+                print(
+                    f"{imgsz:>5} {workers:>7} {rates['ours']:>11.1f} {rates['ref']:>10.1f} {ratio:>9.2f}",
+                    flush=True,
+                )
     return 0
 
 

@@ -42,8 +42,14 @@ def build_torchvision(num_classes: int, size: int) -> torch.nn.Module:
         resnet18(), trainable_layers=5, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
     )
     return TorchvisionFCOS(
-        backbone, num_classes, min_size=size, max_size=size, score_thresh=0.05, nms_thresh=0.6,
-        detections_per_img=100, topk_candidates=1000,
+        backbone,
+        num_classes,
+        min_size=size,
+        max_size=size,
+        score_thresh=0.05,
+        nms_thresh=0.6,
+        detections_per_img=100,
+        topk_candidates=1000,
     )
 
 
@@ -107,7 +113,10 @@ def main() -> int:
         theirs(list(images))
 
     rows = []
-    for name, fn_ours, fn_theirs in (("train step", train_ours, train_theirs), ("inference", infer_ours, infer_theirs)):
+    for name, fn_ours, fn_theirs in (
+        ("train step", train_ours, train_theirs),
+        ("inference", infer_ours, infer_theirs),
+    ):
         # Interleave the peers so slow drift on a shared machine hits both alike.
         t_ours, t_theirs = [], []
         for _ in range(3):

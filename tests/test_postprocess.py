@@ -42,7 +42,9 @@ def reference_detect(scores, boxes, level_sizes, image_sizes, score_thresh, nms_
             cand_labels.append(idx % num_classes)
             start += size
         b, s, lab = torch.cat(cand_boxes), torch.cat(cand_scores), torch.cat(cand_labels)
-        b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
+        b = torch.stack(
+            [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1
+        )
         keep = batched_nms(b, s, lab, nms_thresh)[:max_det]
         results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
     return results

@@ -146,7 +146,9 @@ def batched_soft_nms(
     index = torch.arange(n, device=boxes.device)
     while bool(alive.any()):
         masked = torch.where(alive, work, torch.full_like(work, -1.0))  # [N]
-        best = torch.full((num_groups,), -1.0, device=boxes.device).scatter_reduce(0, group_id, masked, "amax")
+        best = torch.full((num_groups,), -1.0, device=boxes.device).scatter_reduce(
+            0, group_id, masked, "amax"
+        )
         is_max = alive & (masked == best[group_id])  # [N]
         first = torch.full((num_groups,), n, device=boxes.device).scatter_reduce(
             0, group_id, torch.where(is_max, index, torch.full_like(index, n)), "amin"
@@ -212,8 +214,16 @@ def _sizes_tensor(image_sizes: Sequence[tuple[int, int]] | Tensor, num_images: i
 
 
 def _detect_flat(
-    scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
-    nms_method, soft_nms_sigma,
+    scores,
+    boxes,
+    level_sizes,
+    image_sizes,
+    score_thresh,
+    nms_thresh,
+    pre_nms_topk,
+    max_detections,
+    nms_method,
+    soft_nms_sigma,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Shared pipeline: (image_idx, boxes, scores, labels, rank) of the kept detections, best first."""
     _check_method(nms_method)
@@ -263,8 +273,16 @@ def detect(
     """
     num_images = scores.shape[0]
     image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
-        scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
-        nms_method, soft_nms_sigma,
+        scores,
+        boxes,
+        level_sizes,
+        image_sizes,
+        score_thresh,
+        nms_thresh,
+        pre_nms_topk,
+        max_detections,
+        nms_method,
+        soft_nms_sigma,
     )
     order = (image_idx * (rank.max() + 1 if rank.numel() else 1) + rank).argsort()  # by image, then rank
     counts = torch.bincount(image_idx, minlength=num_images).tolist()
@@ -293,16 +311,23 @@ def detect_padded(
     """
     num_images = scores.shape[0]
     image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
-        scores, boxes, level_sizes, image_sizes, score_thresh, nms_thresh, pre_nms_topk, max_detections,
-        "hard", 0.5,
+        scores,
+        boxes,
+        level_sizes,
+        image_sizes,
+        score_thresh,
+        nms_thresh,
+        pre_nms_topk,
+        max_detections,
+        "hard",
+        0.5,
     )
     slot = image_idx * max_detections + rank  # [K] unique slot in the [B * D] outputs
     out_boxes = det_boxes.new_zeros(num_images * max_detections, 4).index_put((slot,), det_boxes)
     out_scores = det_scores.new_zeros(num_images * max_detections).index_put((slot,), det_scores)
     out_labels = labels.new_full((num_images * max_detections,), -1).index_put((slot,), labels)
-    counts = torch.zeros(num_images, dtype=torch.int64, device=scores.device).index_add(
-        0, image_idx, torch.ones_like(image_idx)
-    )
+    # A comparison table rather than index_add: ONNX scatters do not accumulate repeated indices.
+    counts = (image_idx[:, None] == torch.arange(num_images, device=scores.device)).sum(0)  # [B]
     return (
         out_boxes.reshape(num_images, max_detections, 4),
         out_scores.reshape(num_images, max_detections),

@@ -26,6 +26,18 @@ def test_collate_stacks_equal_sizes():
     assert torch.equal(images[1], batch[1][0])
 
 
+def test_collate_puts_each_target_key_in_one_buffer():
+    batch = [_sample(3, 4, 4, n, image_id=n) for n in (2, 0, 3)]
+    for _, target in batch:
+        target["size"] = torch.tensor([4, 4])
+    _, targets = detection_collate(batch)
+    for key in ("boxes", "labels", "size"):
+        assert len({t[key].untyped_storage().data_ptr() for t in targets}) == 1, key
+        for (_, original), target in zip(batch, targets):
+            assert torch.equal(target[key], original[key]) and target[key].dtype == original[key].dtype
+    assert [t["image_id"] for t in targets] == [2, 0, 3]
+
+
 def test_collate_pads_bottom_right_with_zeros_and_keeps_sizes():
     batch = [_sample(1, 5, 9), _sample(1, 7, 4), _sample(1, 2, 2)]
     batch[0][1]["size"] = torch.tensor([5, 9])

@@ -143,3 +143,11 @@ def test_bad_options_raise():
         build_train_transforms(64, hflip=2.0)
     with pytest.raises(ValueError, match="imgsz"):
         build_val_transforms(0)
+
+
+def test_train_pipeline_on_single_channel_images():
+    boxes = torch.tensor([[4.0, 4.0, 20.0, 30.0]])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out, target = build_train_transforms(48)(_painted(40, 60, boxes, channels=1), _target(boxes))
+        assert out.shape == (1, 48, 48) and target["boxes"].shape[0] == target["labels"].shape[0]

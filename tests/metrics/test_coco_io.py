@@ -127,3 +127,14 @@ def test_bad_files_are_named(tmp_path) -> None:
         )
     with pytest.raises(ValueError, match="missing or not a list"):
         evaluate_coco_files({"images": []}, [])
+
+
+def test_unlisted_ids_are_left_out_with_a_counted_warning() -> None:
+    results = [
+        {"image_id": 10, "category_id": 1, "bbox": [10, 10, 30, 60], "score": 0.9},
+        {"image_id": 10, "category_id": 99, "bbox": [10, 10, 30, 60], "score": 0.8},
+        {"image_id": 20, "category_id": 99, "bbox": [10, 10, 30, 60], "score": 0.8},
+    ]
+    with pytest.warns(UserWarning, match=r"2 detection\(s\) have a category_id not listed .*category_id 99"):
+        with_extra = evaluate_coco_files(GT, results)
+    np.testing.assert_array_equal(with_extra.stats, evaluate_coco_files(GT, results[:1]).stats)

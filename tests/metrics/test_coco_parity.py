@@ -97,7 +97,7 @@ def assert_same(ours, ref: COCOeval) -> None:
     np.testing.assert_array_equal(ours.recall, ref.eval["recall"])
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(150))
 def test_random_parity(seed: int) -> None:
     gt, results = random_coco(seed, num_images=int(3 + seed % 6), num_cats=int(1 + seed % 5))
     ref = pycocotools_eval(gt, results)
@@ -161,3 +161,27 @@ def test_equal_iou_tie_takes_the_later_ground_truth() -> None:
     assert_same(ours, pycocotools_eval(gt, results))
     # IoU <= 0.8: both matched (AP 1); 0.85..0.95: only the second (precision 0.5 up to recall 0.5).
     assert ours.stats[0] == pytest.approx((7 * 1.0 + 3 * 51 * 0.5 / 101) / 10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_parity_custom_thresholds(seed: int) -> None:
+    gt, results = random_coco(200 + seed, num_images=5, num_cats=3)
+    iou_thrs = np.array([0.3, 0.5, 0.75])
+    rec_thrs = np.linspace(0.0, 1.0, 11)
+    ref = pycocotools_eval(gt, results, iouThrs=iou_thrs, recThrs=rec_thrs)
+    ours = COCOEvaluator(iou_thresholds=iou_thrs, recall_thresholds=rec_thrs).evaluate(
+        CocoGroundTruth.from_coco_dict(gt), CocoDetections.from_coco_results(results)
+    )
+    assert_same(ours, ref)
+
+
+def test_parity_crowded_groups() -> None:
+    """Dozens of detections per (image, category), many matching rounds, crowds taking several matches."""
+    gt, results = random_coco(999, num_images=12, num_cats=2)
+    rng = np.random.default_rng(5)
+    results = results + [
+        {**r, "bbox": [v + float(rng.normal(0, 3)) for v in r["bbox"]], "score": float(rng.random())}
+        for r in results
+        for _ in range(8)
+    ]
+    assert_same(evaluate_coco_files(gt, results), pycocotools_eval(gt, results))

@@ -121,3 +121,20 @@ def test_ignore_flag_and_bad_input() -> None:
         metric.update(
             [{"boxes": box, "labels": torch.tensor([0, 0])}], [{"boxes": box, "labels": torch.tensor([0, 0])}]
         )
+
+
+def test_box_format_xywh_equals_xyxy() -> None:
+    preds, targets = random_batch(3)
+
+    def to_xywh(items: list[dict]) -> list[dict]:
+        return [
+            {**d, "boxes": torch.cat([d["boxes"][:, :2], d["boxes"][:, 2:] - d["boxes"][:, :2]], 1)}
+            for d in items
+        ]
+
+    a, b = DetectionMAP(), DetectionMAP(box_format="xywh")
+    a.update(preds, targets)
+    b.update(to_xywh(preds), to_xywh(targets))
+    got, want = b.compute(), a.compute()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key

@@ -222,9 +222,10 @@ def test_other_schedulers_build(tmp_path, scheduler):
 
 def test_freeze_backbone():
     model = tiny(freeze_backbone=True)
-    backbone = model.model.features.backbone if hasattr(model.model.features, "backbone") else None
-    frozen = [p.requires_grad for n, p in model.model.named_parameters() if "backbone" in n]
-    assert frozen and not any(frozen), backbone
+    body = [p.requires_grad for n, p in model.model.named_parameters() if n.startswith("features.body.")]
+    rest = [p.requires_grad for n, p in model.model.named_parameters() if not n.startswith("features.body.")]
+    assert body and not any(body)
+    assert rest and all(rest)
 
 
 def test_preprocess_and_data_config():

@@ -81,9 +81,15 @@ def test_loss_equals_per_image_reference_and_backprops(model, images, case):
     losses = model.loss(out, targets)
     cls, reg, ctr = reference_loss(model, out, targets)
     torch.testing.assert_close(losses["cls_loss"], cls.detach(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(losses["reg_loss"], torch.as_tensor(reg).detach().float(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(losses["centerness_loss"], torch.as_tensor(ctr).detach().float(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(losses["loss"].detach(), losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"])
+    torch.testing.assert_close(
+        losses["reg_loss"], torch.as_tensor(reg).detach().float(), rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        losses["centerness_loss"], torch.as_tensor(ctr).detach().float(), rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        losses["loss"].detach(), losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
+    )
     assert (float(losses["num_pos"]) > 0) == (case != "no boxes")
     losses["loss"].backward()
     assert torch.isfinite(model.head.cls_logits.weight.grad).all()

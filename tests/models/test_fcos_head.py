@@ -59,7 +59,8 @@ def test_norms_and_validation():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in FCOSHead(32, 2, STRIDES).modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in FCOSHead(32, 2, STRIDES, norm="BN").modules())
     assert not any(
-        isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d) for m in FCOSHead(32, 2, STRIDES, norm="none").modules()
+        isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d)
+        for m in FCOSHead(32, 2, STRIDES, norm="none").modules()
     )
     with pytest.raises(ValueError, match=r"norm must be one of \('GN', 'BN', 'none'\)"):
         FCOSHead(32, 2, STRIDES, norm="LN")

@@ -11,7 +11,11 @@ def test_output_strides_shapes_and_extra_levels():
     feats = [torch.rand(2, 16, 13, 17), torch.rand(2, 24, 7, 9), torch.rand(2, 40, 4, 5)]
     out = fpn(feats)
     assert [tuple(o.shape) for o in out] == [
-        (2, 32, 13, 17), (2, 32, 7, 9), (2, 32, 4, 5), (2, 32, 2, 3), (2, 32, 1, 2)
+        (2, 32, 13, 17),
+        (2, 32, 7, 9),
+        (2, 32, 4, 5),
+        (2, 32, 2, 3),
+        (2, 32, 1, 2),
     ]
 
 

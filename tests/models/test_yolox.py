@@ -11,7 +11,10 @@ SIZE = 64
 
 
 def target(boxes, labels, **extra):
-    t = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels).long()}
+    t = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels).long(),
+    }
     t["labels"] = t["labels"].reshape(-1)
     t.update(extra)
     return t
@@ -54,7 +57,9 @@ def reference_loss(model, out, targets):
         soft = torch.zeros(int(fg.sum()), 3)
         soft[torch.arange(int(fg.sum())), a.labels[i][fg]] = a.matched_iou[i][fg]
         cls = cls + bce(out["cls_logits"][i][fg], soft, reduction="sum")
-        reg = reg + generalized_box_iou_loss(out["boxes"][i][fg], gt_boxes[i][a.matched_gt[i][fg]], reduction="sum")
+        reg = reg + generalized_box_iou_loss(
+            out["boxes"][i][fg], gt_boxes[i][a.matched_gt[i][fg]], reduction="sum"
+        )
     return cls / num_fg, reg / num_fg, obj / num_fg
 
 
@@ -63,7 +68,11 @@ def test_forward_shapes(model, images):
     assert model.strides == (8, 16, 32)
     a = sum(h * w for h, w in out["feat_sizes"])
     assert a == 8 * 8 + 4 * 4 + 2 * 2
-    assert out["cls_logits"].shape == (2, a, 3) and out["boxes"].shape == (2, a, 4) and out["obj_logits"].shape == (2, a)
+    assert (
+        out["cls_logits"].shape == (2, a, 3)
+        and out["boxes"].shape == (2, a, 4)
+        and out["obj_logits"].shape == (2, a)
+    )
 
 
 @pytest.mark.parametrize("case", list(BATCHES))

@@ -12,11 +12,17 @@ import sys
 from pathlib import Path
 
 HELP = "evaluate a checkpoint on a data set, or a COCO results JSON against its ground truth"
+_EXAMPLES = """examples:
+  detforge val --gt instances_val.json --pred results.json --plots out/ --save-json out/metrics.json
+  detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/"""
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="detforge val", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="detforge val",
+        description=HELP[0].upper() + HELP[1:] + ".",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     files = p.add_argument_group("evaluate a COCO results file")
     files.add_argument("--gt", type=Path, help="COCO instances JSON (images, annotations, categories)")

@@ -16,7 +16,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from detforge.data.mosaic import Mosaic
+from detforge.data.mosaic import Mosaic, keep_uint8
 from detforge.data.transforms import build_train_transforms, build_val_transforms
 
 __all__ = ["DetectionDataModule", "detection_collate"]
@@ -44,6 +44,7 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
             )
         if "size" not in target:
             target["size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
+    _share_storage(targets)
     if all(image.shape == first.shape for image in images):
         return torch.stack(images), targets  # [B, C, H, W]
     height = max(image.shape[-2] for image in images)
@@ -52,6 +53,30 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
     for i, image in enumerate(images):
         out[i, :, : image.shape[-2], : image.shape[-1]] = image
     return out, targets
+
+
+def _share_storage(targets: list[dict]) -> None:
+    """Make each target tensor a view into one buffer per key (in place).
+
+    A DataLoader worker sends every tensor storage through shared memory separately; with seven small tensors
+    per image that costs more than the image itself for small inputs. One buffer per key cuts it to a handful
+    per batch. The targets still hold ordinary tensors of the same shapes and values.
+    """
+    for key, value in targets[0].items():
+        if not isinstance(value, Tensor) or value.ndim == 0:
+            continue
+        values = [t.get(key) for t in targets]
+        if not all(
+            isinstance(v, Tensor)
+            and v.ndim == value.ndim
+            and v.dtype == value.dtype
+            and v.shape[1:] == value.shape[1:]
+            for v in values
+        ):
+            continue
+        parts = torch.cat(values).split([v.shape[0] for v in values])  # views of one [sum N_i, ...] buffer
+        for target, part in zip(targets, parts):
+            target[key] = part
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:
@@ -143,7 +168,7 @@ class DetectionDataModule(L.LightningDataModule):
     def _make_train(self) -> Dataset:
         if isinstance(self.data, str):
             if self.mosaic > 0:
-                dataset = self._build(self.data, "train", None)
+                dataset = self._build(self.data, "train", keep_uint8)
                 dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
             else:
                 dataset = self._build(self.data, "train", self._train_transforms())

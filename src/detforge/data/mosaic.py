@@ -19,7 +19,13 @@ from torchvision.transforms.v2 import functional as TF
 
 from detforge.data.transforms import PAD_VALUE, PER_BOX_KEYS
 
-__all__ = ["Mosaic"]
+__all__ = ["Mosaic", "keep_uint8"]
+
+
+def keep_uint8(image: Tensor, target: dict) -> tuple[Tensor, dict]:
+    """Pass-through ``transforms`` for a data set wrapped by :class:`Mosaic`: keeps its images uint8, which
+    saves a float conversion per tile."""
+    return image, target
 
 
 def _to_uint8(image: Tensor) -> Tensor:
@@ -34,8 +40,8 @@ class Mosaic(Dataset):
 
     Args:
         dataset: map-style data set returning ``(image Tensor[C, H, W], target)``; images may be uint8 or
-            float in [0, 1]. A data set with a ``transforms`` attribute that is None is read untransformed;
-            give it no augmentation of its own, the mosaic's ``transforms`` do that.
+            float in [0, 1]. Give it no augmentation of its own (the mosaic's ``transforms`` do that); for
+            speed build it with ``transforms=keep_uint8``.
         imgsz: side of the output image in pixels (and of each tile's fitted size).
         prob: probability of building a mosaic; otherwise the sample is only fitted to ``imgsz``.
         seed: None draws the random choices from torch's generator, which the DataLoader seeds per worker

@@ -12,6 +12,7 @@ and category, 101-point interpolation, -1 for undefined values.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,4 +310,21 @@ def evaluate_coco_files(
             f"{dt_src}: detection [{i}] has image_id {int(dt.image_ids[i])}, which {gt_src} does not list "
             f"({int(unknown.sum())} such detections)"
         )
+    _warn_unlisted(dt.category_ids, gt.all_category_ids, dt_src, "detection", "category_id", gt_src)
+    _warn_unlisted(
+        gt.category_ids, gt.all_category_ids, gt_src, "annotation", "category_id", "its categories"
+    )
+    _warn_unlisted(gt.image_ids, gt.all_image_ids, gt_src, "annotation", "image_id", "its images")
     return (evaluator or COCOEvaluator()).evaluate(gt, dt)
+
+
+def _warn_unlisted(values: np.ndarray, listed: np.ndarray, src: str, kind: str, key: str, where: str) -> None:
+    """Rows whose id is not listed are left out of the evaluation (as pycocotools does): say so, counted."""
+    unlisted = ~np.isin(values, listed)
+    if unlisted.any():
+        i = int(np.flatnonzero(unlisted)[0])
+        warnings.warn(
+            f"{src}: {int(unlisted.sum())} {kind}(s) have a {key} not listed in {where} and are left out "
+            f"of the evaluation (first: {kind} [{i}], {key} {int(values[i])})",
+            stacklevel=3,
+        )

@@ -31,6 +31,16 @@ def _min_counts(recall_thresholds: np.ndarray, num_gt: np.ndarray) -> np.ndarray
     return c
 
 
+def _counted_before(
+    t: np.ndarray, p: np.ndarray, n: int, base: np.ndarray, key: np.ndarray, delta_cum: np.ndarray
+) -> np.ndarray:
+    """Counted detections in positions [0, p) under threshold t (int64 [P] each): the unmatched count
+    ``base`` [n + 1] plus the corrections of the matches (sorted ``key`` = t * (n + 1) + position, and
+    ``delta_cum``, the running sum of their corrections with a leading 0) that lie before p on row t."""
+    row = t * (n + 1)
+    return base[p] + delta_cum[np.searchsorted(key, row + p)] - delta_cum[np.searchsorted(key, row)]
+
+
 def accumulate(
     *,
     det_category: np.ndarray,
@@ -94,30 +104,26 @@ def accumulate(
     area_bounds = np.searchsorted(m_area, np.arange(num_area + 1))  # [A + 1]
     cats = np.arange(num_k)
     lanes = np.arange(num_thr * num_k)  # one lane per (threshold, category)
-    for a in range(num_area):
-        has_gt = num_gt[:, a] > 0  # [K]
-        min_count = _min_counts(recall_thresholds, num_gt[:, a])  # [K, R]
-        lo, hi = area_bounds[a], area_bounds[a + 1]
-        for m, max_det in enumerate(max_detections):
-            keep = rank_sorted < max_det  # [D]
-            sel = order[keep]  # [n] this setting's detections, in accumulation order
-            new_pos = np.cumsum(keep) - 1  # [D] accumulation position -> position in sel
-            n = len(sel)
-            cat_of = det_category[sel]  # [n]
-            seg_start = np.searchsorted(cat_of, cats, side="left")  # [K]
-            seg_end = np.searchsorted(cat_of, cats, side="right")  # [K]
+    min_counts = [_min_counts(recall_thresholds, num_gt[:, a]) for a in range(num_area)]  # A x [K, R]
+    for m, max_det in enumerate(max_detections):
+        keep = rank_sorted < max_det  # [D]
+        sel = order[keep]  # [n] this setting's detections, in accumulation order
+        new_pos = np.cumsum(keep) - 1  # [D] accumulation position -> position in sel
+        n = len(sel)
+        cat_of = det_category[sel]  # [n]
+        seg_start = np.searchsorted(cat_of, cats, side="left")  # [K]
+        seg_end = np.searchsorted(cat_of, cats, side="right")  # [K]
+        sorted_scores = np.append(det_scores[sel], 0.0)  # [n + 1]
+        for a in range(num_area):
+            has_gt = num_gt[:, a] > 0  # [K]
+            min_count = min_counts[a]  # [K, R]
+            lo, hi = area_bounds[a], area_bounds[a + 1]
             base = np.zeros(n + 1, dtype=np.int64)  # counted detections before each position if none matched
             np.cumsum(~det_out_of_range[a, sel], out=base[1:])
             kept = keep[m_pos[lo:hi]]
             t_m, p_m = m_thr[lo:hi][kept], new_pos[m_pos[lo:hi][kept]]  # [N'] sorted by (t, p)
             key = t_m * (n + 1) + p_m  # [N'] ascending
             delta_cum = np.concatenate([[0], np.cumsum(m_delta[lo:hi][kept])])  # [N' + 1]
-
-            def counted_before(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-                """Counted detections in positions [0, p) under threshold t (same-shape int arrays)."""
-                row = t * (n + 1)
-                fix = delta_cum[np.searchsorted(key, row + p)] - delta_cum[np.searchsorted(key, row)]
-                return base[p] + fix
 
             tp_sel = np.flatnonzero(m_tp[lo:hi][kept])
             t_idx, pos = t_m[tp_sel], p_m[tp_sel]  # true positives, sorted by (threshold, position)
@@ -127,7 +133,9 @@ def accumulate(
             tp_total = np.bincount(lane, minlength=num_thr * num_k)  # [T * K]
             tp_count = np.arange(len(pos)) - lane_first[lane] + 1  # [P] running tp count in the lane
             # Counted detections of the category up to and including each true positive: tp + fp there.
-            seen = counted_before(t_idx, pos + 1) - counted_before(t_idx, seg_start[cat_tp])  # [P]
+            seen = _counted_before(t_idx, pos + 1, n, base, key, delta_cum) - _counted_before(
+                t_idx, seg_start[cat_tp], n, base, key, delta_cum
+            )  # [P]
             pr = tp_count / (seen.astype(np.float64) + _EPS)  # [P]: pycocotools' tp / (fp + tp + eps)
 
             # Recall point r is first reached at the c-th true positive (c = min_count); the precision there
@@ -144,10 +152,11 @@ def accumulate(
             # Score at each recall point: the c-th true positive's, or the category's first detection for c = 0.
             tp_pos = np.append(pos, 0)[np.minimum(start, len(pos))]  # [T * K, R]
             first_pos = np.broadcast_to(seg_start[None, :, None], (num_thr, num_k, 1)).reshape(-1, 1)
-            nonempty = np.broadcast_to((seg_end > seg_start)[None, :, None], (num_thr, num_k, 1)).reshape(-1, 1)
+            nonempty = np.broadcast_to((seg_end > seg_start)[None, :, None], (num_thr, num_k, 1)).reshape(
+                -1, 1
+            )
             score_pos = np.where(c == 0, first_pos, tp_pos)  # [T * K, R]
             score_ok = np.where(c == 0, nonempty, reached)  # [T * K, R]
-            sorted_scores = np.append(det_scores[sel], 0.0)  # [n + 1]
             ss = np.where(score_ok, sorted_scores[np.minimum(score_pos, n)], 0.0)  # [T * K, R]
 
             gt_mask = has_gt[None, :, None]  # [1, K, 1]
@@ -161,7 +170,11 @@ def accumulate(
 
 
 def summary_spec(max_detections: list[int]) -> list[tuple[bool, float | None, str, int]]:
-    """The 12 COCO summary lines: (is_ap, iou_threshold or None for all, area label, max detections)."""
+    """The 12 COCO summary lines: (is_ap, iou_threshold or None for all, area label, max detections).
+
+    pycocotools reads the first line at a literal 100 detections and the others at ``maxDets[0..2]``; with
+    the default (1, 10, 100) both are the same, and with other settings every line uses the settings given
+    (as torchmetrics does)."""
     md = list(max_detections) + [max_detections[-1]] * (3 - len(max_detections))
     return [
         (True, None, "all", md[-1]),

@@ -90,7 +90,9 @@ def build_backbone(backbone: str | FeatureBackboneConfig, in_chans: int = 3) -> 
     if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
         path = os.fspath(pretrained)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained weight file for backbone {cfg.model_name!r} not found: {path}")
+            raise FileNotFoundError(
+                f"pretrained weight file for backbone {cfg.model_name!r} not found: {path}"
+            )
         return timm.create_model(
             cfg.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs
         )

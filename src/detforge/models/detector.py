@@ -221,11 +221,14 @@ class ObjectDetector(L.LightningModule):
         if freeze_backbone:
             from detforge.models.backbone import freeze_backbone as freeze
 
-            if not hasattr(self.model, "backbone"):
+            backbone_module = getattr(self.model, "backbone", None)
+            if backbone_module is None:  # FCOS / YOLOX keep the timm body inside their pyramid
+                backbone_module = getattr(getattr(self.model, "features", None), "body", None)
+            if not isinstance(backbone_module, nn.Module):
                 raise ValueError(
-                    f"freeze_backbone=True but model {type(self.model).__name__} has no .backbone"
+                    f"freeze_backbone=True but model {type(self.model).__name__} has no backbone"
                 )
-            freeze(self.model.backbone)
+            freeze(backbone_module)
 
         self.logging_config = _from_plain(LoggingConfig, logging_config) or LoggingConfig()
         self.val_metrics = self._build_metrics(metrics, "val")
@@ -286,34 +289,41 @@ class ObjectDetector(L.LightningModule):
             num_classes=hp.num_classes,
             in_chans=hp.in_chans,
             fpn_channels=hp.fpn_channels,
-            head_num_convs=hp.head_num_convs,
             extra_levels=len(strides) - len(backbone.out_indices),
-            focal_alpha=hp.focal_alpha,
-            focal_gamma=hp.focal_gamma,
             cls_loss_weight=hp.cls_loss_weight,
             reg_loss_weight=hp.reg_loss_weight,
             score_thresh=hp.score_thresh,
             nms_thresh=hp.nms_thresh,
             max_detections_per_image=hp.max_detections_per_image,
         )
-        for key, value in (("cls_loss_fn", cls_loss_fn), ("reg_loss_fn", reg_loss_fn)):
-            if value is not None:
-                kwargs[key] = value
+        if reg_loss_fn is not None:
+            kwargs["reg_loss_fn"] = reg_loss_fn
         if hp.imgsz is not None:
             kwargs["input_size"] = (hp.imgsz, hp.imgsz)
         if hp.detection_arch == "fcos":
             from detforge.models.fcos import FCOS
 
+            if cls_loss_fn is not None:
+                kwargs["cls_loss_fn"] = cls_loss_fn
             model = FCOS(
                 **kwargs,
+                head_num_convs=hp.head_num_convs,
+                focal_alpha=hp.focal_alpha,
+                focal_gamma=hp.focal_gamma,
                 centerness_loss_weight=hp.centerness_loss_weight,
                 regress_ranges=hp.regress_ranges,
                 **extra,
             )
         else:
+            from detforge.losses import get_loss
             from detforge.models.yolox import YOLOX
 
-            model = YOLOX(**kwargs, **extra)
+            if cls_loss_fn == "focal":
+                cls_loss_fn = get_loss("focal", alpha=hp.focal_alpha, gamma=hp.focal_gamma, reduction="sum")
+            if cls_loss_fn is not None:
+                kwargs["cls_loss_fn"] = cls_loss_fn
+            # YOLOX's decoupled head uses at most 2 convs per branch (as autotimm does)
+            model = YOLOX(**kwargs, head_num_convs=min(hp.head_num_convs, 2), **extra)
         if tuple(model.strides) != strides:
             raise ValueError(
                 f"strides={strides} do not match backbone {backbone.model_name!r} with out_indices "

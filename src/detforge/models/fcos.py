@@ -208,4 +208,3 @@ class FCOS(nn.Module):
             max_detections=self.max_detections_per_image,
             nms_method=self.nms_method,
         )
-

@@ -117,7 +117,9 @@ class YOLOX(nn.Module):
         points, point_strides = make_points(outputs["feat_sizes"], self.strides, cls_logits.device)
         with torch.no_grad():
             scores = cls_logits.detach().float().sigmoid() * obj_logits.detach().float().sigmoid()[..., None]
-        assigned = self.assigner(scores, boxes.detach().float(), points, point_strides, gt_boxes, gt_labels, gt_mask)
+        assigned = self.assigner(
+            scores, boxes.detach().float(), points, point_strides, gt_boxes, gt_labels, gt_mask
+        )
         fg = assigned.fg_mask  # [B, A]
         num_fg = mean_over_ranks(fg.sum()).clamp(min=1.0)
 
@@ -130,7 +132,11 @@ class YOLOX(nn.Module):
         matched = gt_boxes[image_of, assigned.matched_gt[fg]]  # [N_fg, 4]
         reg_loss = self.reg_loss_fn(boxes[fg], matched) / num_fg
 
-        total = self.cls_loss_weight * cls_loss + self.reg_loss_weight * reg_loss + self.obj_loss_weight * obj_loss
+        total = (
+            self.cls_loss_weight * cls_loss
+            + self.reg_loss_weight * reg_loss
+            + self.obj_loss_weight * obj_loss
+        )
         return {
             "loss": total,
             "cls_loss": cls_loss.detach(),

@@ -95,7 +95,9 @@ class FCOSHead(nn.Module):
             cls_feat = self.cls_tower(x)  # [B, C_in, H, W]
             box_feat = self.box_tower(x)  # [B, C_in, H, W]
             # exp of a clamped input: distances stay finite even if a level's scale runs away.
-            dist = (self.scales[level] * self.box_reg(box_feat)).clamp(max=20.0).exp() * stride  # [B, 4, H, W]
+            dist = (self.scales[level] * self.box_reg(box_feat)).clamp(
+                max=20.0
+            ).exp() * stride  # [B, 4, H, W]
             ctr = self.centerness(box_feat if self.centerness_on_reg else cls_feat)  # [B, 1, H, W]
             out = torch.cat([self.cls_logits(cls_feat), dist, ctr], dim=1)  # [B, C + 5, H, W]
             per_level.append(out.flatten(2))  # [B, C + 5, HW]

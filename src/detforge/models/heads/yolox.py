@@ -86,7 +86,11 @@ class YOLOXHead(nn.Module):
             cls_feat = self.cls_branches[level](x)
             box_feat = self.box_branches[level](x)
             out = torch.cat(
-                [self.cls_preds[level](cls_feat), self.box_preds[level](box_feat), self.obj_preds[level](box_feat)],
+                [
+                    self.cls_preds[level](cls_feat),
+                    self.box_preds[level](box_feat),
+                    self.obj_preds[level](box_feat),
+                ],
                 dim=1,
             )  # [B, C + 5, H, W]
             per_level.append(out.flatten(2))  # [B, C + 5, HW]

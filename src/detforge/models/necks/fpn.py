@@ -19,12 +19,16 @@ class _ExtraLevels(ExtraFPNBlock):
 
     def __init__(self, channels: int, num_levels: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(num_levels))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(num_levels)
+        )
         for conv in self.convs:
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+    def forward(
+        self, results: list[Tensor], x: list[Tensor], names: list[str]
+    ) -> tuple[list[Tensor], list[str]]:
         last = results[-1]
         for i, conv in enumerate(self.convs):
             last = conv(last if i == 0 else F.relu(last))

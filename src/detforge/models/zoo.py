@@ -1,0 +1,75 @@
+"""Built-in FCOS / YOLOX detectors on timm backbones, registered in the flat model registry.
+
+- ``fcos_<timm name>`` and ``yolox_<timm name>``: built on demand for any timm model with ``features_only``
+  support, e.g. ``create_model("fcos_resnet18", num_classes=20)``;
+- ``detforge_s``: the small CPU-friendly default (FCOS on mobilenetv4_conv_small, 64-channel FPN, strides
+  8-64, 256 px input);
+- ``fcos_resnet18``, ``fcos_resnet50``, ``yolox_resnet18`` are listed by name.
+
+Every builder takes ``num_classes`` (default 80), ``pretrained`` (False, True for timm's hub weights, or a
+path to a local weight file) and the detector's own keyword arguments, and returns the bare detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.fcos import FCOS
+from detforge.models.registry import register_model, register_prefix
+from detforge.models.yolox import YOLOX
+
+__all__ = ["build_fcos", "build_yolox", "detforge_s"]
+
+
+def _backbone(name: str, pretrained: bool | str, out_indices: tuple[int, ...]) -> FeatureBackboneConfig:
+    return FeatureBackboneConfig(name, pretrained=pretrained, out_indices=tuple(out_indices))
+
+
+@register_prefix("fcos_")
+def build_fcos(
+    timm_name: str,
+    num_classes: int = 80,
+    pretrained: bool | str = False,
+    out_indices: tuple[int, ...] = (2, 3, 4),
+    **kwargs: Any,
+) -> FCOS:
+    """FCOS on the timm backbone ``timm_name`` (strides 8-128 with the default P6/P7 levels)."""
+    return FCOS(_backbone(timm_name, pretrained, out_indices), num_classes, **kwargs)
+
+
+@register_prefix("yolox_")
+def build_yolox(
+    timm_name: str,
+    num_classes: int = 80,
+    pretrained: bool | str = False,
+    out_indices: tuple[int, ...] = (2, 3, 4),
+    **kwargs: Any,
+) -> YOLOX:
+    """YOLOX-style detector on the timm backbone ``timm_name`` (strides 8, 16, 32)."""
+    return YOLOX(_backbone(timm_name, pretrained, out_indices), num_classes, **kwargs)
+
+
+@register_model("detforge_s")
+def detforge_s(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
+    """Small CPU-friendly FCOS: mobilenetv4_conv_small, 64-channel FPN + one extra level (strides 8-64),
+    2-conv GroupNorm head, 256 px input."""
+    options: dict[str, Any] = dict(fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256))
+    options.update(kwargs)
+    return build_fcos("mobilenetv4_conv_small", num_classes, pretrained, **options)
+
+
+def _named(prefix_builder, timm_name: str):
+    def build(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any):
+        return prefix_builder(timm_name, num_classes, pretrained, **kwargs)
+
+    build.__doc__ = f"{prefix_builder.__doc__.split(' on ')[0]} on timm's {timm_name}."
+    return build
+
+
+for _prefix, _builder, _names in (
+    ("fcos_", build_fcos, ("resnet18", "resnet50")),
+    ("yolox_", build_yolox, ("resnet18",)),
+):
+    for _name in _names:
+        register_model(_prefix + _name)(_named(_builder, _name))

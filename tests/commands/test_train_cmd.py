@@ -1,0 +1,130 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detforge.commands.train import expand_aliases, main
+
+TINY = [
+    "--model.model=null",
+    "--model.backbone=test_resnet",
+    "--model.fpn_channels=16",
+    "--model.head_num_convs=1",
+    "--model.strides=[8,16,32]",
+    "--model.warmup_steps=2",
+    "--data=synthetic:8",
+    "--imgsz=64",
+    "--batch=4",
+    "--workers=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.limit_val_batches=2",
+]
+
+
+def test_expand_aliases():
+    argv = [
+        "--epochs",
+        "3",
+        "--imgsz=96",
+        "--model",
+        "nexus",
+        "--data",
+        "cfg.yaml",
+        "--num-nodes",
+        "2",
+        "--x",
+        "1",
+    ]
+    assert expand_aliases(argv) == [
+        "--trainer.max_epochs",
+        "3",
+        "--data.imgsz",
+        "96",
+        "--model.model",
+        "nexus",
+        "--data",
+        "cfg.yaml",
+        "--trainer.num_nodes",
+        "2",
+        "--x",
+        "1",
+    ]
+
+
+def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
+    project = tmp_path / "runs"
+    assert main([*TINY, "--epochs=1", f"--project={project}", "--name=t"]) == 0
+    run = project / "t"
+    for name in (
+        "config.yaml",
+        "last.ckpt",
+        "best.ckpt",
+        "metrics.csv",
+        "curves.png",
+        "pr_curves.png",
+        "val_predictions.png",
+        "results.json",
+    ):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*")), "temporary files left behind"
+    out = capsys.readouterr().out
+    assert "Average Precision" in out and "IoU=0.50:0.95" in out
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["num_classes"] == 5
+    assert ckpt["hyper_parameters"]["class_names"][0] == "circle"
+    assert ckpt["hyper_parameters"]["imgsz"] == 64
+    steps = ckpt["global_step"]
+    results = json.loads((run / "results.json").read_text())
+    assert 0.0 <= results["map"] <= 1.0
+
+    # --resume last continues the same run with its optimizer, scheduler and EMA state
+    assert main([*TINY, "--epochs=2", f"--project={project}", "--name=t", "--resume=last"]) == 0
+    resumed = torch.load(run / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * steps
+    assert "current_model_state" in resumed
+
+    # the saved config reproduces the run; a new name gets a new folder
+    assert main(["--config", str(run / "config.yaml"), "--epochs=1", "--name=t", f"--project={project}"]) == 0
+    assert (project / "t2" / "last.ckpt").is_file()
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume"):
+        main([*TINY, f"--project={tmp_path}", "--name=none", "--resume=last"])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree_on_the_metric(tmp_path):
+    helper_dir = Path(__file__).resolve().parents[1] / "engine"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(helper_dir), os.environ.get("PYTHONPATH", "")]))
+    env.pop("DETFORGE_RUN_DIR", None)
+    callback = json.dumps(
+        {"class_path": "ddp_rank_metrics.RankMetrics", "init_args": {"out_dir": str(tmp_path)}}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "detforge.cli",
+        "train",
+        *TINY,
+        "--epochs=1",
+        "--accelerator=cpu",
+        "--devices=2",
+        "--strategy=ddp",
+        f"--project={tmp_path / 'runs'}",
+        "--name=ddp",
+        f"--trainer.callbacks+={callback}",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["val/map"] == ranks[1]["val/map"]
+    assert ranks[0]["stats_map"] == ranks[1]["stats_map"] == pytest.approx(ranks[0]["val/map"])
+    assert (tmp_path / "runs" / "ddp" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs" / "ddp2").exists()  # both ranks used one run folder

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from detforge.models import create_model
+from detforge.models.edge.onnx import export_edge_onnx, ort_network, ort_session, quantize_edge_int8
+from detforge.models.edge.phantom_video import PhantomVideo
+
+pytest.importorskip("onnxruntime")
+
+
+def _inputs(model, h, w):
+    x = torch.rand(1, model.in_chans, h, w)
+    if model.__class__.__name__ == "Nexus":
+        return [x, torch.rand(1, model.stem_channels, h // 4, w // 4)]
+    return [x]
+
+
+def _reference(model, inputs):
+    with torch.no_grad():
+        name = model.__class__.__name__
+        if name == "Nexus":
+            from detforge.models.edge.nexus import surprise_map
+
+            stem = model.stem(inputs[0])
+            out = model.heads_from_stem(stem)
+            maps = [t for k in ("cls_logits", "bbox_pred", "bbox_log_var", "centerness") for t in out[k]]
+            return [*maps, surprise_map(stem, inputs[1]), model.predictor(stem)]
+        if name == "Phantom":
+            return list(model.net(inputs[0]))
+        return list(model.forward_flat(inputs[0]))
+
+
+@pytest.mark.parametrize("name", ["nexus", "phantom", "nightvision_edge"])
+def test_onnx_matches_torch_and_int8_is_smaller(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    path = export_edge_onnx(model, tmp_path / f"{name}.onnx", input_size=(64, 64))
+    session = ort_session(path, threads=1)
+    inputs = _inputs(model, 64, 64)
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
+    outputs = session.run(None, feeds)
+    reference = _reference(model, inputs)
+    assert len(outputs) == len(reference)
+    for got, want in zip(outputs, reference, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-3)
+
+    calibration = [[t.numpy() for t in _inputs(model, 64, 64)] for _ in range(2)]
+    int8 = quantize_edge_int8(path, tmp_path / f"{name}.int8.onnx", calibration)
+    assert int8.stat().st_size < 0.4 * path.stat().st_size
+    quantized = ort_session(int8, threads=1).run(None, feeds)
+    assert [q.shape for q in quantized] == [o.shape for o in outputs]
+
+
+def test_phantom_graph_takes_any_multiple_of_four_and_drives_the_video_runner(tmp_path):
+    model = create_model("phantom").eval()
+    session = ort_session(export_edge_onnx(model, tmp_path / "phantom.onnx"), threads=1)
+    crop = torch.rand(1, 3, 40, 24)
+    cls, deltas = session.run(None, {"frame": crop.numpy()})
+    assert cls.shape == (1, 1, 10, 6) and deltas.shape == (1, 4, 10, 6)
+    video = PhantomVideo(ort_network(session), memory=model.memory)
+    frame = np.random.default_rng(0).uniform(0, 1, (3, 128, 128)).astype(np.float32)
+    video.step(frame)
+    moved = frame.copy()
+    moved[:, 10:20, 10:20] = 1.0
+    video.step(moved)
+    assert video.profile.modes == ["full", "sparse"]
+
+
+def test_export_rejects_other_models(tmp_path):
+    with pytest.raises(TypeError, match="Nexus, Phantom or NightVision"):
+        export_edge_onnx(torch.nn.Conv2d(1, 1, 1), tmp_path / "x.onnx", input_size=(8, 8))
+
+
+def test_calibration_input_count_is_checked(tmp_path):
+    model = create_model("phantom").eval()
+    path = export_edge_onnx(model, tmp_path / "p.onnx", input_size=(32, 32))
+    with pytest.raises(ValueError, match="calibration items need 1 arrays"):
+        quantize_edge_int8(path, tmp_path / "q.onnx", [[np.zeros((1, 3, 32, 32), np.float32)] * 2])

@@ -1,0 +1,87 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from detforge.export import DetectionGraph, check_onnx, export_onnx, quantize_int8
+from detforge.models.fcos import FCOS
+from detforge.models.yolox import YOLOX
+
+SIZE = 64
+
+
+def op_types(graph) -> set[str]:
+    """Op types of an ONNX graph and its subgraphs (NMS sits inside torchvision's If on empty input)."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops |= op_types(attr.g)
+    return ops
+
+
+@pytest.fixture(scope="module")
+def fcos():
+    torch.manual_seed(0)
+    model = FCOS("resnet10t", 3, fpn_channels=32, head_num_convs=1, input_size=(SIZE, SIZE))
+    model.score_thresh = 0.01  # random weights score ~0.07: keep real detections in the graph
+    return model
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def test_raw_heads_match_pytorch(fcos, images, tmp_path):
+    path = export_onnx(fcos, tmp_path / "sub" / "raw.onnx", example_input=images)
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path))
+    assert [o.name for o in session.get_outputs()] == ["cls_logits", "box_reg", "centerness"]
+    assert check_onnx(fcos, path, images) < 1e-4
+    assert fcos.training  # the export restores the mode
+
+
+def test_nms_graph_matches_pytorch_on_real_detections(fcos, images, tmp_path):
+    path = export_onnx(fcos, tmp_path / "nms.onnx", example_input=images, with_nms=True)
+    assert check_onnx(fcos, path, images) < 1e-4
+    assert "NonMaxSuppression" in op_types(onnx.load(str(path)).graph)
+    boxes, scores, labels, counts = ort.InferenceSession(str(path)).run(None, {"images": images.numpy()})
+    assert boxes.shape == (2, 100, 4) and counts.tolist() == [100, 100]
+    # Same detections as the model's own postprocess.
+    fcos.eval()
+    with torch.no_grad():
+        expected = fcos.postprocess(fcos(images), [(SIZE, SIZE)] * 2)
+    fcos.train()
+    for i, det in enumerate(expected):
+        np.testing.assert_allclose(boxes[i], det["boxes"].numpy(), atol=1e-4)
+        np.testing.assert_array_equal(labels[i], det["labels"].numpy())
+
+
+def test_yolox_nms_graph_and_default_example(tmp_path):
+    torch.manual_seed(0)
+    model = YOLOX("resnet10t", 2, fpn_channels=16, head_width=16, head_num_convs=1, input_size=(SIZE, SIZE))
+    model.score_thresh = 1e-5  # init scores are ~0.01 * 0.01
+    model.max_detections_per_image = 20
+    path = export_onnx(model, tmp_path / "yolox.onnx", with_nms=True)  # default example: [1, 3, 64, 64]
+    x = torch.rand(1, 3, SIZE, SIZE)
+    assert check_onnx(model, path, x) < 1e-4
+    counts = ort.InferenceSession(str(path)).run(["num_detections"], {"images": x.numpy()})[0]
+    assert counts.tolist() == [20]
+
+
+def test_int8_dynamic_quantisation_runs_close_to_float(fcos, images, tmp_path):
+    path = export_onnx(fcos, tmp_path / "raw.onnx", example_input=images)
+    q = quantize_int8(path, tmp_path / "int8.onnx")
+    assert q.stat().st_size < path.stat().st_size
+    ref = ort.InferenceSession(str(path)).run(["box_reg"], {"images": images.numpy()})[0]
+    got = ort.InferenceSession(str(q)).run(["box_reg"], {"images": images.numpy()})[0]
+    assert got.shape == ref.shape
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+def test_nms_export_needs_decode(tmp_path):
+    with pytest.raises(TypeError, match="has no decode"):
+        DetectionGraph(torch.nn.Conv2d(3, 3, 1))
