@@ -8,7 +8,8 @@ for each input size and worker count times one pass of a DataLoader (batch 16) o
   very same v2 train pipeline + a stacking collate,
 
 on the same files in the same run. Workers are persistent and warmed up; passes alternate between ours and
-ref so that a busy machine slows both alike; each cell is the median over the repeats.
+ref so that a busy machine slows both alike, with the same seed so both draw the same augmentations; each
+cell is the median over the repeats.
 Prints images/s and the ratio ours / ref (> 1 means we are faster). Always exits 0.
 
     uv run python benchmarks/data_pipeline.py [--num-images 200] [--repeats 3] [--sizes 320 640] [--workers 0 2]
@@ -57,11 +58,13 @@ def _one_pass(loader: DataLoader) -> float:
 
 def _compare(loaders: dict[str, DataLoader], repeats: int) -> dict[str, float]:
     """Median images/s of each loader; passes alternate between the loaders so load changes hit both alike."""
-    for loader in loaders.values():  # warm-up: start the workers, fill the page cache
+    for loader in loaders.values():  # warm-up: start the workers (seeded alike), fill the page cache
+        torch.manual_seed(0)
         _one_pass(loader)
     rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for name, loader in loaders.items():
+            torch.manual_seed(1 + repeat)  # the same random augmentations for both in each pass
             rates[name].append(_one_pass(loader))
     return {name: statistics.median(values) for name, values in rates.items()}
 

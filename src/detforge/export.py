@@ -72,6 +72,16 @@ def _tensor_output_names(model: nn.Module, example: Tensor) -> list[str]:
     return [k for k, v in outputs.items() if isinstance(v, Tensor)]
 
 
+def _check_dynamic_axes(dynamic_axes: dict | None, has_grid: bool) -> None:
+    """Graphs that decode boxes bake the example's location grid in: only their batch may be dynamic."""
+    spatial = [d for d in (dynamic_axes or {}).get("images", {}) if d in (2, 3, -1, -2)]
+    if has_grid and spatial:
+        raise ValueError(
+            "this graph decodes boxes on the example's feature grid, so its height and width cannot be "
+            "dynamic: export at the size you will run it (dynamic batch is fine: {'images': {0: 'batch'}})"
+        )
+
+
 def _example_input(
     model: nn.Module, example_input: Tensor | None, image_size: tuple[int, int] | None
 ) -> Tensor:
@@ -100,7 +110,8 @@ def export_onnx(
             at ``image_size`` or the model's ``default_input_size``.
         opset_version: ONNX opset (>= 11 for NonMaxSuppression).
         dynamic_axes: as in ``torch.onnx.export``; input name ``images``. None: every shape is fixed to the
-            example's (the graph's location grid is always fixed to the example's H, W).
+            example's. The batch axis may always be dynamic; height and width only for raw graphs without
+            decoded boxes (FCOS raw heads), since decoding fixes the location grid to the example's H, W.
         with_nms: end the graph in detections (boxes, scores, labels, num_detections) instead of raw heads.
         image_size: (h, w) of the default example input.
     """
@@ -116,6 +127,7 @@ def export_onnx(
         else:
             output_names = _tensor_output_names(model, example)
             graph = RawGraph(model, output_names)
+        _check_dynamic_axes(dynamic_axes, with_nms or "boxes" in output_names)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
@@ -142,7 +154,8 @@ def _session(onnx_path: str | os.PathLike):
 
 def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, example_input: Tensor) -> float:
     """Largest absolute difference between onnxruntime's outputs for ``example_input`` (Tensor[B, C, H, W])
-    and the PyTorch model's (raw heads or detections, whichever the file holds)."""
+    and the PyTorch model's: raw head tensors element by element, or (for a ``with_nms`` file) the
+    detections of each image as a set, so near-equal scores may come in either order."""
     session = _session(onnx_path)
     names = [o.name for o in session.get_outputs()]
     was_training = model.training
@@ -154,6 +167,8 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, example_input: Te
     finally:
         model.train(was_training)
     got = session.run(names, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
+    if names == list(NMS_OUTPUTS):
+        return _detection_set_distance([t.detach().cpu().numpy() for t in expected], got)
     diff = 0.0
     for name, ours, theirs in zip(names, expected, got):
         ours = ours.detach().cpu().numpy()
@@ -161,6 +176,27 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, example_input: Te
             raise AssertionError(f"ONNX output {name!r} has shape {theirs.shape}, PyTorch {ours.shape}")
         if ours.size:
             diff = max(diff, float(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).max()))
+    return diff
+
+
+def _detection_set_distance(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Largest difference between two padded detection sets, robust to the order of near-equal scores.
+
+    Per image, every detection (box, score, label) is paired with its closest one in the other set and back
+    (a Hausdorff distance); a label mismatch counts as a difference of 1e3. Counts must agree.
+    """
+    exp_boxes, exp_scores, exp_labels, exp_counts = expected
+    boxes, scores, labels, counts = got
+    if not np.array_equal(exp_counts, counts):
+        raise AssertionError(f"ONNX detection counts {counts.tolist()} != PyTorch {exp_counts.tolist()}")
+    diff = 0.0
+    for i, n in enumerate(counts.tolist()):
+        if n == 0:
+            continue
+        a = np.concatenate([exp_boxes[i, :n], exp_scores[i, :n, None], 1e3 * exp_labels[i, :n, None]], 1)
+        b = np.concatenate([boxes[i, :n], scores[i, :n, None], 1e3 * labels[i, :n, None]], 1)
+        pair = np.abs(a.astype(np.float64)[:, None] - b.astype(np.float64)[None]).max(-1)  # [n, n]
+        diff = max(diff, float(pair.min(1).max()), float(pair.min(0).max()))
     return diff
 
 

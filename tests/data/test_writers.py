@@ -116,11 +116,12 @@ def test_yolo_round_trip_thermal(tmp_path):
 
 def test_yolo_counts_dropped_ignore_boxes(tmp_path):
     ds = _ignored_dataset()
-    ignored = sum(int(ds[i][1]["ignore"].sum()) for i in range(len(ds)))
+    targets = [ds[i][1] for i in range(len(ds))]
+    ignored = sum(int(t["ignore"].sum()) for t in targets)
     with pytest.warns(UserWarning, match=f"{ignored} crowd/ignore boxes left out"):
         write_yolo(ds, tmp_path)
     lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "labels" / "train").iterdir())
-    assert lines == sum(len(ds[i][1]["labels"]) for i in range(len(ds))) - ignored
+    assert ignored > 0 and lines == sum(len(t["labels"]) for t in targets) - ignored
 
 
 def test_jpeg_and_bad_options(tmp_path):

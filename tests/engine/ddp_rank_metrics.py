@@ -11,7 +11,7 @@ class RankMetrics(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -46,18 +46,19 @@ _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 # The out-of-the-box recipe: small model, synthetic data, a few minutes on a 2-core CPU.
 DEFAULTS: dict[str, Any] = {
     "model.model": "detforge_s",
-    "model.lr": 2e-3,
+    "model.lr": 3e-3,
     "model.weight_decay": 5e-4,
     "model.warmup_steps": 50,
     "model.ema_decay": 0.998,
     "model.ema_warmup_steps": 50.0,
     "model.compile_model": False,
     "model.deterministic": False,
-    "trainer.max_epochs": 12,
+    "data.imgsz": 128,
+    "data.batch_size": 16,
+    "trainer.max_epochs": 8,
     "trainer.gradient_clip_val": 10.0,
     "trainer.num_sanity_val_steps": 0,
     "trainer.log_every_n_steps": 10,
-    "trainer.check_val_every_n_epoch": 1,
 }
 
 
@@ -135,6 +136,7 @@ def _make_cli_class():
             cfg = self.config
             self.run_dir = resolve_run_dir(cfg.project, cfg.name, exist_ok=cfg.resume is not None)
             self.ckpt_path = resolve_resume(cfg.resume, self.run_dir)
+            cfg.resume = None  # the saved config.yaml starts a new run, it does not resume this one
 
         def instantiate_trainer(self, **kwargs: Any):
             trainer_cfg = self.config_init.get("trainer", {})

@@ -106,6 +106,9 @@ class DetectionTransform:
                     f"but there are {n} boxes"
                 )
         target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+        if image.dtype == torch.uint8 and image.shape[0] == 3 and image.is_contiguous():
+            # Same [C, H, W] tensor over channels-last memory: v2's uint8 resize runs ~3x faster on it.
+            image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
         has_area = isinstance(target.get("area"), Tensor)
         if has_area:
             target[_ROW] = torch.arange(n)
@@ -115,7 +118,7 @@ class DetectionTransform:
             before = _box_area(boxes)[target.pop(_ROW)]  # [N'] box areas of the surviving objects
             target["area"] = target["area"] * (_box_area(new_boxes) / before.clamp(min=1e-6))
         target["boxes"] = new_boxes
-        out_image = out_image.as_subclass(Tensor)  # [C, H', W']
+        out_image = out_image.as_subclass(Tensor).contiguous()  # [C, H', W']
         size = target.pop(_CONTENT_SIZE, None) or tuple(out_image.shape[-2:])
         target["size"] = torch.tensor(size, dtype=torch.int64)
         return out_image, target

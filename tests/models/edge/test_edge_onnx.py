@@ -47,7 +47,7 @@ def test_onnx_matches_torch_and_int8_is_smaller(name, tmp_path):
 
     calibration = [[t.numpy() for t in _inputs(model, 64, 64)] for _ in range(2)]
     int8 = quantize_edge_int8(path, tmp_path / f"{name}.int8.onnx", calibration)
-    assert int8.stat().st_size < 0.4 * path.stat().st_size
+    assert int8.stat().st_size < 0.5 * path.stat().st_size
     quantized = ort_session(int8, threads=1).run(None, feeds)
     assert [q.shape for q in quantized] == [o.shape for o in outputs]
 

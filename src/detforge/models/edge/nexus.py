@@ -348,7 +348,7 @@ def surprise_map(stem: Tensor, predicted: Tensor) -> Tensor:
     """
     error = (stem - predicted).abs().mean(dim=1, keepdim=True)  # [B, 1, H/4, W/4]
     scale = stem.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-6  # [B, 1, 1, 1]
-    return F.avg_pool2d(error / scale, 8, ceil_mode=True)
+    return F.avg_pool2d(error, 8, ceil_mode=True) / scale
 
 
 def decode_ltrb(points: Tensor, ltrb: Tensor) -> Tensor:

@@ -85,6 +85,10 @@ def _graph_and_io(model: nn.Module, size: tuple[int, int]):
     from detforge.models.edge.nightvision import NightVision
     from detforge.models.edge.phantom import Phantom
 
+    if not isinstance(model, Nexus | Phantom | NightVision):
+        raise TypeError(
+            f"export_edge_onnx takes a Nexus, Phantom or NightVision model, got {type(model).__name__}"
+        )
     h, w = size
     c = model.in_chans
     if isinstance(model, Nexus):
@@ -107,12 +111,8 @@ def _graph_and_io(model: nn.Module, size: tuple[int, int]):
             "face_bbox": {2: "h4", 3: "w4"},
         }
         return _PhantomGraph(model), (torch.rand(1, c, h, w),), ["frame"], ["face_cls", "face_bbox"], dyn
-    if isinstance(model, NightVision):
-        dyn = {"images": {0: "batch"}, "cls": {0: "batch"}, "boxes": {0: "batch"}, "obj": {0: "batch"}}
-        return _NightVisionGraph(model), (torch.rand(1, c, h, w),), ["images"], ["cls", "boxes", "obj"], dyn
-    raise TypeError(
-        f"export_edge_onnx takes a Nexus, Phantom or NightVision model, got {type(model).__name__}"
-    )
+    dyn = {"images": {0: "batch"}, "cls": {0: "batch"}, "boxes": {0: "batch"}, "obj": {0: "batch"}}
+    return _NightVisionGraph(model), (torch.rand(1, c, h, w),), ["images"], ["cls", "boxes", "obj"], dyn
 
 
 def export_edge_onnx(
@@ -170,7 +170,9 @@ def ort_network(session):
     return run
 
 
-def compact_names(path: str | Path) -> Path:
+def compact_names(
+    path: str | Path, out_path: str | Path | None = None, prefix: str = "t", copy_shared: bool = False
+) -> Path:
     """Rewrite an ONNX file with short tensor and node names and no doc strings (graph inputs and outputs
     keep theirs); on models this small the long module-path names are a large part of the file."""
     import onnx
@@ -179,15 +181,50 @@ def compact_names(path: str | Path) -> Path:
     model = onnx.load(str(path))
     graph = model.graph
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    # shared layers (Nexus's head serves three levels) come out as Identity copies of one initializer;
+    # point their consumers at the initializer itself (onnxruntime's quantizer expects conv weights there)
+    initializers = {i.name for i in graph.initializer}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in keep
+    }
+    if alias:
+        nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+        del graph.node[:]
+        graph.node.extend(nodes)
+        if copy_shared:  # one initializer per consumer (what onnxruntime's quantizer handles)
+            by_name = {i.name: i for i in graph.initializer}
+            for copy_name, source in alias.items():
+                duplicate = graph.initializer.add()
+                duplicate.CopyFrom(by_name[source])
+                duplicate.name = copy_name
+        else:
+            for node in graph.node:
+                node.input[:] = [alias.get(n, n) for n in node.input]
     mapping: dict[str, str] = {}
 
     def short(name: str) -> str:
         if not name or name in keep:
             return name
         if name not in mapping:
-            mapping[name] = f"t{len(mapping):x}"
+            new = f"{prefix}{len(mapping):x}"
+            while new in keep:  # never reuse a kept name (a second pass sees the first pass's names)
+                new += "_"
+            mapping[name] = new
         return mapping[name]
 
+    if copy_shared:  # one initializer per consumer (what onnxruntime's quantizer handles)
+        by_name = {i.name: i for i in graph.initializer}
+        seen: set[str] = set()
+        for k, node in enumerate(graph.node):
+            for j, name in enumerate(node.input):
+                if name in by_name and name in seen:
+                    duplicate = graph.initializer.add()
+                    duplicate.CopyFrom(by_name[name])
+                    duplicate.name = f"{name}__copy{k}_{j}"
+                    node.input[j] = duplicate.name
+                seen.add(name)
     for init in graph.initializer:
         init.name = short(init.name)
     for i, node in enumerate(graph.node):
@@ -195,15 +232,15 @@ def compact_names(path: str | Path) -> Path:
         node.doc_string = ""
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
-    for info in graph.value_info:
-        info.name = short(info.name)
+    del graph.value_info[:]  # intermediate shapes: onnxruntime infers them again
     model.doc_string = ""
-    onnx.save(model, str(path))
-    return path
+    out_path = Path(out_path or path)
+    onnx.save(model, str(out_path))
+    return out_path
 
 
 # the conv stacks and their activations; box decoding (Concat / Exp with constant grids) stays float
-_QUANTIZED_OPS = ("Conv", "Relu", "Add", "Mul", "Sigmoid", "Resize", "GlobalAveragePool", "AveragePool")
+_QUANTIZED_OPS = ("Conv", "Relu", "Add", "Mul", "Sigmoid")
 
 
 class _CalibrationReader:
@@ -242,9 +279,14 @@ def quantize_edge_int8(
     if not feeds:
         raise ValueError("quantize_edge_int8 needs at least one calibration input")
     prepared = out_path.with_suffix(".prep.onnx")
+    # onnxruntime's quantizer can mis-wire graphs whose tensor names look like the short ones
+    # ``compact_names`` writes; give it long distinct names, and compact its result afterwards
+    renamed = compact_names(
+        model_path, out_path.with_suffix(".named.onnx"), prefix="edge_tensor_", copy_shared=True
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(renamed), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out_path),
@@ -257,4 +299,5 @@ def quantize_edge_int8(
             op_types_to_quantize=list(_QUANTIZED_OPS),
         )
     prepared.unlink(missing_ok=True)
+    renamed.unlink(missing_ok=True)
     return compact_names(out_path)

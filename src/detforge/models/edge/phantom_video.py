@@ -3,11 +3,11 @@
 Per frame:
 
 1. Pseudo-events: pixels whose absolute difference to the previous frame (mean over channels) exceeds
-   ``event_threshold``; counted per ``tile`` x ``tile`` pixel tile.
+   ``event_threshold``; a ``tile`` x ``tile`` pixel tile with at least ``min_tile_events`` of them is active.
 2. Sparse processing: on frame 1, every ``refresh_interval`` frames, or when more than ``max_sparse_fraction`` of
    the frame would need work, the network runs on the whole frame. Otherwise each connected group of
-   event-active tiles is cropped with a ``halo`` of context, the network runs on the crop, and the crop's
-   inner cells replace those of the cached output maps. A frame without events runs no network at all.
+   active tiles is cropped with a ``halo`` of context, the network runs on the crop, and the crop's
+   inner cells replace those of the cached output maps. A frame without active tiles runs no network at all.
 3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
@@ -99,6 +99,7 @@ class PhantomVideo:
         tile: event tile size in pixels (multiple of the stride).
         halo: context pixels around an active region (multiple of the stride).
         max_sparse_fraction: above this fraction of the frame, run the whole frame instead.
+        min_tile_events: event pixels a tile needs to count as active.
     """
 
     stride = 4
@@ -115,6 +116,7 @@ class PhantomVideo:
         tile: int = 8,
         halo: int = 12,
         max_sparse_fraction: float = 0.6,
+        min_tile_events: int = 2,
     ) -> None:
         if tile % self.stride or halo % self.stride:
             raise ValueError(f"tile ({tile}) and halo ({halo}) must be multiples of the stride {self.stride}")
@@ -128,6 +130,7 @@ class PhantomVideo:
         self.tile = tile
         self.halo = halo
         self.max_sparse_fraction = max_sparse_fraction
+        self.min_tile_events = min_tile_events
         self.reset()
 
     def reset(self) -> None:
@@ -147,7 +150,8 @@ class PhantomVideo:
         th, tw = -(-h // t), -(-w // t)
         padded = np.zeros((th * t, tw * t), dtype=bool)
         padded[:h, :w] = events
-        active = padded.reshape(th, t, tw, t).any(axis=(1, 3))  # [th, tw]
+        counts = padded.reshape(th, t, tw, t).sum(axis=(1, 3))  # [th, tw] event pixels per tile
+        active = counts >= self.min_tile_events  # isolated sensor-noise pixels do not wake a tile
         labelled, count = ndimage.label(active)
         crops = []
         for sl in ndimage.find_objects(labelled)[:count]:
@@ -197,10 +201,10 @@ class PhantomVideo:
         else:
             events = np.abs(x - self.previous).max(axis=0) > self.event_threshold  # [H, W]
             event_fraction = float(events.mean())
-            if event_fraction == 0.0:
+            crops = self._regions(events, h, w) if event_fraction > 0 else []
+            if not crops:
                 mode, fraction = "skip", 0.0
             else:
-                crops = self._regions(events, h, w)
                 area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in crops) / (h * w)
                 if area > self.max_sparse_fraction:
                     self._run_full(x)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["FCOSHead", "FCOSNorm"]
@@ -16,8 +17,8 @@ _NORMS = ("GN", "BN", "none")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "GN":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+    if kind == "GN":  # 32 groups as in FCOS, fewer for narrow heads so every group has >= 2 channels
+        return nn.GroupNorm(math.gcd(32, max(channels // 2, 1)), channels)
     if kind == "BN":
         return nn.BatchNorm2d(channels)
     return nn.Identity()
@@ -40,7 +41,7 @@ class FCOSHead(nn.Module):
         strides: stride of each level in pixels; the box branch predicts distances in units of the stride.
         num_convs: 3x3 conv layers in each of the classification and box towers.
         prior_prob: initial foreground probability of the classifier (focal-loss initialisation).
-        norm: normalisation in the towers: "GN" (32 groups), "BN" or "none".
+        norm: normalisation in the towers: "GN" (32 groups, fewer below 64 channels), "BN" or "none".
         centerness_on_reg: centerness branch on the box tower (True, FCOS-imprv) or the class tower.
 
     ``forward(features: list[Tensor[B, in_channels, H_l, W_l]])`` returns a dict:
@@ -91,14 +92,19 @@ class FCOSHead(nn.Module):
             raise ValueError(f"FCOSHead has {len(self.strides)} levels, got {len(features)} feature maps")
         per_level = []
         feat_sizes = []
+        if self.centerness_on_reg:  # box and centerness convs read the same features: run them as one conv
+            box_ctr_weight = torch.cat([self.box_reg.weight, self.centerness.weight])  # [5, C_in, 3, 3]
+            box_ctr_bias = torch.cat([self.box_reg.bias, self.centerness.bias])  # [5]
         for level, (x, stride) in enumerate(zip(features, self.strides)):
             cls_feat = self.cls_tower(x)  # [B, C_in, H, W]
             box_feat = self.box_tower(x)  # [B, C_in, H, W]
+            if self.centerness_on_reg:
+                box_ctr = F.conv2d(box_feat, box_ctr_weight, box_ctr_bias, padding=1)  # [B, 5, H, W]
+                box, ctr = box_ctr[:, :4], box_ctr[:, 4:]  # [B, 4, H, W], [B, 1, H, W]
+            else:
+                box, ctr = self.box_reg(box_feat), self.centerness(cls_feat)
             # exp of a clamped input: distances stay finite even if a level's scale runs away.
-            dist = (self.scales[level] * self.box_reg(box_feat)).clamp(
-                max=20.0
-            ).exp() * stride  # [B, 4, H, W]
-            ctr = self.centerness(box_feat if self.centerness_on_reg else cls_feat)  # [B, 1, H, W]
+            dist = (self.scales[level] * box).clamp(max=20.0).exp() * stride  # [B, 4, H, W]
             out = torch.cat([self.cls_logits(cls_feat), dist, ctr], dim=1)  # [B, C + 5, H, W]
             per_level.append(out.flatten(2))  # [B, C + 5, HW]
             feat_sizes.append((int(x.shape[-2]), int(x.shape[-1])))

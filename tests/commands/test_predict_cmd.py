@@ -1,0 +1,91 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from detforge.boxes import scale_boxes
+from detforge.commands.predict import collect_images, main
+from detforge.data.datamodule import detection_collate
+from detforge.data.synthetic import SyntheticShapes
+from detforge.data.transforms import build_val_transforms
+from detforge.engine.validate import load_detector
+from detforge.models.detector import ObjectDetector
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    model = ObjectDetector(
+        backbone="test_resnet",
+        num_classes=3,
+        fpn_channels=16,
+        head_num_convs=1,
+        strides=(8, 16, 32),
+        compile_model=False,
+        deterministic=False,
+        imgsz=64,
+        score_thresh=0.0,
+        class_names=["circle", "rectangle", "triangle"],
+    )
+    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(root / "tiny.ckpt")
+    return root / "tiny.ckpt"
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = torch.Generator().manual_seed(0)
+    sizes = {"a.png": (48, 80), "b.jpg": (90, 60), "sub/a.png": (64, 64)}
+    for name, (h, w) in sizes.items():
+        pixels = torch.randint(0, 255, (h, w, 3), dtype=torch.uint8, generator=rng).numpy()
+        Image.fromarray(pixels).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_collect_images_files_folders_globs(images):
+    assert [p.name for p in collect_images([str(images)])] == ["a.png", "b.jpg", "a.png"]
+    assert [p.name for p in collect_images([str(images / "*.png")])] == ["a.png"]
+    both = collect_images([str(images / "a.png"), str(images / "*.png")])  # duplicates removed
+    assert len(both) == 1
+    with pytest.raises(FileNotFoundError, match="no images"):
+        collect_images([str(images / "*.gif")])
+
+
+def test_predict_writes_drawings_and_json_in_original_pixels(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(["--ckpt", str(checkpoint), str(images), "--out", str(out), "--conf", "0.0", "--device", "cpu"])
+        == 0
+    )
+    records = json.loads((out / "predictions.json").read_text())
+    assert [r["file"].split("imgs/")[1] for r in records] == ["a.png", "b.jpg", "sub/a.png"]
+    for name in ("a.png", "b.png", "a_2.png"):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "b.png").size == (60, 90)  # drawn on the original image
+    assert "3 images" in capsys.readouterr().out
+
+    # boxes equal the model's own detections on the letterboxed input, scaled back to the file's size
+    model = load_detector(checkpoint, "cpu")
+    raw = torch.as_tensor(__import__("numpy").array(Image.open(images / "a.png"))).permute(2, 0, 1)
+    image, target = build_val_transforms(64)(
+        raw, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long()}
+    )
+    size = tuple(int(v) for v in target["size"])
+    pred = model.predict(image[None], [size])[0]
+    expected = scale_boxes(pred["boxes"], size, (48, 80))
+    got = torch.tensor([d["box"] for d in records[0]["detections"]])
+    assert got.shape == expected.shape and len(got) > 0
+    torch.testing.assert_close(got, expected, atol=0.01, rtol=0)
+    assert all(
+        0 <= d["box"][0] <= d["box"][2] <= 80 and 0 <= d["box"][1] <= d["box"][3] <= 48
+        for d in records[0]["detections"]
+    )
+    assert {d["class_name"] for d in records[0]["detections"]} <= {"circle", "rectangle", "triangle"}

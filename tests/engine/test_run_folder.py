@@ -1,0 +1,112 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from detforge.engine.callbacks import (
+    atomic_write,
+    draw_predictions,
+    format_table,
+    plot_curves,
+    prediction_grid,
+)
+from detforge.engine.trainer import resolve_resume, resolve_run_dir, run_dir_for_ranks
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    for key in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID", "DETFORGE_RUN_DIR"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_run_dir_increments_unless_named_or_resuming(tmp_path):
+    assert resolve_run_dir(tmp_path) == tmp_path / "exp"
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp2").mkdir()
+    assert resolve_run_dir(tmp_path) == tmp_path / "exp3"
+    assert resolve_run_dir(tmp_path, "exp", exist_ok=True) == tmp_path / "exp"
+    assert resolve_run_dir(tmp_path, "mine") == tmp_path / "mine"
+
+
+def test_ranks_share_the_launchers_run_dir(tmp_path, monkeypatch):
+    with run_dir_for_ranks(tmp_path / "chosen"):
+        assert os.environ["DETFORGE_RUN_DIR"] == str(tmp_path / "chosen")
+        monkeypatch.setenv("LOCAL_RANK", "1")  # a rank started by Lightning's launcher
+        assert resolve_run_dir(tmp_path, None) == tmp_path / "chosen"
+    assert "DETFORGE_RUN_DIR" not in os.environ
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")  # torchrun: every rank picks the same name
+    (tmp_path / "exp-abc").mkdir()
+    assert resolve_run_dir(tmp_path, None) == tmp_path / "exp-abc"
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="last"):
+        resolve_resume("last", tmp_path)
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert resolve_resume("last", tmp_path) == str(tmp_path / "last.ckpt")
+    assert resolve_resume(str(tmp_path), tmp_path / "other") == str(tmp_path / "last.ckpt")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "a.txt"
+    atomic_write(path, lambda tmp: Path(tmp).write_text("ok"))
+    assert path.read_text() == "ok" and oct(path.stat().st_mode & 0o077) != "0o0"
+
+    def broken(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_plot_curves(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text(
+        "epoch,step,train/loss,val/loss,val/map,val/map_50\n0,9,2.0,,,\n0,19,1.5,,,\n0,19,,1.6,0.1,0.3\n1,39,1.0,1.2,0.3,0.6\n"
+    )
+    out = plot_curves(csv, tmp_path / "curves.png")
+    assert Image.open(out).size[0] > 100
+    (tmp_path / "empty.csv").write_text("epoch,step\n")
+    assert plot_curves(tmp_path / "empty.csv", tmp_path / "none.png") is None
+
+
+def test_prediction_grid_and_drawing():
+    images = [torch.rand(3, 40, 50), torch.rand(1, 30, 30), torch.rand(3, 40, 50)]
+    preds = [
+        {
+            "boxes": torch.tensor([[1.0, 2.0, 20.0, 30.0]]),
+            "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1]),
+        },
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+        {
+            "boxes": torch.tensor([[0.0, 0.0, 50.0, 40.0]]),
+            "scores": torch.tensor([0.1]),
+            "labels": torch.tensor([0]),
+        },
+    ]
+    drawn = draw_predictions(images[0], preds[0], ["a", "b"])
+    assert drawn.dtype == torch.uint8 and drawn.shape == (3, 40, 50)
+    assert not torch.equal(drawn, (images[0] * 255).to(torch.uint8))  # a box was drawn
+    below = draw_predictions(images[2], preds[2], score_thresh=0.3)
+    assert torch.equal(below, (images[2] * 255).to(torch.uint8))  # low-score boxes are not
+    grid = prediction_grid(images, preds, ["a", "b"])
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3 and grid.shape[1] >= 80
+
+
+def test_format_table_matches_pycocotools_layout():
+    stats = {k: torch.tensor(0.5) for k in ("map", "map_50", "map_75", "mar_100")}
+    stats["map_per_class"] = torch.tensor([0.25, 0.75])
+    stats["classes"] = torch.tensor([0, 1])
+    text = format_table(stats, ["cat", "dog"])
+    lines = text.splitlines()
+    assert lines[0].startswith(
+        " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500"
+    )
+    assert any("dog" in line and "0.750" in line for line in lines)

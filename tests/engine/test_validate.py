@@ -1,0 +1,102 @@
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader
+
+from detforge.data.datamodule import DetectionDataModule, detection_collate
+from detforge.data.synthetic import SyntheticShapes
+from detforge.data.writers import write_coco
+from detforge.engine import validate as validate_mod
+from detforge.engine.validate import load_detector, validate_checkpoint
+from detforge.models.detector import ObjectDetector
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    model = ObjectDetector(
+        backbone="test_resnet",
+        num_classes=3,
+        fpn_channels=16,
+        head_num_convs=1,
+        strides=(8, 16, 32),
+        compile_model=False,
+        deterministic=False,
+        imgsz=64,
+    )
+    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(root / "tiny.ckpt")
+    return root / "tiny.ckpt"
+
+
+@pytest.fixture(scope="module")
+def coco_dir(tmp_path_factory):
+    """A COCO data set on disk whose images (80 x 100) differ from the network input (64)."""
+    root = tmp_path_factory.mktemp("coco")
+    ann = write_coco(SyntheticShapes(12, (80, 100), num_classes=3, seed=3), root, split="val")
+    return root, ann
+
+
+def test_load_detector_weights_only(checkpoint):
+    model = load_detector(checkpoint, "cpu")
+    assert isinstance(model, ObjectDetector) and not model.training and model.hparams.imgsz == 64
+    with pytest.raises(FileNotFoundError):
+        load_detector(checkpoint.parent / "missing.ckpt")
+
+
+def test_metric_equals_pycocotools_on_written_results(checkpoint, coco_dir, tmp_path, monkeypatch, capsys):
+    root, ann = coco_dir
+    spec = f"coco:{ann}:{root / 'val'}"
+    # Predictions: the ground truth itself (network-input pixels), jittered and with varied scores, so the
+    # mAP is far from 0 and from 1 and every box goes through the rescaling to the original image size.
+    dm = DetectionDataModule(data=spec, imgsz=64, batch_size=5, num_workers=0)
+    dm.setup("validate")
+    queue = [t for _, targets in dm.val_dataloader() for t in targets]
+    rng = np.random.default_rng(0)
+    model = load_detector(checkpoint, "cpu")
+
+    def fake_postprocess(outputs, image_sizes):
+        preds = []
+        for _ in image_sizes:
+            t = queue.pop(0)
+            n = len(t["boxes"])
+            jitter = torch.as_tensor(rng.normal(0, 2.0, (n, 4)), dtype=torch.float32)
+            preds.append(
+                {
+                    "boxes": t["boxes"] + jitter,
+                    "scores": torch.as_tensor(rng.uniform(0.1, 1.0, n), dtype=torch.float32),
+                    "labels": torch.where(
+                        torch.as_tensor(rng.uniform(size=n) < 0.2), (t["labels"] + 1) % 3, t["labels"]
+                    ),
+                }
+            )
+        return preds
+
+    model.model.postprocess = fake_postprocess
+    monkeypatch.setattr(validate_mod, "load_detector", lambda ckpt, device=None: model)
+    stats = validate_checkpoint(checkpoint, spec, imgsz=64, batch=5, device="cpu", out_dir=tmp_path)
+    assert "Average Precision" in capsys.readouterr().out
+
+    gt = COCO(str(ann))
+    results = json.loads(Path(stats["results_json"]).read_text())
+    assert {r["category_id"] for r in results} <= set(gt.getCatIds())
+    ev = COCOeval(gt, gt.loadRes(stats["results_json"]), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert 0.1 < ev.stats[0] < 0.95
+    for i, key in enumerate(["map", "map_50", "map_75"]):
+        assert float(stats[key]) == pytest.approx(ev.stats[i], abs=1e-6), key
+
+
+def test_class_count_mismatch_is_an_error(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="classes"):
+        validate_checkpoint(checkpoint, "synthetic:8", imgsz=64, device="cpu", out_dir=tmp_path)
