@@ -79,3 +79,13 @@ def test_box_that_collapses_in_float32_is_degenerate():
     log = IssueLog("t")
     _, keep = validate_boxes(np.array([[10.0, 1.0, 10.0 + 1e-9, 5.0]]), 40, 50, log, str)
     assert keep.tolist() == [False] and log.counts["degenerate_box"] == 1
+
+
+def test_rounding_overshoot_is_clipped_without_a_warning():
+    log = IssueLog("labels.txt")
+    boxes, keep = validate_boxes(
+        np.array([[0.0, 0.0, 100.0000004, 50.0], [-5.0, 0.0, 10.0, 10.0]]), 50, 100, log, lambda i: f"row {i}"
+    )
+    assert keep.all()
+    assert boxes[0, 2] == 100.0 and boxes[1, 0] == 0.0
+    assert log.counts.get("clipped_box") == 1

@@ -110,6 +110,9 @@ class IssueLog:
             warnings.warn(f"{self.name}: {total} problem(s) found\n{self.summary()}", stacklevel=stacklevel)
 
 
+CLIP_TOLERANCE_PX = 1e-3
+
+
 def validate_boxes(
     boxes: np.ndarray,
     height: int | None,
@@ -142,12 +145,17 @@ def validate_boxes(
         x1, y1, x2, y2 = boxes.T
         with np.errstate(invalid="ignore"):
             outside = keep & ((x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height))
-            partial = keep & ~outside & ((x1 < 0) | (y1 < 0) | (x2 > width) | (y2 > height))
+            # Overshoot within CLIP_TOLERANCE_PX is float rounding of a border box (YOLO's normalised
+            # coordinates, resized images): clipped silently; anything more is counted.
+            tol = CLIP_TOLERANCE_PX
+            partial = keep & ~outside & ((x1 < -tol) | (y1 < -tol) | (x2 > width + tol) | (y2 > height + tol))
+            rounding = keep & ~outside & ~partial & ((x1 < 0) | (y1 < 0) | (x2 > width) | (y2 > height))
         if outside.any():
             log.add_many("outside_box", np.flatnonzero(outside), where)
             keep &= ~outside
         if partial.any():
             log.add_many("clipped_box", np.flatnonzero(partial), where)
+        if partial.any() or rounding.any():
             boxes = boxes.copy()
             np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
             np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
