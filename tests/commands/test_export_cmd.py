@@ -10,9 +10,6 @@ from detforge.data.synthetic import SyntheticShapes
 from detforge.engine.validate import load_detector
 from detforge.models.detector import ObjectDetector
 
-pytest.importorskip(
-    "detforge.models.export", reason="the ONNX exporter (detforge.models.export) is not built"
-)
 ort = pytest.importorskip("onnxruntime")
 
 

@@ -238,3 +238,14 @@ def test_preprocess_and_data_config():
     assert batch[0, :, 32:, :].abs().sum() == 0  # letterbox padding at the bottom
     with pytest.raises(RuntimeError, match="transform_config"):
         tiny().get_data_config()
+
+
+def test_wraps_registered_models():
+    model = ObjectDetector(model="nexus", num_classes=3, compile_model=False, deterministic=False)
+    images = torch.rand(2, 3, 64, 64)
+    targets = [target([[10, 12, 40, 50]], [1]), target([], [])]
+    losses = model.model.loss(model(images), targets)
+    assert torch.isfinite(losses["loss"])
+    assert len(model.predict(images)) == 2
+    with pytest.raises(ValueError, match="1-channel"):
+        ObjectDetector(model="nightvision_edge", num_classes=3, compile_model=False, deterministic=False)

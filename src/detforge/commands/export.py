@@ -30,9 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dynamic_axes_for(with_nms: bool, input_name: str = "images") -> dict[str, dict[int, str]]:
-    """Dynamic batch / height / width on the input; the exporter names the outputs' dynamic axes."""
-    return {input_name: {0: "batch", 2: "height", 3: "width"}}
+def dynamic_axes_for(spatial: bool, input_name: str = "images") -> dict[str, dict[int, str]]:
+    """Dynamic batch on the input, plus height / width when ``spatial`` (raw FCOS heads only: graphs that
+    decode boxes bake the example's location grid in). The exporter names the outputs' dynamic axes."""
+    return {input_name: {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}}
+
+
+def _decodes_boxes(model) -> bool:
+    """True when the bare model's raw outputs already hold decoded boxes (YOLOX, the edge models)."""
+    from detforge.models.fcos import FCOS
+
+    return not isinstance(model, FCOS)
 
 
 def main(argv: list[str]) -> int:
@@ -51,12 +59,14 @@ def main(argv: list[str]) -> int:
         str(out),
         example_input=example,
         opset_version=args.opset,
-        dynamic_axes=dynamic_axes_for(args.nms) if args.dynamic else None,
+        dynamic_axes=dynamic_axes_for(spatial=not args.nms and not _decodes_boxes(model.model))
+        if args.dynamic
+        else None,
         with_nms=args.nms,
     )
     print(f"ONNX: {path}")
     if args.format == "int8":
-        from detforge.models.export import quantize_int8
+        from detforge.export import quantize_int8
 
         q_path = quantize_int8(str(path), str(Path(path).with_suffix(".int8.onnx")))
         print(f"INT8: {q_path}")

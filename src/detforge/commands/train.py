@@ -21,6 +21,7 @@ Plus ``--name`` (run folder ``--project/NAME``, default ``runs/train/exp``, ``ex
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 HELP = "train a detector (default: small model on the built-in synthetic data set)"
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "data.imgsz": 128,
     "data.batch_size": 16,
     "trainer.max_epochs": 8,
+    "trainer.max_time": "00:00:04:00",  # with start-up and the final plots, within 5 minutes on 2 cores
     "trainer.gradient_clip_val": 10.0,
     "trainer.num_sanity_val_steps": 0,
     "trainer.log_every_n_steps": 10,
@@ -126,8 +128,12 @@ def _make_cli_class():
                 default=None,
                 help="continue from 'last' (this run's last.ckpt) or a path",
             )
-            parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes, apply_on="instantiate")
-            parser.link_arguments("data", "model.class_names", compute_fn=_class_names, apply_on="instantiate")
+            parser.link_arguments(
+                "data", "model.num_classes", compute_fn=_num_classes, apply_on="instantiate"
+            )
+            parser.link_arguments(
+                "data", "model.class_names", compute_fn=_class_names, apply_on="instantiate"
+            )
             parser.link_arguments("data", "model.in_chans", compute_fn=_in_chans, apply_on="instantiate")
             parser.link_arguments("data.imgsz", "model.imgsz")
             parser.set_defaults(DEFAULTS)
@@ -157,20 +163,19 @@ def build_cli(argv: list[str]):
     from detforge.models.detector import ObjectDetector
 
     cli_class = _make_cli_class()
-    return cli_class(
-        model_class=ObjectDetector,
-        datamodule_class=DetectionDataModule,
-        args=expand_aliases(argv),
-        run=False,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        parser_kwargs={
-            "prog": "detforge train",
-            "description": __doc__,
-            "default_env": False,
-        },
-    )
+    with warnings.catch_warnings():
+        # argv comes from `detforge train ...`, not from sys.argv: LightningCLI's warning about that is moot
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return cli_class(
+            model_class=ObjectDetector,
+            datamodule_class=DetectionDataModule,
+            args=expand_aliases(argv),
+            run=False,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"prog": "detforge train", "description": __doc__, "default_env": False},
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -184,9 +184,8 @@ class RunArtifacts(L.Callback):
         dataset = getattr(datamodule, "val_dataset", None) if datamodule is not None else None
         if dataset is None or len(dataset) == 0 or self.num_images <= 0:
             return None
-        from detforge.targets import image_sizes_of
-
         from detforge.data.datamodule import detection_collate
+        from detforge.targets import image_sizes_of
 
         samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
         images, targets = detection_collate(samples)  # [N, C, H, W]
@@ -196,7 +195,9 @@ class RunArtifacts(L.Callback):
             batch = images.to(pl_module.device)
             preds = pl_module.predict(batch, image_sizes_of(targets, batch))
         pl_module.train(was_training)
-        images = [img[:, : int(t["size"][0]), : int(t["size"][1])] for img, t in zip(images, targets, strict=True)]
+        images = [
+            img[:, : int(t["size"][0]), : int(t["size"][1])] for img, t in zip(images, targets, strict=True)
+        ]
         return _save_png(prediction_grid(images, preds, class_names), self.run_dir / "val_predictions.png")
 
 

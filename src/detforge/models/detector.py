@@ -280,7 +280,14 @@ class ObjectDetector(L.LightningModule):
         if model_name is not None:
             from detforge.models.registry import create_model
 
-            return create_model(model_name, num_classes=hp.num_classes, **extra)
+            model = create_model(model_name, num_classes=hp.num_classes, **extra)
+            chans = getattr(model, "in_chans", hp.in_chans)
+            if chans != hp.in_chans:
+                raise ValueError(
+                    f"model {model_name!r} takes {chans}-channel images but the data has {hp.in_chans} channels "
+                    f"(for 1-channel models use thermal / grayscale data, e.g. --data synthetic-thermal)"
+                )
+            return model
         if isinstance(backbone, str):
             backbone = FeatureBackboneConfig(backbone)
         strides = tuple(hp.strides)
@@ -635,7 +642,7 @@ class ObjectDetector(L.LightningModule):
     ) -> str:
         """Export the detector to ONNX: raw head tensors, or with ``with_nms`` final ``boxes`` / ``scores`` /
         ``labels`` with decoding and NMS inside the graph. Returns ``save_path``."""
-        from detforge.models.export import export_onnx
+        from detforge.export import export_onnx
 
         was_training = self.training
         self.eval()

@@ -1,0 +1,40 @@
+"""Training engine around Lightning: run folders, callbacks, weight EMA, checkpoint evaluation, settings.
+
+- ``detforge.engine.config``: ``MetricConfig``, ``LoggingConfig``, ``TransformConfig``.
+- ``detforge.engine.ema``: ``ExponentialMovingAverage`` (validated and saved in place of the raw weights).
+- ``detforge.engine.callbacks``: ``RunArtifacts`` (curves, PR curves, prediction grid, COCO table).
+- ``detforge.engine.trainer``: ``build_trainer`` and the run-folder helpers.
+- ``detforge.engine.validate``: ``validate_checkpoint`` and ``load_detector``.
+
+Submodules load on first use so ``import detforge.engine`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "MetricConfig": "detforge.engine.config",
+    "LoggingConfig": "detforge.engine.config",
+    "TransformConfig": "detforge.engine.config",
+    "ExponentialMovingAverage": "detforge.engine.ema",
+    "RunArtifacts": "detforge.engine.callbacks",
+    "build_trainer": "detforge.engine.trainer",
+    "validate_checkpoint": "detforge.engine.validate",
+    "load_detector": "detforge.engine.validate",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detforge.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
