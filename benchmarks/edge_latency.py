@@ -46,7 +46,7 @@ def _peer_net() -> nn.Module:
     """A plain conv net of about 100K parameters (the onnxruntime floor the issue quotes)."""
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-        nn.Conv2d(64, 96, 3, 1, 1), nn.ReLU(), nn.Conv2d(96, 5, 1),
+        nn.Conv2d(64, 128, 3, 1, 1), nn.ReLU(), nn.Conv2d(128, 5, 1),
     ).eval()  # fmt: skip
 
 

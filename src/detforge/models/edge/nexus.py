@@ -256,7 +256,8 @@ class Nexus(nn.Module):
 
     def forward_train(self, frame: Tensor) -> list[dict[str, Tensor]]:
         """Per scale (strides 8, 16, 32): ``cls_logits`` [B, C, H, W], ``bbox_pred`` [B, 4, H, W],
-        ``centerness`` [B, 1, H, W], ``bbox_log_var`` [B, 4, H, W]; ``frame`` is Tensor[B, C, H, W] or [C, H, W]."""
+        ``centerness`` [B, 1, H, W], ``bbox_log_var`` [B, 4, H, W]; ``frame`` is Tensor[B, C, H, W] or
+        [C, H, W]."""
         out = self.forward(frame if frame.ndim == 4 else frame[None])
         keys = ("cls_logits", "bbox_pred", "centerness", "bbox_log_var")
         return [{k: out[k][i] for k in keys} for i in range(len(self.strides))]
@@ -333,7 +334,7 @@ class Nexus(nn.Module):
 
     @property
     def video(self):
-        """The current ``NexusVideo`` state (profile counters, tracker), or None before the first ``detect``."""
+        """The current ``NexusVideo`` (profile counters, tracker), or None before the first ``detect``."""
         return self._video
 
 
@@ -352,7 +353,7 @@ def surprise_map(stem: Tensor, predicted: Tensor) -> Tensor:
 
 
 def decode_ltrb(points: Tensor, ltrb: Tensor) -> Tensor:
-    """Distances to box sides -> boxes: points Tensor[P, 2] (x, y), ltrb Tensor[B, P, 4] -> Tensor[B, P, 4] xyxy."""
+    """Side distances to boxes: points Tensor[P, 2] (x, y), ltrb Tensor[B, P, 4] -> xyxy Tensor[B, P, 4]."""
     return torch.cat([points[None] - ltrb[..., :2], points[None] + ltrb[..., 2:]], dim=-1)
 
 

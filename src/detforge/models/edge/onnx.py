@@ -3,7 +3,8 @@
 Graphs (one frame each, BatchNorm folded into the convolutions):
 
 - Nexus: inputs ``frame`` [1, C, H, W] and ``predicted_stem`` [1, 24, H/4, W/4] (the predictive-coding state,
-  zeros on the first frame); outputs the head maps of P3..P5, ``surprise`` [1, 1, H/32, W/32] (``nexus.surprise_map``) and ``next_predicted_stem`` (the state for the next frame).
+  zeros on the first frame); outputs the head maps of P3..P5, ``surprise`` [1, 1, H/32, W/32]
+  (``nexus.surprise_map``) and ``next_predicted_stem`` (the state for the next frame).
 - Phantom: input ``frame`` [1, C, H, W] with H and W any multiples of 4 (the sparse runner feeds crops);
   outputs ``face_cls`` [1, 1, H/4, W/4] and ``face_bbox`` [1, 4, H/4, W/4]. The cached maps and the tracker
   state stay outside the graph (``PhantomVideo``).
@@ -160,7 +161,7 @@ def ort_session(path: str | Path, threads: int = 2):
 
 
 def ort_network(session):
-    """A Phantom network callable for ``PhantomVideo`` backed by an onnxruntime session of the Phantom graph."""
+    """A network callable for ``PhantomVideo`` backed by an onnxruntime session of the Phantom graph."""
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,8 @@ class PhantomConfig:
 
 class PhantomNet(nn.Module):
     """Backbone + face head: ``forward(x Tensor[B, C, H, W]) -> (face_cls Tensor[B, 1, H/4, W/4] logits,
-    face_bbox Tensor[B, 4, H/4, W/4] (dx, dy, log w, log h) in cells, as ``SingleScaleAssigner`` encodes)``."""
+    face_bbox Tensor[B, 4, H/4, W/4] (dx, dy, log w, log h) in cells, as ``SingleScaleAssigner``
+    encodes)``."""
 
     stride = 4
 

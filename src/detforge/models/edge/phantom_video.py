@@ -4,10 +4,11 @@ Per frame:
 
 1. Pseudo-events: pixels whose absolute difference to the previous frame (mean over channels) exceeds
    ``event_threshold``; a ``tile`` x ``tile`` pixel tile with at least ``min_tile_events`` of them is active.
-2. Sparse processing: on frame 1, every ``refresh_interval`` frames, or when more than ``max_sparse_fraction`` of
-   the frame would need work, the network runs on the whole frame. Otherwise each connected group of
-   active tiles is cropped with a ``halo`` of context, the network runs on the crop, and the crop's
-   inner cells replace those of the cached output maps. A frame without active tiles runs no network at all.
+2. Sparse processing: on frame 1, every ``refresh_interval`` frames, or when more than
+   ``max_sparse_fraction`` of the frame would need work, the network runs on the whole frame. Otherwise
+   each connected group of active tiles is cropped with a ``halo`` of context, the network runs on the
+   crop, and the crop's inner cells replace those of the cached output maps. A frame without active tiles
+   runs no network at all.
 3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
