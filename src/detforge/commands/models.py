@@ -11,7 +11,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge models", description=__doc__.splitlines()[0])
     parser.add_argument("pattern", nargs="?", default=None, help="fnmatch filter, e.g. 'yolox_*'")
     parser.add_argument(
-        "--num-classes", type=int, default=80, help="classes to build each model with (default 80)"
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes to build each model with (default: each builder's own, e.g. 80 for COCO-style models)",
     )
     parser.add_argument("--names-only", action="store_true", help="print only the names (no model is built)")
     return parser

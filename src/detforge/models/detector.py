@@ -280,6 +280,9 @@ class ObjectDetector(L.LightningModule):
         if model_name is not None:
             from detforge.models.registry import create_model
 
+            extra.setdefault(
+                "in_chans", hp.in_chans
+            )  # every builder takes it: 1-channel data builds 1-channel models
             model = create_model(model_name, num_classes=hp.num_classes, **extra)
             chans = getattr(model, "in_chans", hp.in_chans)
             if chans != hp.in_chans:
