@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from detforge.metrics.coco import COCO_STAT_NAMES
+
 __all__ = ["RunArtifacts", "atomic_write", "draw_predictions", "plot_curves", "prediction_grid"]
 
 
@@ -201,27 +203,11 @@ class RunArtifacts(L.Callback):
         return _save_png(prediction_grid(images, preds, class_names), self.run_dir / "val_predictions.png")
 
 
-COCO_STAT_KEYS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-)
-
-
 def format_table(stats: dict[str, Any], class_names: list[str] | None = None) -> str:
     """The 12-line COCO summary (pycocotools' order) plus per-class AP for a metric's ``compute()`` dict."""
     from detforge.metrics import format_coco_table
 
-    numbers = [float(stats.get(key, -1.0)) for key in COCO_STAT_KEYS]
+    numbers = [float(stats.get(key, -1.0)) for key in COCO_STAT_NAMES]
     per_class = stats.get("map_per_class")
     classes = stats.get("classes")
     per_class_ap = None
