@@ -100,3 +100,26 @@ def test_workers_are_seeded_so_batches_repeat():
     a, b = first_batch(), first_batch()
     assert torch.equal(a[0], b[0])
     assert [t["image_id"] for t in a[1]] == [t["image_id"] for t in b[1]]
+
+
+def test_augmentation_switches_reach_the_train_pipeline():
+    from torchvision.transforms import v2
+
+    def steps(dm):
+        dm.setup("fit")
+        return [type(t) for t in dm.train_dataset.transforms.pipeline.transforms]
+
+    full = steps(DetectionDataModule("synthetic:4", imgsz=32, num_workers=0))
+    assert v2.RandomPhotometricDistort in full and v2.ScaleJitter in full
+    light = steps(
+        DetectionDataModule("synthetic:4", imgsz=32, num_workers=0, photometric=False, scale_jitter=None)
+    )
+    assert v2.RandomPhotometricDistort not in light and v2.ScaleJitter not in light
+    jitter = DetectionDataModule("synthetic:4", imgsz=32, num_workers=0, scale_jitter=(0.8, 1.2))
+    jitter.setup("fit")
+    scale = next(
+        t for t in jitter.train_dataset.transforms.pipeline.transforms if isinstance(t, v2.ScaleJitter)
+    )
+    assert tuple(scale.scale_range) == (0.8, 1.2)
+    images, _ = next(iter(jitter.train_dataloader()))
+    assert images.shape[-2:] == (32, 32)

@@ -165,3 +165,21 @@ def test_module_has_no_global_rng_use(monkeypatch):
     b = ds[2]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
     assert synthetic_module.SHAPE_NAMES[:5] == ("circle", "rectangle", "triangle", "ellipse", "star")
+
+
+@pytest.mark.parametrize("mode", ["rgb", "sequence"])
+def test_render_cache_returns_the_same_samples_and_independent_copies(mode):
+    plain = SyntheticShapes(6, image_size=48, min_size=6, seed=3, mode=mode, sequence_length=3)
+    cached = SyntheticShapes(6, image_size=48, min_size=6, seed=3, mode=mode, sequence_length=3, cache=True)
+    for i in (4, 0, 4, 5, 0):
+        image, target = cached[i]
+        ref_image, ref_target = plain[i]
+        assert torch.equal(image, ref_image)
+        assert target.keys() == ref_target.keys()
+        for key, value in ref_target.items():
+            assert torch.equal(torch.as_tensor(target[key]), torch.as_tensor(value)), key
+        image.zero_()  # a caller editing its copy must not change what the cache hands out next
+        target["boxes"].zero_()
+    assert sorted(cached._renders) == [0, 4, 5]
+    assert torch.equal(cached[4][0], plain[4][0])
+    assert torch.equal(cached[4][1]["boxes"], plain[4][1]["boxes"])

@@ -247,5 +247,9 @@ def test_wraps_registered_models():
     losses = model.model.loss(model(images), targets)
     assert torch.isfinite(losses["loss"])
     assert len(model.predict(images)) == 2
-    with pytest.raises(ValueError, match="1-channel"):
-        ObjectDetector(model="nightvision_edge", num_classes=3, compile_model=False, deterministic=False)
+    # Registered models are built for the data's channels: 3-channel data gives a 3-channel NightVision,
+    # 1-channel (thermal) data a 1-channel Nexus.
+    rgb = ObjectDetector(model="nightvision_edge", num_classes=3, compile_model=False, deterministic=False)
+    assert rgb.model.in_chans == 3 and len(rgb.predict(images)) == 2
+    thermal = ObjectDetector(model="nexus", num_classes=3, in_chans=1, compile_model=False, deterministic=False)
+    assert thermal.model.in_chans == 1 and len(thermal.predict(torch.rand(1, 1, 64, 64))) == 1

@@ -44,20 +44,31 @@ ALIASES = {
 }
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
-# The out-of-the-box recipe: small model, synthetic data, a few minutes on a 2-core CPU.
+# The out-of-the-box recipe: small model, synthetic data, under 5 minutes on a 2-core CPU (start-up and the final
+# plots included). 1024 training images (val: 256, seed 1) of 5 shape classes, 16 px to 0.75 of the side, cached
+# after the first render; flip + mild zoom (colour jitter costs more than the model on a CPU); batch 16 (more
+# steps beat bigger batches at a fixed image budget), AdamW, warmup, per-step cosine over 27 epochs and an EMA
+# short enough for ~1700 steps. On 2 cores max_time ends it in epoch ~26 (measured: 0.48 mAP, 4:45 wall);
+# validation every 9 epochs and always at the end (ValidateLastEpoch).
 DEFAULTS: dict[str, Any] = {
     "model.model": "detforge_s",
     "model.lr": 3e-3,
     "model.weight_decay": 5e-4,
-    "model.warmup_steps": 50,
-    "model.ema_decay": 0.998,
+    "model.warmup_steps": 100,
+    "model.ema_decay": 0.99,
     "model.ema_warmup_steps": 50.0,
     "model.compile_model": False,
     "model.deterministic": False,
+    "data.data": "synthetic:1024",
     "data.imgsz": 128,
     "data.batch_size": 16,
-    "trainer.max_epochs": 8,
-    "trainer.max_time": "00:00:04:00",  # with start-up and the final plots, within 5 minutes on 2 cores
+    "data.num_workers": 0,  # rendering from the cache is cheap; worker processes only compete for 2 cores
+    "data.photometric": False,
+    "data.scale_jitter": (0.75, 1.25),
+    "data.dataset_kwargs": {"cache": True, "min_size": 16, "max_size": 0.75},
+    "trainer.max_epochs": 27,
+    "trainer.check_val_every_n_epoch": 9,
+    "trainer.max_time": "00:00:04:30",  # with start-up and the final plots, under 5 minutes
     "trainer.gradient_clip_val": 10.0,
     "trainer.num_sanity_val_steps": 0,
     "trainer.log_every_n_steps": 10,
@@ -107,6 +118,34 @@ def _in_chans(datamodule) -> int:
     return int(_ready(datamodule).train_dataset[0][0].shape[0])
 
 
+def _final_validation_callback():
+    import lightning as L
+    from lightning.pytorch.callbacks import Timer
+
+    class ValidateLastEpoch(L.Callback):
+        """Validate the last training epoch even when ``check_val_every_n_epoch`` would skip it, so every run
+        ends with the COCO table: the epoch reaching ``max_epochs`` and the batch where ``max_time`` runs out."""
+
+        def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
+                self._validate_this_epoch(trainer)
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            # Runs just before Lightning's Timer (appended after user callbacks) sets should_stop on this batch.
+            for callback in trainer.callbacks:
+                if isinstance(callback, Timer):
+                    remaining = callback.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        self._validate_this_epoch(trainer)
+
+        @staticmethod
+        def _validate_this_epoch(trainer: L.Trainer) -> None:
+            if trainer.check_val_every_n_epoch is not None:
+                trainer.check_val_every_n_epoch = 1
+
+    return ValidateLastEpoch()
+
+
 def _make_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
@@ -150,7 +189,11 @@ def _make_cli_class():
             if trainer_cfg.get("logger") in (None, True):
                 kwargs.setdefault("logger", default_loggers(self.run_dir))
             user_callbacks = list(trainer_cfg.get("callbacks") or [])
-            kwargs["callbacks"] = default_callbacks(self.run_dir, progress_bar=progress) + user_callbacks
+            kwargs["callbacks"] = (
+                default_callbacks(self.run_dir, progress_bar=progress)
+                + user_callbacks
+                + [_final_validation_callback()]
+            )
             kwargs.setdefault("default_root_dir", str(self.run_dir))
             return super().instantiate_trainer(**kwargs)
 

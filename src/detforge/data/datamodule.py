@@ -99,6 +99,9 @@ class DetectionDataModule(L.LightningDataModule):
         persistent_workers: keep workers alive between epochs; only when ``num_workers > 0``.
         mosaic: probability of a 4-image mosaic per training sample (0 disables).
         augment: use the training augmentation (flip, photometric, scale jitter); False uses the val pipeline.
+        photometric: include the colour jitter (brightness, contrast, saturation, hue, channel shuffle) in the
+            training augmentation; it is the costliest step on a CPU.
+        scale_jitter: ``(lo, hi)`` random zoom range of the training augmentation; None disables it.
         val_data: spec or data set for validation; None uses ``data``'s ``val`` split (for an object: none).
         train_size: use only the first ``train_size`` training images.
         seed: seeds shuffling and the worker RNGs (torch, numpy, random) so runs repeat.
@@ -115,6 +118,8 @@ class DetectionDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         mosaic: float = 0.0,
         augment: bool = True,
+        photometric: bool = True,
+        scale_jitter: tuple[float, float] | None = (0.5, 1.5),
         val_data: str | Dataset | None = None,
         train_size: int | None = None,
         seed: int = 0,
@@ -137,6 +142,8 @@ class DetectionDataModule(L.LightningDataModule):
         self.persistent_workers = bool(persistent_workers)
         self.mosaic = float(mosaic)
         self.augment = bool(augment)
+        self.photometric = bool(photometric)
+        self.scale_jitter = None if scale_jitter is None else (float(scale_jitter[0]), float(scale_jitter[1]))
         self.val_data = val_data
         self.train_size = train_size
         self.seed = int(seed)
@@ -155,7 +162,9 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _train_transforms(self):
         if self.augment:
-            return build_train_transforms(self.imgsz)
+            return build_train_transforms(
+                self.imgsz, photometric=self.photometric, scale_jitter=self.scale_jitter
+            )
         return build_val_transforms(self.imgsz)
 
     def setup(self, stage: str | None = None) -> None:

@@ -180,6 +180,8 @@ class SyntheticShapes(Dataset):
         target_size: optional ``(h, w)`` (or int for square) to resize the rendered image and boxes to.
         transforms: optional ``transforms(image_uint8 Tensor[C, H, W], target) -> (image, target)``; without
             it the image is returned as float32 in [0, 1].
+        cache: keep each rendered uint8 image and its target in memory (per process, so per DataLoader
+            worker), so later epochs only pay for ``transforms``; about ``H * W * C`` bytes per image.
 
     The target has ``boxes`` (float32 [N, 4] xyxy pixels), ``labels`` (int64 [N]), ``image_id``, ``orig_size``,
     ``size``, ``iscrowd`` and ``ignore`` (bool [N]), ``area`` (float32 [N], visible pixels) and, in
@@ -204,6 +206,7 @@ class SyntheticShapes(Dataset):
         noise: float = 6.0,
         target_size: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
+        cache: bool = False,
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -252,6 +255,8 @@ class SyntheticShapes(Dataset):
         self.target_size = target_size
         self._sequence_background: tuple[int, np.ndarray | None] = (-1, None)
         self.transforms = transforms
+        self.cache = bool(cache)
+        self._renders: dict[int, tuple[Tensor, dict]] = {}
 
     def __len__(self) -> int:
         return self.num_images
@@ -457,10 +462,19 @@ class SyntheticShapes(Dataset):
             target["sequence_id"] = sequence
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target  # [C, H, W] uint8
 
+    def _cached_render(self, index: int) -> tuple[Tensor, dict]:
+        """``render(index)``, from the in-memory cache when ``cache`` is on (copies, so callers may edit)."""
+        if not self.cache:
+            return self.render(index)
+        if index not in self._renders:
+            self._renders[index] = self.render(index)
+        image, target = self._renders[index]
+        return image.clone(), _copy_target(target)
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         if index < 0:
             index += self.num_images
-        image, target = self.render(index)
+        image, target = self._cached_render(index)
         if self.target_size is not None and tuple(self.target_size) != (self.height, self.width):
             th, tw = self.target_size
             sx, sy = tw / self.width, th / self.height
@@ -471,6 +485,11 @@ class SyntheticShapes(Dataset):
         if self.transforms is not None:
             return self.transforms(image, target)
         return image.float().div_(255.0), target
+
+
+def _copy_target(target: dict) -> dict:
+    """A target whose tensors can be changed in place without touching ``target``'s."""
+    return {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
 
 
 def _bounce(position: float, lo: float, hi: float) -> float:
