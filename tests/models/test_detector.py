@@ -251,5 +251,7 @@ def test_wraps_registered_models():
     # 1-channel (thermal) data a 1-channel Nexus.
     rgb = ObjectDetector(model="nightvision_edge", num_classes=3, compile_model=False, deterministic=False)
     assert rgb.model.in_chans == 3 and len(rgb.predict(images)) == 2
-    thermal = ObjectDetector(model="nexus", num_classes=3, in_chans=1, compile_model=False, deterministic=False)
+    thermal = ObjectDetector(
+        model="nexus", num_classes=3, in_chans=1, compile_model=False, deterministic=False
+    )
     assert thermal.model.in_chans == 1 and len(thermal.predict(torch.rand(1, 1, 64, 64))) == 1
