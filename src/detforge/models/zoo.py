@@ -53,7 +53,7 @@ def build_yolox(
 @register_model("detforge_s")
 def detforge_s(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
     """Small CPU-friendly FCOS: mobilenetv4_conv_small, 64-channel FPN + one extra level (strides 8-64),
-    2-conv GroupNorm head, 256 px input."""
+    2-conv GroupNorm head; 256 px default input (the default `detforge train` recipe trains it at 128 px)."""
     options: dict[str, Any] = dict(fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256))
     options.update(kwargs)
     return build_fcos("mobilenetv4_conv_small", num_classes, pretrained, **options)
