@@ -63,9 +63,10 @@ def distances_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
 
 
-def _check_method(method: str) -> None:
+def check_nms_method(method: str) -> None:
+    """ValueError listing the allowed values unless ``method`` is one of ``NMS_METHODS``."""
     if method not in NMS_METHODS:
-        raise ValueError(f"nms method must be one of {NMS_METHODS}, got {method!r}")
+        raise ValueError(f"nms_method must be one of {NMS_METHODS}, got {method!r}")
 
 
 def select_candidates(
@@ -226,7 +227,7 @@ def _detect_flat(
     soft_nms_sigma,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Shared pipeline: (image_idx, boxes, scores, labels, rank) of the kept detections, best first."""
-    _check_method(nms_method)
+    check_nms_method(nms_method)
     num_images, _, num_classes = scores.shape
     sizes = _sizes_tensor(image_sizes, num_images, scores.device)
     image_idx, cand_boxes, cand_scores, labels = select_candidates(

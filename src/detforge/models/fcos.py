@@ -17,7 +17,7 @@ from detforge.assigners.fcos import FCOSAssigner
 from detforge.losses import get_loss
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
 from detforge.models.heads.fcos import FCOSHead, FCOSNorm
-from detforge.postprocess import NMSMethod, detect, distances_to_boxes, make_points
+from detforge.postprocess import NMSMethod, check_nms_method, detect, distances_to_boxes, make_points
 from detforge.targets import pad_targets
 
 __all__ = ["FCOS", "check_labels", "default_regress_ranges", "mean_over_ranks"]
@@ -107,8 +107,7 @@ class FCOS(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if nms_method not in ("hard", "gaussian", "linear"):
-            raise ValueError(f"nms_method must be one of ('hard', 'gaussian', 'linear'), got {nms_method!r}")
+        check_nms_method(nms_method)
         self.num_classes = int(num_classes)
         self.in_chans = int(in_chans)
         self.default_input_size = tuple(input_size)

@@ -16,7 +16,7 @@ from detforge.losses import get_loss
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
 from detforge.models.fcos import check_labels, mean_over_ranks
 from detforge.models.heads.yolox import YOLOXHead
-from detforge.postprocess import NMSMethod, detect, make_points
+from detforge.postprocess import NMSMethod, check_nms_method, detect, make_points
 from detforge.targets import pad_targets
 
 __all__ = ["YOLOX"]
@@ -70,8 +70,7 @@ class YOLOX(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if nms_method not in ("hard", "gaussian", "linear"):
-            raise ValueError(f"nms_method must be one of ('hard', 'gaussian', 'linear'), got {nms_method!r}")
+        check_nms_method(nms_method)
         self.num_classes = int(num_classes)
         self.in_chans = int(in_chans)
         self.default_input_size = tuple(input_size)
