@@ -10,3 +10,61 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _target(boxes, labels):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64).reshape(-1),
+    }
+
+
+EDGE_CASE_BATCHES = {  # two 64 x 64 images each
+    "no boxes": [_target([], []), _target([], [])],
+    "one box": [_target([[10, 12, 40, 50]], [1]), _target([], [])],
+    "border box": [_target([[0, 0, 64, 64]], [2]), _target([[55, 0, 64, 7]], [0])],
+    "different counts": [
+        _target([[4, 4, 20, 30], [30, 30, 60, 62], [5, 40, 25, 60]], [0, 1, 2]),
+        _target([[8, 8, 56, 56]], [1]),
+    ],
+}
+
+
+@pytest.fixture(params=list(EDGE_CASE_BATCHES))
+def edge_case_targets(request):
+    """Targets (``boxes`` xyxy pixels, ``labels`` in [0, 3)) of a batch of two 64 x 64 images, once per case
+    every detector loss is tested on: no boxes, one box, boxes on the image border, different box counts."""
+    return EDGE_CASE_BATCHES[request.param]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Path of a Lightning checkpoint of a tiny FCOS ``ObjectDetector`` trained for one step, built once per
+    session: ``test_resnet`` backbone, 3 classes (circle, rectangle, triangle), strides 8-32, 64 px input,
+    ``score_thresh=0`` so even an untrained model returns detections. Tests only read it."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from detforge.data.datamodule import detection_collate
+    from detforge.data.synthetic import SyntheticShapes
+    from detforge.models.detector import ObjectDetector
+
+    torch.manual_seed(0)  # the same weights whichever test asks first
+    model = ObjectDetector(
+        backbone="test_resnet",
+        num_classes=3,
+        fpn_channels=16,
+        head_num_convs=1,
+        strides=(8, 16, 32),
+        compile_model=False,
+        deterministic=False,
+        imgsz=64,
+        score_thresh=0.0,
+        class_names=["circle", "rectangle", "triangle"],
+    )
+    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -1,37 +1,11 @@
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from detforge.commands.export import main
-from detforge.data.datamodule import detection_collate
-from detforge.data.synthetic import SyntheticShapes
 from detforge.engine.validate import load_detector
-from detforge.models.detector import ObjectDetector
 
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-        score_thresh=0.0,
-    )
-    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, data)
-    trainer.save_checkpoint(root / "tiny.ckpt")
-    return root / "tiny.ckpt"
 
 
 def _run(path, image):
@@ -40,10 +14,10 @@ def _run(path, image):
     return session, session.run(None, {name: image.numpy()})
 
 
-def test_export_raw_heads_match_pytorch(checkpoint, tmp_path):
+def test_export_raw_heads_match_pytorch(tiny_checkpoint, tmp_path):
     out = tmp_path / "raw.onnx"
-    assert main(["--ckpt", str(checkpoint), "--out", str(out)]) == 0
-    model = load_detector(checkpoint, "cpu")
+    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out)]) == 0
+    model = load_detector(tiny_checkpoint, "cpu")
     image = torch.rand(1, 3, 64, 64)
     _, onnx_outputs = _run(out, image)
     with torch.no_grad():
@@ -54,10 +28,10 @@ def test_export_raw_heads_match_pytorch(checkpoint, tmp_path):
         np.testing.assert_allclose(by_shape[tuple(t.shape)], t.numpy(), atol=1e-4, rtol=0)
 
 
-def test_export_with_nms_matches_predict(checkpoint, tmp_path):
+def test_export_with_nms_matches_predict(tiny_checkpoint, tmp_path):
     out = tmp_path / "nms.onnx"
-    assert main(["--ckpt", str(checkpoint), "--out", str(out), "--nms", "--dynamic"]) == 0
-    model = load_detector(checkpoint, "cpu")
+    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--nms", "--dynamic"]) == 0
+    model = load_detector(tiny_checkpoint, "cpu")
     image = torch.rand(1, 3, 64, 64)
     session, outputs = _run(out, image)
     named = {o.name: np.asarray(v) for o, v in zip(session.get_outputs(), outputs, strict=True)}

@@ -1,40 +1,13 @@
 import json
 
-import lightning as L
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from detforge.boxes import scale_boxes
 from detforge.commands.predict import collect_images, main
-from detforge.data.datamodule import detection_collate
-from detforge.data.synthetic import SyntheticShapes
 from detforge.data.transforms import build_val_transforms
 from detforge.engine.validate import load_detector
-from detforge.models.detector import ObjectDetector
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-        score_thresh=0.0,
-        class_names=["circle", "rectangle", "triangle"],
-    )
-    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, data)
-    trainer.save_checkpoint(root / "tiny.ckpt")
-    return root / "tiny.ckpt"
 
 
 @pytest.fixture
@@ -59,10 +32,22 @@ def test_collect_images_files_folders_globs(images):
         collect_images([str(images / "*.gif")])
 
 
-def test_predict_writes_drawings_and_json_in_original_pixels(checkpoint, images, tmp_path, capsys):
+def test_predict_writes_drawings_and_json_in_original_pixels(tiny_checkpoint, images, tmp_path, capsys):
     out = tmp_path / "out"
     assert (
-        main(["--ckpt", str(checkpoint), str(images), "--out", str(out), "--conf", "0.0", "--device", "cpu"])
+        main(
+            [
+                "--ckpt",
+                str(tiny_checkpoint),
+                str(images),
+                "--out",
+                str(out),
+                "--conf",
+                "0.0",
+                "--device",
+                "cpu",
+            ]
+        )
         == 0
     )
     records = json.loads((out / "predictions.json").read_text())
@@ -73,7 +58,7 @@ def test_predict_writes_drawings_and_json_in_original_pixels(checkpoint, images,
     assert "3 images" in capsys.readouterr().out
 
     # boxes equal the model's own detections on the letterboxed input, scaled back to the file's size
-    model = load_detector(checkpoint, "cpu")
+    model = load_detector(tiny_checkpoint, "cpu")
     raw = torch.as_tensor(__import__("numpy").array(Image.open(images / "a.png"))).permute(2, 0, 1)
     image, target = build_val_transforms(64)(
         raw, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long()}

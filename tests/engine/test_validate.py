@@ -1,40 +1,18 @@
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader
 
-from detforge.data.datamodule import DetectionDataModule, detection_collate
+from detforge.data.datamodule import DetectionDataModule
 from detforge.data.synthetic import SyntheticShapes
 from detforge.data.writers import write_coco
 from detforge.engine import validate as validate_mod
 from detforge.engine.validate import load_detector, validate_checkpoint
 from detforge.models.detector import ObjectDetector
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-    )
-    data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, data)
-    trainer.save_checkpoint(root / "tiny.ckpt")
-    return root / "tiny.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +23,16 @@ def coco_dir(tmp_path_factory):
     return root, ann
 
 
-def test_load_detector_weights_only(checkpoint):
-    model = load_detector(checkpoint, "cpu")
+def test_load_detector_weights_only(tiny_checkpoint):
+    model = load_detector(tiny_checkpoint, "cpu")
     assert isinstance(model, ObjectDetector) and not model.training and model.hparams.imgsz == 64
     with pytest.raises(FileNotFoundError):
-        load_detector(checkpoint.parent / "missing.ckpt")
+        load_detector(tiny_checkpoint.parent / "missing.ckpt")
 
 
-def test_metric_equals_pycocotools_on_written_results(checkpoint, coco_dir, tmp_path, monkeypatch, capsys):
+def test_metric_equals_pycocotools_on_written_results(
+    tiny_checkpoint, coco_dir, tmp_path, monkeypatch, capsys
+):
     root, ann = coco_dir
     spec = f"coco:{ann}:{root / 'val'}"
     # Predictions: the ground truth itself (network-input pixels), jittered and with varied scores, so the
@@ -61,7 +41,7 @@ def test_metric_equals_pycocotools_on_written_results(checkpoint, coco_dir, tmp_
     dm.setup("validate")
     queue = [t for _, targets in dm.val_dataloader() for t in targets]
     rng = np.random.default_rng(0)
-    model = load_detector(checkpoint, "cpu")
+    model = load_detector(tiny_checkpoint, "cpu")
 
     def fake_postprocess(outputs, image_sizes):
         preds = []
@@ -82,7 +62,7 @@ def test_metric_equals_pycocotools_on_written_results(checkpoint, coco_dir, tmp_
 
     model.model.postprocess = fake_postprocess
     monkeypatch.setattr(validate_mod, "load_detector", lambda ckpt, device=None: model)
-    stats = validate_checkpoint(checkpoint, spec, imgsz=64, batch=5, device="cpu", out_dir=tmp_path)
+    stats = validate_checkpoint(tiny_checkpoint, spec, imgsz=64, batch=5, device="cpu", out_dir=tmp_path)
     assert "Average Precision" in capsys.readouterr().out
 
     gt = COCO(str(ann))
@@ -97,6 +77,6 @@ def test_metric_equals_pycocotools_on_written_results(checkpoint, coco_dir, tmp_
         assert float(stats[key]) == pytest.approx(ev.stats[i], abs=1e-6), key
 
 
-def test_class_count_mismatch_is_an_error(checkpoint, tmp_path):
+def test_class_count_mismatch_is_an_error(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="classes"):
-        validate_checkpoint(checkpoint, "synthetic:8", imgsz=64, device="cpu", out_dir=tmp_path)
+        validate_checkpoint(tiny_checkpoint, "synthetic:8", imgsz=64, device="cpu", out_dir=tmp_path)

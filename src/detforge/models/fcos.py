@@ -10,14 +10,14 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from detforge.assigners.fcos import FCOSAssigner
 from detforge.losses import get_loss
-from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
+from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.heads.fcos import FCOSHead, FCOSNorm
-from detforge.postprocess import NMSMethod, check_nms_method, detect, distances_to_boxes, make_points
+from detforge.models.pyramid_detector import PyramidDetector, check_labels, mean_over_ranks
+from detforge.postprocess import NMSMethod, distances_to_boxes, make_points
 from detforge.targets import pad_targets
 
 __all__ = ["FCOS", "check_labels", "default_regress_ranges", "mean_over_ranks"]
@@ -31,28 +31,7 @@ def default_regress_ranges(strides: Sequence[int]) -> tuple[tuple[float, float],
     return tuple(zip(bounds[:-1], bounds[1:]))
 
 
-def check_labels(gt_labels: Tensor, gt_mask: Tensor, num_classes: int) -> None:
-    """Raise a ValueError naming the image and box when a label (Tensor[B, G]) is outside [0, num_classes)."""
-    bad = gt_mask & ((gt_labels < 0) | (gt_labels >= num_classes))  # [B, G]
-    if bool(bad.any()):
-        b, g = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"target {b} of the batch, box {g}: label {int(gt_labels[b, g])} is outside [0, {num_classes}); "
-            f"labels must be 0-indexed class ids ({int(bad.sum())} such boxes in the batch)"
-        )
-
-
-def mean_over_ranks(value: Tensor) -> Tensor:
-    """``value`` averaged over DDP ranks when torch.distributed is initialised, else unchanged (detached)."""
-    value = value.detach().float()
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
-
-
-class FCOS(nn.Module):
+class FCOS(PyramidDetector):
     """FCOS (Tian et al. 2019) on any timm backbone.
 
     Args:
@@ -72,12 +51,8 @@ class FCOS(nn.Module):
         reg_loss_fn: "giou" or another IoU-family name (built with ``box_format="ltrb"``), or a module called
             as ``fn(pred_ltrb [N, 4], target_ltrb [N, 4], weight [N]) -> summed weighted loss``.
         cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the loss parts in ``loss``.
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk: postprocess settings
-            (``pre_nms_topk`` per level and image).
-        nms_method: "hard" (torchvision batched_nms), "gaussian" or "linear" soft-NMS.
-        in_chans: image channels.
-        input_size: (h, w) the model is meant to run at (``default_input_size``).
-        channels_last: run convolutions in channels-last memory format (faster on CPU and recent GPUs).
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, in_chans, input_size,
+            channels_last: postprocess, image and memory-format settings, as in :class:`PyramidDetector`.
     """
 
     def __init__(
@@ -106,13 +81,20 @@ class FCOS(nn.Module):
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
     ) -> None:
-        super().__init__()
-        check_nms_method(nms_method)
-        self.num_classes = int(num_classes)
-        self.in_chans = int(in_chans)
-        self.default_input_size = tuple(input_size)
-        self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
-        self.strides: tuple[int, ...] = self.features.strides
+        super().__init__(
+            backbone,
+            num_classes,
+            fpn_channels=fpn_channels,
+            extra_levels=extra_levels,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pre_nms_topk=pre_nms_topk,
+            nms_method=nms_method,
+            in_chans=in_chans,
+            input_size=input_size,
+            channels_last=channels_last,
+        )
         if regress_ranges is None:
             regress_ranges = default_regress_ranges(self.strides)
         self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_num_convs, norm=head_norm)
@@ -128,20 +110,7 @@ class FCOS(nn.Module):
         self.cls_loss_weight = cls_loss_weight
         self.reg_loss_weight = reg_loss_weight
         self.centerness_loss_weight = centerness_loss_weight
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.max_detections_per_image = max_detections_per_image
-        self.pre_nms_topk = pre_nms_topk
-        self.nms_method: NMSMethod = nms_method
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def forward(self, images: Tensor) -> dict[str, Tensor | list[tuple[int, int]]]:
-        """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]); see :class:`FCOSHead`."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(images))
+        self.apply_memory_format()
 
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """FCOS losses of a batch.
@@ -191,19 +160,3 @@ class FCOS(nn.Module):
             outputs["cls_logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]
         ).sqrt()  # [B, P, C]
         return scores, boxes
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Detections per image (``boxes`` xyxy pixels clipped to the image's (h, w), ``scores``, ``labels``)."""
-        scores, boxes = self.decode(outputs)
-        return detect(
-            scores,
-            boxes,
-            [h * w for h, w in outputs["feat_sizes"]],
-            image_sizes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            pre_nms_topk=self.pre_nms_topk,
-            max_detections=self.max_detections_per_image,
-            nms_method=self.nms_method,
-        )

@@ -6,23 +6,21 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
 from detforge.assigners.simota import SimOTAAssigner
 from detforge.losses import get_loss
-from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.fcos import check_labels, mean_over_ranks
+from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.heads.yolox import YOLOXHead
-from detforge.postprocess import NMSMethod, check_nms_method, detect, make_points
+from detforge.models.pyramid_detector import PyramidDetector, check_labels, mean_over_ranks
+from detforge.postprocess import NMSMethod, make_points
 from detforge.targets import pad_targets
 
 __all__ = ["YOLOX"]
 
 
-class YOLOX(nn.Module):
+class YOLOX(PyramidDetector):
     """YOLOX (Ge et al. 2021) head and SimOTA on any timm backbone.
 
     Args:
@@ -38,11 +36,9 @@ class YOLOX(nn.Module):
         reg_loss_fn: "giou" or another IoU-family name (xyxy), or a module called as
             ``fn(pred [N, 4], target [N, 4]) -> summed loss``.
         cls_loss_weight, reg_loss_weight, obj_loss_weight: weights of the loss parts (YOLOX: 1, 5, 1).
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method: postprocess settings;
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, in_chans, input_size,
+            channels_last: postprocess, image and memory-format settings, as in :class:`PyramidDetector`;
             the score is ``sigmoid(cls) * sigmoid(obj)``.
-        in_chans: image channels.
-        input_size: (h, w) the model is meant to run at (``default_input_size``).
-        channels_last: run convolutions in channels-last memory format.
     """
 
     def __init__(
@@ -69,13 +65,20 @@ class YOLOX(nn.Module):
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
     ) -> None:
-        super().__init__()
-        check_nms_method(nms_method)
-        self.num_classes = int(num_classes)
-        self.in_chans = int(in_chans)
-        self.default_input_size = tuple(input_size)
-        self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
-        self.strides: tuple[int, ...] = self.features.strides
+        super().__init__(
+            backbone,
+            num_classes,
+            fpn_channels=fpn_channels,
+            extra_levels=extra_levels,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pre_nms_topk=pre_nms_topk,
+            nms_method=nms_method,
+            in_chans=in_chans,
+            input_size=input_size,
+            channels_last=channels_last,
+        )
         self.head = YOLOXHead(fpn_channels, num_classes, self.strides, head_width, head_num_convs)
         self.assigner = SimOTAAssigner(center_radius=center_radius, candidate_topk=candidate_topk)
         if isinstance(cls_loss_fn, str):
@@ -88,20 +91,7 @@ class YOLOX(nn.Module):
         self.cls_loss_weight = cls_loss_weight
         self.reg_loss_weight = reg_loss_weight
         self.obj_loss_weight = obj_loss_weight
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.max_detections_per_image = max_detections_per_image
-        self.pre_nms_topk = pre_nms_topk
-        self.nms_method: NMSMethod = nms_method
-        self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def forward(self, images: Tensor) -> dict[str, Tensor | list[tuple[int, int]]]:
-        """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]); see :class:`YOLOXHead`."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(images))
+        self.apply_memory_format()
 
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """YOLOX losses of a batch, each divided by the number of SimOTA positives averaged over DDP ranks.
@@ -148,19 +138,3 @@ class YOLOX(nn.Module):
         """Class scores ``sigmoid(cls) * sigmoid(obj)`` (Tensor[B, A, C]) and xyxy boxes (Tensor[B, A, 4])."""
         scores = outputs["cls_logits"].float().sigmoid() * outputs["obj_logits"].float().sigmoid()[..., None]
         return scores, outputs["boxes"].float()
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Detections per image (``boxes`` xyxy pixels clipped to the image's (h, w), ``scores``, ``labels``)."""
-        scores, boxes = self.decode(outputs)
-        return detect(
-            scores,
-            boxes,
-            [h * w for h, w in outputs["feat_sizes"]],
-            image_sizes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            pre_nms_topk=self.pre_nms_topk,
-            max_detections=self.max_detections_per_image,
-            nms_method=self.nms_method,
-        )

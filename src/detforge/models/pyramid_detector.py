@@ -1,0 +1,124 @@
+"""What FCOS and YOLOX share: a one-stage detector on a ``PyramidBackbone`` (timm backbone + FPN).
+
+:class:`PyramidDetector` builds the pyramid, keeps the class count, image channels, input size and
+postprocess settings, runs ``forward`` and ``postprocess``; a subclass adds its head, assigner and losses,
+``loss`` and ``decode``. :func:`check_labels` and :func:`mean_over_ranks` are the losses' shared helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
+from detforge.postprocess import NMSMethod, check_nms_method, detect
+
+__all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
+
+
+def check_labels(gt_labels: Tensor, gt_mask: Tensor, num_classes: int) -> None:
+    """Raise a ValueError naming the image and box when a label (Tensor[B, G]) is outside [0, num_classes)."""
+    bad = gt_mask & ((gt_labels < 0) | (gt_labels >= num_classes))  # [B, G]
+    if bool(bad.any()):
+        b, g = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"target {b} of the batch, box {g}: label {int(gt_labels[b, g])} is outside [0, {num_classes}); "
+            f"labels must be 0-indexed class ids ({int(bad.sum())} such boxes in the batch)"
+        )
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """``value`` averaged over DDP ranks when torch.distributed is initialised, else unchanged (detached)."""
+    value = value.detach().float()
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
+
+
+class PyramidDetector(nn.Module):
+    """Base of the one-stage detectors on a timm backbone + FPN (:class:`~detforge.models.fcos.FCOS`,
+    :class:`~detforge.models.yolox.YOLOX`).
+
+    Builds ``self.features`` (a :class:`PyramidBackbone`) and sets ``num_classes``, ``in_chans``,
+    ``default_input_size``, ``strides`` (every pyramid level's stride) and the postprocess settings. The
+    subclass then builds ``self.head`` (``head(list of pyramid features) -> raw outputs dict`` with
+    ``feat_sizes``), calls :meth:`apply_memory_format` once its layers exist, and defines ``loss`` and
+    ``decode(outputs) -> (scores Tensor[B, P, C], boxes Tensor[B, P, 4])``.
+
+    Args:
+        backbone: timm model name, ``FeatureBackboneConfig`` or a built timm feature extractor.
+        num_classes: object classes.
+        fpn_channels: channels of the FPN levels.
+        extra_levels: stride-2 levels above the backbone's coarsest.
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk: postprocess settings
+            (``pre_nms_topk`` per level and image).
+        nms_method: "hard" (torchvision batched_nms), "gaussian" or "linear" soft-NMS.
+        in_chans: image channels.
+        input_size: (h, w) the model is meant to run at (``default_input_size``).
+        channels_last: run convolutions in channels-last memory format (faster on CPU and recent GPUs).
+    """
+
+    def __init__(
+        self,
+        backbone: str | FeatureBackboneConfig | nn.Module,
+        num_classes: int,
+        fpn_channels: int,
+        extra_levels: int,
+        score_thresh: float,
+        nms_thresh: float,
+        max_detections_per_image: int,
+        pre_nms_topk: int,
+        nms_method: NMSMethod,
+        in_chans: int,
+        input_size: tuple[int, int],
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        check_nms_method(nms_method)
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.default_input_size = tuple(input_size)
+        self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
+        self.strides: tuple[int, ...] = self.features.strides
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.pre_nms_topk = pre_nms_topk
+        self.nms_method: NMSMethod = nms_method
+        self.channels_last = channels_last
+
+    def apply_memory_format(self) -> None:
+        """Put the convolution weights in channels-last memory format when ``channels_last`` is set."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | list[tuple[int, int]]]:
+        """Raw head outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1])."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(images))
+
+    def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
+        """Per-location class scores (Tensor[B, P, C]) and xyxy boxes (Tensor[B, P, 4]) of raw outputs."""
+        raise NotImplementedError(f"{type(self).__name__} must define decode(outputs)")
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections per image (``boxes`` xyxy pixels clipped to the image's (h, w), ``scores``, ``labels``)."""
+        scores, boxes = self.decode(outputs)
+        return detect(
+            scores,
+            boxes,
+            [h * w for h, w in outputs["feat_sizes"]],
+            image_sizes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            pre_nms_topk=self.pre_nms_topk,
+            max_detections=self.max_detections_per_image,
+            nms_method=self.nms_method,
+        )
