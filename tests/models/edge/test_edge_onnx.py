@@ -77,3 +77,44 @@ def test_calibration_input_count_is_checked(tmp_path):
     path = export_edge_onnx(model, tmp_path / "p.onnx", input_size=(32, 32))
     with pytest.raises(ValueError, match="calibration items need 1 arrays"):
         quantize_edge_int8(path, tmp_path / "q.onnx", [[np.zeros((1, 3, 32, 32), np.float32)] * 2])
+
+
+def test_int8_keeps_one_copy_of_a_shared_layer(tmp_path):
+    """A layer applied at several levels (Nexus's head) is one weight in the INT8 file, not one per use."""
+    import onnx
+    from onnx import numpy_helper
+
+    from detforge.models.edge.onnx import compact_names
+
+    class SharedHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.down = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1)
+            self.head = torch.nn.Conv2d(16, 8, 3, padding=1)  # used on both levels
+
+        def forward(self, x):
+            p3 = self.stem(x).relu()  # [1, 16, H, W]
+            p4 = self.down(p3).relu()  # [1, 16, H/2, W/2]
+            return self.head(p3), self.head(p4)
+
+    torch.manual_seed(0)
+    model = SharedHead().eval()
+    fp32 = tmp_path / "shared.onnx"
+    x = torch.rand(1, 3, 32, 32)
+    torch.onnx.export(model, (x,), str(fp32), dynamo=False, input_names=["x"], output_names=["a", "b"])
+    compact_names(fp32)
+    int8 = quantize_edge_int8(
+        fp32, tmp_path / "shared.int8.onnx", [torch.rand(1, 3, 32, 32).numpy() for _ in range(4)]
+    )
+    weights = [
+        numpy_helper.to_array(i)
+        for i in onnx.load(str(int8)).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert sorted(w.shape for w in weights if w.ndim == 4) == [(8, 16, 3, 3), (16, 3, 3, 3), (16, 16, 3, 3)]
+    got = ort_session(int8, threads=1).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    for g, w in zip(got, want, strict=True):
+        assert np.corrcoef(g.ravel(), w.numpy().ravel())[0, 1] > 0.99

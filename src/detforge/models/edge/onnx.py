@@ -226,6 +226,8 @@ def compact_names(
                     duplicate.name = f"{name}__copy{k}_{j}"
                     node.input[j] = duplicate.name
                 seen.add(name)
+    if not copy_shared:
+        _merge_identical_initializers(graph)
     for init in graph.initializer:
         init.name = short(init.name)
     for i, node in enumerate(graph.node):
@@ -238,6 +240,40 @@ def compact_names(
     out_path = Path(out_path or path)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def _merge_identical_initializers(graph) -> int:
+    """Keep one copy of byte-identical initializers and point every consumer at it; returns how many were
+    dropped. onnxruntime's quantizer writes one quantised copy of a weight per consumer (Nexus's head serves
+    three levels), and identical float weights quantise to identical bytes."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    unique = []
+    for init in graph.initializer:
+        key = (init.data_type, tuple(init.dims), _payload(init))
+        if key in first and init.name not in keep:
+            alias[init.name] = first[key]
+        else:
+            first.setdefault(key, init.name)
+            unique.append(init)
+    if not alias:
+        return 0
+    kept = [type(unique[0])() for _ in unique]
+    for dst, src in zip(kept, unique, strict=True):
+        dst.CopyFrom(src)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in graph.node:
+        node.input[:] = [alias.get(n, n) for n in node.input]
+    return len(alias)
+
+
+def _payload(init) -> bytes:
+    """The stored values of an initializer (raw bytes or the typed field), without its name."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init).tobytes()
 
 
 # the conv stacks and their activations; box decoding (Concat / Exp with constant grids) stays float
@@ -287,7 +323,7 @@ def quantize_edge_int8(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quant_pre_process(str(renamed), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(renamed), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out_path),
