@@ -74,6 +74,41 @@ DEFAULTS: dict[str, Any] = {
     "trainer.log_every_n_steps": 10,
 }
 
+# The part of the recipe tuned to the built-in synthetic shapes. With any other data these fall back to
+# DetectionDataModule's own defaults (256 px, colour jitter on, zoom 0.5-1.5, no data set options) unless
+# the command line or a config file sets them.
+SYNTHETIC_ONLY = ("data.imgsz", "data.photometric", "data.scale_jitter", "data.dataset_kwargs")
+
+
+def _given_options(argv: list[str]) -> set[str]:
+    """Option names on an expanded command line (``--data.imgsz=128`` and ``--data.imgsz 128`` alike)."""
+    return {arg.partition("=")[0][2:] for arg in argv if arg.startswith("--")}
+
+
+def _data_module_defaults() -> dict[str, Any]:
+    import inspect
+
+    from detforge.data.datamodule import DetectionDataModule
+
+    params = inspect.signature(DetectionDataModule.__init__).parameters
+    return {key: params[key.split(".", 1)[1]].default for key in SYNTHETIC_ONLY}
+
+
+def drop_synthetic_recipe(cfg, argv: list[str]) -> list[str]:
+    """Reset the synthetic-only recipe keys for non-synthetic data; returns the keys reset."""
+    spec = cfg.data.data
+    given = _given_options(argv)
+    if not isinstance(spec, str) or spec.startswith("synthetic") or "config" in given or "data" in given:
+        return []
+    reset = []
+    for key, default in _data_module_defaults().items():
+        if key not in given:
+            cfg[key] = default
+            reset.append(key)
+    if "data.imgsz" in reset:
+        cfg["model.imgsz"] = cfg["data.imgsz"]  # the link from data.imgsz was applied at parse time
+    return reset
+
 
 def expand_aliases(argv: list[str]) -> list[str]:
     """Rewrite the short options to their full jsonargparse names (``--epochs=3`` too). ``--model`` and
@@ -124,13 +159,18 @@ def _final_validation_callback():
 
     class ValidateLastEpoch(L.Callback):
         """Validate the last training epoch even when ``check_val_every_n_epoch`` would skip it, so every run
-        ends with the COCO table: the epoch reaching ``max_epochs`` and the batch where ``max_time`` runs out."""
+        ends with the COCO table: the epoch reaching ``max_epochs``, the batch reaching ``max_steps`` and the
+        batch where ``max_time`` runs out."""
 
         def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
                 self._validate_this_epoch(trainer)
 
         def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if 0 < trainer.max_steps <= trainer.global_step:  # max_steps ends the run mid-epoch
+                self._validate_this_epoch(trainer)
+                trainer.should_stop = True  # Lightning validates a batch that stops the run
+                return
             # Runs just before Lightning's Timer (appended after user callbacks) sets should_stop on this batch.
             for callback in trainer.callbacks:
                 if isinstance(callback, Timer):
@@ -146,7 +186,7 @@ def _final_validation_callback():
     return ValidateLastEpoch()
 
 
-def _make_cli_class():
+def _make_cli_class(argv: list[str]):
     from lightning.pytorch.cli import LightningCLI
 
     from detforge.engine.trainer import default_callbacks, default_loggers, resolve_resume, resolve_run_dir
@@ -179,6 +219,7 @@ def _make_cli_class():
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config
+            drop_synthetic_recipe(cfg, argv)
             self.run_dir = resolve_run_dir(cfg.project, cfg.name, exist_ok=cfg.resume is not None)
             self.ckpt_path = resolve_resume(cfg.resume, self.run_dir)
             cfg.resume = None  # the saved config.yaml starts a new run, it does not resume this one
@@ -205,14 +246,15 @@ def build_cli(argv: list[str]):
     from detforge.data.datamodule import DetectionDataModule
     from detforge.models.detector import ObjectDetector
 
-    cli_class = _make_cli_class()
+    argv = expand_aliases(argv)
+    cli_class = _make_cli_class(argv)
     with warnings.catch_warnings():
         # argv comes from `detforge train ...`, not from sys.argv: LightningCLI's warning about that is moot
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
         return cli_class(
             model_class=ObjectDetector,
             datamodule_class=DetectionDataModule,
-            args=expand_aliases(argv),
+            args=argv,
             run=False,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},

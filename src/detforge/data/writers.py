@@ -1,4 +1,5 @@
-"""Write any detforge data set to disk as COCO, Pascal VOC or YOLO-txt, in each format's own conventions.
+"""Write any detforge data set to disk as COCO, Pascal VOC, YOLO-txt or WIDER FACE, in each format's own
+conventions.
 
 - COCO: ``OUT/<split>/<id>.png`` + ``OUT/annotations/instances_<split>.json``; boxes ``[x, y, w, h]`` pixels,
   categories with 1-based ids, ``iscrowd``, ``area`` (visible pixels when the data set gives it), an ``ignore``
@@ -8,6 +9,10 @@
 - YOLO: ``OUT/images/<split>/<id>.png``, ``OUT/labels/<split>/<id>.txt`` (``class cx cy w h`` normalized) and
   ``OUT/data.yaml`` with ``train``, ``val`` and ``names``. YOLO has no ignore or crowd flag, so such
   boxes are left out, with a warning that counts them.
+- WIDER FACE: ``OUT/WIDER_<split>/images/<event>/<name>.png`` + ``OUT/wider_face_split/wider_face_<split>_bbx_gt.txt``
+  (image path, face count, then ``x y w h blur expression illumination invalid occlusion pose`` per face, integer
+  pixels; an image without faces gets count 0 and one all-zero line). One class: every box is written as a face
+  (a warning counts boxes of other classes); ``ignore`` / crowd boxes get ``invalid = 1``.
 
 Images are read from the data set as it returns them (float in [0, 1] or uint8) and saved losslessly as PNG
 unless ``image_format="jpg"``; 1-channel images are saved as greyscale.
@@ -30,7 +35,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["write_coco", "write_voc", "write_yolo"]
+__all__ = ["write_coco", "write_voc", "write_widerface", "write_yolo"]
 
 ImageFormat = Literal["png", "jpg"]
 _FORMATS = ("png", "jpg")
@@ -230,3 +235,69 @@ def write_yolo(
             stacklevel=2,
         )
     return data_yaml
+
+
+def _wider_line(box: list[float], width: int, height: int, invalid: bool) -> str:
+    """One face line: integer ``x y w h`` (at least 1 x 1, inside the image) and the six attributes."""
+    x1, y1, x2, y2 = box
+    x, y = min(max(round(x1), 0), width - 1), min(max(round(y1), 0), height - 1)
+    w, h = max(min(round(x2), width) - x, 1), max(min(round(y2), height) - y, 1)
+    # blur expression illumination invalid occlusion pose
+    return f"{x} {y} {w} {h} 0 0 0 {int(invalid)} 0 0\n"
+
+
+def write_widerface(
+    dataset: Dataset,
+    out_dir: str | os.PathLike,
+    split: Literal["train", "val"] = "train",
+    image_format: ImageFormat = "png",
+    event: str = "0--Synthetic",
+) -> Path:
+    """Write ``dataset`` in the WIDER FACE layout (what ``widerface:OUT`` reads); returns the ground-truth file.
+
+    Layout: ``out_dir/WIDER_<split>/images/<event>/<n>_<image_id>.<ext>`` and
+    ``out_dir/wider_face_split/wider_face_<split>_bbx_gt.txt``. Boxes are written as integer ``x y w h`` pixels
+    (rounded corners, at least 1 x 1), so a round trip moves a corner by at most half a pixel. Frames of a
+    sequence (targets with ``sequence_id``) go to one event folder per sequence, ``<id>--Sequence``.
+
+    Args:
+        split: ``"train"`` or ``"val"`` (the splits WIDER FACE's reader knows).
+        event: the event folder of images that are not part of a sequence, ``<number>--<Name>`` as in WIDER.
+    """
+    _check(split, image_format)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be one of ('train', 'val') for WIDER FACE, got {split!r}")
+    number, sep, name = event.partition("--")
+    if not (number.isdigit() and sep and name) or any(c in event for c in "/\\: "):
+        raise ValueError(f"event must look like '<number>--<Name>' (e.g. '0--Parade'), got {event!r}")
+    out = Path(out_dir)
+    names = _class_names(dataset)
+    lines: list[str] = []
+    other_class = 0
+    for index, pil, target in _samples(dataset):
+        if "sequence_id" in target:
+            sequence = int(target["sequence_id"])
+            folder, prefix = f"{sequence}--Sequence", str(sequence)
+        else:
+            folder, prefix = event, number
+        relative = f"{folder}/{prefix}_{_stem(target, index)}.{image_format}"
+        _save(pil, out / f"WIDER_{split}" / "images" / relative, image_format)
+        boxes = target["boxes"].reshape(-1, 4).double()  # [N, 4] xyxy pixels
+        n = boxes.shape[0]
+        invalid = _flag(target, "ignore", n) | _flag(target, "iscrowd", n)
+        other_class += int((target["labels"].reshape(-1) != 0).sum()) if n else 0
+        lines += [relative + "\n", f"{n}\n"]
+        if n == 0:
+            lines.append("0 0 0 0 0 0 0 0 0 0\n")  # WIDER's own quirk: a zero count still has one line
+        for k in range(n):
+            lines.append(_wider_line(boxes[k].tolist(), pil.width, pil.height, bool(invalid[k])))
+    gt_file = out / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+    gt_file.parent.mkdir(parents=True, exist_ok=True)
+    gt_file.write_text("".join(lines), encoding="utf-8")
+    if other_class:
+        warnings.warn(
+            f"write_widerface({out}, split={split!r}): {other_class} boxes of classes other than "
+            f"{names[0]!r} written as faces (WIDER FACE has one class)",
+            stacklevel=2,
+        )
+    return gt_file
