@@ -126,3 +126,19 @@ def test_predictive_loss_trains_the_predictor():
     m = Nexus(num_classes=1)
     frames, next_frames = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     assert torch.isfinite(m.predictive_loss(frames, next_frames))
+
+
+def test_shared_head_gives_the_same_outputs_in_train_and_eval_mode():
+    """The head is shared by P3, P4 and P5: a BatchNorm in it would train on per-level batch statistics and
+    infer with running statistics mixed over the levels (eval-mode boxes and scores far off the trained ones)."""
+    torch.manual_seed(0)
+    head = Nexus(num_classes=3).head
+    feats = [torch.randn(2, 96, 8, 8) * 3 + 1, torch.randn(2, 96, 4, 4) * 0.5 - 2, torch.randn(2, 96, 2, 2)]
+    head.train()
+    for _ in range(3):  # a BatchNorm would update its running statistics here
+        train_out = [head(f, level, stride) for level, (f, stride) in enumerate(zip(feats, (8, 16, 32)))]
+    head.eval()
+    eval_out = [head(f, level, stride) for level, (f, stride) in enumerate(zip(feats, (8, 16, 32)))]
+    for train_level, eval_level in zip(train_out, eval_out, strict=True):
+        for t, e in zip(train_level, eval_level, strict=True):
+            torch.testing.assert_close(t, e)

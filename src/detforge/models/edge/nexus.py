@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,11 +105,12 @@ class NexusStreams(nn.Module):
     @staticmethod
     def _coords(x: Tensor) -> Tensor:
         """Normalised (x, y) coordinate channels in [-1, 1], Tensor[B, 2, H, W]."""
+        # A linear ramp is exactly the bilinear interpolation of its corner values, so the map is built from
+        # a 2 x 2 constant: an exported graph stores 32 bytes instead of a [2, H, W] table.
         b, _, h, w = x.shape
-        ys = torch.arange(h, device=x.device).to(x.dtype) * (2.0 / max(h - 1, 1)) - 1.0  # [H]
-        xs = torch.arange(w, device=x.device).to(x.dtype) * (2.0 / max(w - 1, 1)) - 1.0  # [W]
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([xx, yy])[None].expand(b, 2, h, w)
+        corners = torch.tensor([[[-1.0, 1.0], [-1.0, 1.0]], [[-1.0, -1.0], [1.0, 1.0]]], device=x.device)
+        grid = F.interpolate(corners[None].to(x.dtype), size=(h, w), mode="bilinear", align_corners=True)
+        return grid.expand(b, 2, h, w)  # [B, 2, H, W]: x then y
 
     def forward(self, stem: Tensor) -> list[Tensor]:
         v, d = stem, torch.cat([stem, self._coords(stem)], dim=1)  # [B, S, H/4, W/4], [B, S + 2, H/4, W/4]
@@ -122,6 +124,24 @@ class NexusStreams(nn.Module):
         return [smooth(p) for smooth, p in zip(self.smooth, (p3, p4, p5), strict=True)]
 
 
+def _shared_head_block(channels: int) -> nn.Sequential:
+    """Depthwise 3x3 + pointwise 1x1, each with GroupNorm (up to 16 groups) and ReLU, for the head shared by
+    all levels.
+
+    GroupNorm, not BatchNorm: one BatchNorm shared by P3, P4 and P5 would train on each level's own batch
+    statistics but infer with running statistics mixed over the levels, which ruins eval-mode detections.
+    """
+    groups = math.gcd(channels, 16)
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+        nn.GroupNorm(groups, channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 1, bias=False),
+        nn.GroupNorm(groups, channels),
+        nn.ReLU(inplace=True),
+    )
+
+
 class NexusHead(nn.Module):
     """FCOS head shared by all levels: class logits, (l, t, r, b) mean and log-variance, centerness.
 
@@ -131,12 +151,8 @@ class NexusHead(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, num_levels: int = 3) -> None:
         super().__init__()
-        self.cls_tower = nn.Sequential(
-            DepthwiseSeparable(channels, channels), DepthwiseSeparable(channels, channels)
-        )
-        self.reg_tower = nn.Sequential(
-            DepthwiseSeparable(channels, channels), DepthwiseSeparable(channels, channels)
-        )
+        self.cls_tower = nn.Sequential(*(_shared_head_block(channels) for _ in range(2)))
+        self.reg_tower = nn.Sequential(*(_shared_head_block(channels) for _ in range(2)))
         self.cls_out = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.bbox_out = nn.Conv2d(channels, 4, 3, padding=1)
         self.log_var_out = nn.Conv2d(channels, 4, 1)
