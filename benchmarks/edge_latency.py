@@ -5,12 +5,13 @@ For Nexus (320 x 320), NightVision-edge (320 x 320) and Phantom (128 x 128): med
 (float32 and static INT8). The peer, measured in the same run, is onnxruntime on a plain 100K-parameter conv
 net at 128 x 128 (the floor of an onnxruntime call); every latency is also printed as a ratio to it.
 
-Phantom's video path (onnxruntime, 2 threads, network + decode, no tracking): a cold frame (full network) and
-the average over a mostly static sequence (one small object moving), plus the fraction of full-frame network
-work per frame on a moving-objects sequence and on a static one (``SyntheticShapes(mode="sequence")`` when
-available, else a generated sequence).
+Phantom's video path (onnxruntime float32 and INT8, 2 threads, network + decode, no tracking): a cold frame
+(full network), and per sequence the mean time per frame and the fraction of full-frame network work per
+frame: the 6-object ``SyntheticShapes(mode="sequence")`` (when available), one small moving square, and a
+static scene.
 
-Run: ``uv run python benchmarks/edge_latency.py [--frames 200] [--warmup 20]``. Always exits 0.
+Run: ``uv run python benchmarks/edge_latency.py [--frames 200] [--warmup 20] [--models phantom ...]``.
+Always exits 0.
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["phantom", "nexus", "nightvision_edge"],
+        choices=["phantom", "nexus", "nightvision_edge"],
+        help="models to measure (Phantom's video section needs phantom)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
@@ -115,7 +123,7 @@ def main() -> int:
         f"\n{'model':<18}{'params':>8}{'input':>9}{'backend':>14}{'thr':>4}{'ms':>9}{'x peer':>8}{'file KB':>9}"
     )
     sessions = {}
-    for name in ("phantom", "nexus", "nightvision_edge"):
+    for name in args.models:
         model = create_model(name).eval()
         h, w = model.default_input_size
         fp32 = export_edge_onnx(model, out_dir / f"{name}.onnx")
@@ -154,28 +162,40 @@ def main() -> int:
         )
 
     # ---- Phantom video: cold frame, mostly static sequence, compute profile ------------------------------
-    print("\nPhantom video (onnxruntime float32, 2 threads, network + decode per frame, no tracking)")
     phantom = create_model("phantom").eval()
-    network = ort_network(sessions[("phantom", "ort fp32", 2)])
-    frame = rng.uniform(0, 1, (3, 128, 128)).astype(np.float32)
-    cold = PhantomVideo(network, memory=None, refresh_interval=1)  # every frame is a full (cold) frame
-    cold_ms = _median_ms(lambda: cold.infer(frame), args.frames, args.warmup)
-    print(f"cold frame (full network): {cold_ms:.3f} ms median = {cold_ms / peer_ms[2]:.1f}x peer")
+    for precision, key in (("float32", "ort fp32"), ("INT8", "ort int8")) if "phantom" in args.models else ():
+        print(
+            f"\nPhantom video (onnxruntime {precision}, 2 threads, network + decode per frame, no tracking)"
+        )
+        network = ort_network(sessions[("phantom", key, 2)])
 
-    for label, frames in _sequences(60):
-        video = PhantomVideo(network, memory=None, refresh_interval=phantom.backbone_refresh_interval)
-        times = []
-        for f in frames:
-            start = time.perf_counter()
-            video.infer(f)
-            times.append(1000 * (time.perf_counter() - start))
-        p = video.profile
-        print(f"{label} (60 frames): mean {statistics.mean(times):.3f} ms/frame "
-              f"(= {statistics.mean(times) / cold_ms:.2f} of a cold frame); work fraction frame 1 "
-              f"{p.fractions[0]:.0%}, frame 5 {p.fractions[4]:.0%}, frame 30 {p.fractions[29]:.0%}, "
-              f"frame 31 {p.fractions[30]:.0%}, mean {statistics.mean(p.fractions):.0%}; event pixels "
-              f"{statistics.mean(p.event_fractions[1:]):.1%}; modes "
-              f"{ {m: p.modes.count(m) for m in ('full', 'sparse', 'skip')} }")  # fmt: skip
+        def runner(refresh_interval: int, network=network) -> PhantomVideo:
+            return PhantomVideo(
+                network, memory=None, refresh_interval=refresh_interval, align=phantom.net.total_stride
+            )
+
+        frame = rng.uniform(0, 1, (3, 128, 128)).astype(np.float32)
+        cold = runner(1)  # every frame is a full (cold) frame
+        cold_ms = _median_ms(lambda cold=cold, frame=frame: cold.infer(frame), args.frames, args.warmup)
+        print(
+            f"cold frame (full network) {precision}: {cold_ms:.3f} ms median = {cold_ms / peer_ms[2]:.2f}x peer"
+        )
+
+        for label, frames in _sequences(60):
+            video = runner(phantom.backbone_refresh_interval)
+            times = []
+            for f in frames:
+                start = time.perf_counter()
+                video.infer(f)
+                times.append(1000 * (time.perf_counter() - start))
+            p = video.profile
+            print(f"{label} (60 frames): mean {statistics.mean(times):.3f} ms/frame, median "
+                  f"{statistics.median(times):.3f} (median = {statistics.median(times) / cold_ms:.2f} of a cold frame); "
+                  f"work fraction frame 1 {p.fractions[0]:.0%}, frame 5 {p.fractions[4]:.0%}, frame 30 "
+                  f"{p.fractions[29]:.0%}, frame 31 {p.fractions[30]:.0%}, mean {statistics.mean(p.fractions):.0%};"
+                  f" event pixels {statistics.mean(p.event_fractions[1:]):.1%}; modes "
+                  f"{ {m: p.modes.count(m) for m in ('full', 'sparse', 'skip')} }; network calls "
+                  f"{sum(p.calls)}")  # fmt: skip
     print(f"\nfiles in {out_dir}")
     return 0
 

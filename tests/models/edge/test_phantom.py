@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from detforge.assigners.single_scale import SingleScaleAssigner
 from detforge.models.edge import Phantom, PhantomConfig, phantom_training_step
+from detforge.models.edge.common import count_parameters
 
 
 def _faces(*boxes):
@@ -31,9 +33,30 @@ def test_bad_config_is_a_clear_error():
         Phantom(detection_threshold=1.5)
 
 
-def test_forward_train_shapes(model):
-    cls, bbox = model.forward_train(torch.rand(3, 64, 48))
-    assert cls.shape == (1, 1, 16, 12) and bbox.shape == (1, 4, 16, 12)
+@pytest.mark.parametrize(("h", "w"), [(64, 48), (60, 44), (12, 20)])
+def test_forward_train_shapes(model, h, w):
+    """Output cells are stride 4 for any multiple of 4."""
+    cls, bbox = model.forward_train(torch.rand(3, h, w))
+    assert cls.shape == (1, 1, h // 4, w // 4) and bbox.shape == (1, 4, h // 4, w // 4)
+
+
+def test_parameter_budget_and_strides(model):
+    """The issue's ~126K parameters (network and track memory); one stride-4 output map."""
+    assert 110_000 <= count_parameters(model) <= 140_000
+    assert model.net.stride == model.stride == 4
+    assert model.video_runner().align == model.net.stride  # crops start on the output grid
+
+
+def test_output_cell_sees_a_wide_neighbourhood(model):
+    """Faces up to ~80 px need context that far: the centre cell must react to pixels 36 px away (receptive
+    field measured by gradient)."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 128, 128, requires_grad=True)
+    net = Phantom().net.eval()
+    cls, _ = net(x)
+    cls[0, 0, 16, 16].backward()
+    reach = x.grad.abs().sum(dim=(0, 1)).nonzero()  # [K, 2] pixels that move the centre cell
+    assert int((reach - 64).abs().max()) >= 36
 
 
 @pytest.mark.parametrize(
@@ -84,3 +107,19 @@ def test_training_step_reduces_loss():
     ]
     assert losses[-1] < 0.5 * losses[0]
     assert phantom_training_step(m, frame, torch.zeros(0, 4), opt) >= 0  # a frame without faces trains too
+
+
+def test_onnx_graph_handles_sides_off_the_stride_8_grid(tmp_path):
+    """The exported graph (crops of the sparse video path) matches torch also at sides of 4 mod 8."""
+    pytest.importorskip("onnxruntime")
+    from detforge.models.edge.onnx import export_edge_onnx, ort_session
+
+    torch.manual_seed(0)
+    m = Phantom().eval()
+    session = ort_session(export_edge_onnx(m, tmp_path / "phantom.onnx", input_size=(64, 64)), threads=1)
+    x = torch.rand(1, 3, 60, 44)
+    cls, deltas = session.run(None, {"frame": x.numpy()})
+    with torch.no_grad():
+        want_cls, want_deltas = m.net(x)
+    np.testing.assert_allclose(cls, want_cls.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(deltas, want_deltas.numpy(), rtol=1e-3, atol=1e-3)

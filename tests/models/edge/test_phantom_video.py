@@ -3,19 +3,21 @@ import pytest
 import torch
 
 from detforge.models.edge import Phantom
-from detforge.models.edge.phantom_video import PhantomVideo, decode_face_maps, torch_network
+from detforge.models.edge.phantom_video import PhantomVideo, decode_face_maps, merge_crops, torch_network
 
 
 def _scene(h=64, w=64, seed=0):
     return np.random.default_rng(seed).uniform(0.2, 0.4, (3, h, w)).astype(np.float32)
 
 
-def _moving(n, h=64, w=64):
+def _moving(n, h=64, w=64, tops=(20,)):
+    """Frames [3, h, w] with a 12 x 12 square per entry of ``tops`` (its first row), moving 2 px a frame."""
     background = _scene(h, w)
     frames = []
     for i in range(n):
         f = background.copy()
-        f[:, 20:32, 4 + 2 * i : 16 + 2 * i] = 0.9
+        for top in tops:
+            f[:, top : top + 12, 4 + 2 * i : 16 + 2 * i] = 0.9
         frames.append(f)
     return frames
 
@@ -66,17 +68,114 @@ def _cell_mean_network(x):
     return cells, np.repeat(cells, 4, axis=1)
 
 
-@pytest.mark.parametrize(("h", "w", "halo"), [(64, 48, 0), (64, 48, 4), (96, 96, 16)])
-def test_sparse_cache_equals_full_recompute_for_a_local_network(h, w, halo):
-    """Crop, run and paste must put every recomputed cell exactly where the full frame has it."""
-    frames = _moving(6, h=h, w=w)
-    video = PhantomVideo(_cell_mean_network, memory=None, refresh_interval=30, halo=halo, tile=8)
+def _block_network(x):
+    """A local stand-in with PhantomNet's total stride 8: each stride-4 cell's output is the mean of its 4 x 4
+    pixels plus the mean of the 8 x 8 block (zero-padded past the border) that holds it."""
+    b, c, h, w = x.shape
+    padded = np.zeros((b, c, -(-h // 8) * 8, -(-w // 8) * 8), np.float32)
+    padded[..., :h, :w] = x
+    blocks = padded.reshape(b, c, padded.shape[2] // 8, 8, padded.shape[3] // 8, 8).mean(axis=(1, 3, 5))
+    coarse = blocks.repeat(2, axis=1).repeat(2, axis=2)[:, : h // 4, : w // 4]  # [B, h/4, w/4]
+    fine = x.reshape(b, c, h // 4, 4, w // 4, 4).mean(axis=(1, 3, 5))  # [B, h/4, w/4]
+    cells = (coarse + fine)[:, None]  # [B, 1, h/4, w/4]
+    return cells, np.repeat(cells, 4, axis=1)
+
+
+def _sparse_then_full(network, frames, **kwargs):
+    video = PhantomVideo(network, memory=None, refresh_interval=30, min_tile_events=1, **kwargs)
     for f in frames:
         video.infer(f)
     assert "sparse" in video.profile.modes
-    full_cls, full_deltas = _cell_mean_network(frames[-1][None])
-    np.testing.assert_allclose(video.cls, full_cls[0], atol=1e-6)
-    np.testing.assert_allclose(video.deltas, full_deltas[0], atol=1e-6)
+    full_cls, full_deltas = network(frames[-1][None])
+    return video, full_cls[0], full_deltas[0]
+
+
+@pytest.mark.parametrize(
+    ("network", "h", "w", "halo", "tops"),
+    [
+        (_cell_mean_network, 64, 48, 0, (20,)),
+        (_cell_mean_network, 64, 48, 8, (20,)),
+        (_cell_mean_network, 96, 96, 16, (20, 70)),
+        (_block_network, 64, 48, 0, (20,)),
+        (_block_network, 64, 48, 8, (20,)),
+        (_block_network, 60, 44, 8, (6, 48)),  # not multiples of 8: crops end on the frame border
+        (_block_network, 96, 96, 16, (20, 70)),
+    ],
+)
+def test_sparse_cache_equals_full_recompute_for_a_local_network(network, h, w, halo, tops):
+    """Crop, run and paste must put every recomputed cell exactly where the full frame has it."""
+    frames = _moving(6, h=h, w=w, tops=tops)
+    video, full_cls, full_deltas = _sparse_then_full(network, frames, halo=halo, tile=8)
+    np.testing.assert_allclose(video.cls, full_cls, atol=1e-6)
+    np.testing.assert_allclose(video.deltas, full_deltas, atol=1e-6)
+
+
+def test_crops_off_the_stride_8_grid_would_break_the_cache():
+    """The exactness above needs crops aligned to the network's total stride: aligned to 4 only, a stride-8
+    network sees other blocks and the cache goes wrong (so the test above can fail)."""
+    frames = _moving(6, h=64, w=48)
+    video, full_cls, _ = _sparse_then_full(_block_network, frames, halo=4, tile=4, align=4)
+    assert np.abs(video.cls - full_cls).max() > 1e-3
+
+
+def test_crop_sizes_must_follow_the_alignment():
+    with pytest.raises(ValueError, match="multiples of align"):
+        PhantomVideo(_cell_mean_network, memory=None, tile=8, halo=4)
+    with pytest.raises(ValueError, match="multiples of align"):
+        PhantomVideo(_cell_mean_network, memory=None, tile=4, halo=8)
+    with pytest.raises(ValueError, match="align"):
+        PhantomVideo(_cell_mean_network, memory=None, align=6)
+
+
+def test_separate_objects_get_separate_crops_and_close_ones_one():
+    far, far_calls = _counting_network(Phantom().net)
+    video = PhantomVideo(far, memory=None)
+    for f in _moving(3, h=128, w=128, tops=(10, 90)):
+        video.infer(f)
+    assert video.profile.modes == ["full", "sparse", "sparse"]
+    assert len(far_calls) == 1 + 2 * 2  # two crops a frame
+    assert all(f < 0.4 for f in video.profile.fractions[1:])
+    near, near_calls = _counting_network(Phantom().net)
+    video = PhantomVideo(near, memory=None)
+    for f in _moving(3, h=128, w=128, tops=(10, 30)):  # 8 rows apart: the crops overlap and merge
+        video.infer(f)
+    assert len(near_calls) == 1 + 2
+
+
+def test_sensor_noise_below_the_threshold_wakes_nothing():
+    rng = np.random.default_rng(1)
+    frame = _scene()
+    video = PhantomVideo(_cell_mean_network, memory=None)
+    for _ in range(4):
+        video.infer(np.clip(frame + rng.normal(0, 0.02, frame.shape), 0, 1).astype(np.float32))
+    assert video.profile.modes == ["full", "skip", "skip", "skip"]
+
+
+def _brute_force_mergeable(crops, call_cost):
+    area = lambda c: (c[1] - c[0]) * (c[3] - c[2])  # noqa: E731
+    for i, a in enumerate(crops):
+        for b in crops[i + 1 :]:
+            union = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+            if area(union) <= area(a) + area(b) + call_cost:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("call_cost", [0, 256])
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_crops_covers_every_crop_and_leaves_no_profitable_merge(seed, call_cost):
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(int(rng.integers(0, 9))):
+        y0, x0 = (int(v) for v in rng.integers(0, 12, 2) * 8)
+        crops.append((y0, y0 + int(rng.integers(1, 5)) * 8, x0, x0 + int(rng.integers(1, 5)) * 8))
+    merged = merge_crops(crops, call_cost)
+    area = lambda c: (c[1] - c[0]) * (c[3] - c[2])  # noqa: E731
+    for y0, y1, x0, x1 in crops:
+        assert any(m[0] <= y0 and y1 <= m[1] and m[2] <= x0 and x1 <= m[3] for m in merged)
+    assert sum(area(c) + call_cost for c in merged) <= sum(area(c) + call_cost for c in crops)
+    assert not _brute_force_mergeable(merged, call_cost)
+    assert merge_crops([]) == []
 
 
 def test_refresh_interval_forces_full_frames(model):

@@ -6,9 +6,12 @@ Per frame:
    ``event_threshold``; a ``tile`` x ``tile`` pixel tile with at least ``min_tile_events`` of them is active.
 2. Sparse processing: on frame 1, every ``refresh_interval`` frames, or when more than
    ``max_sparse_fraction`` of the frame would need work, the network runs on the whole frame. Otherwise
-   each connected group of active tiles is cropped with a ``halo`` of context, the network runs on the
-   crop, and the crop's inner cells replace those of the cached output maps. A frame without active tiles
-   runs no network at all.
+   each connected group of active tiles becomes a crop with a ``halo`` of context; crops that overlap are
+   merged when their bounding crop costs no more pixels than the two apart (one network call instead of
+   two). The network runs on each crop and the crop's inner cells (the tiles, without the halo) replace
+   those of the cached output maps. Tiles and halo are multiples of the network's total stride (``align``,
+   8 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
+   frame's cells. A frame without active tiles runs no network at all.
 3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
@@ -31,9 +34,10 @@ from torchvision.ops import nms
 
 from detforge.models.edge.tracker import ObjectTracker, TrackMemory
 
-__all__ = ["FrameProfile", "PhantomVideo", "decode_face_maps", "torch_network"]
+__all__ = ["FrameProfile", "PhantomVideo", "decode_face_maps", "merge_crops", "torch_network"]
 
 Network = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Crop = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels
 
 
 def torch_network(net: torch.nn.Module) -> Network:
@@ -51,11 +55,47 @@ def torch_network(net: torch.nn.Module) -> Network:
 
 @dataclass
 class FrameProfile:
-    """Per frame: fraction of a full-frame network pass spent, event-active pixel fraction, mode."""
+    """Per frame: fraction of a full-frame network pass spent, event-active pixel fraction, mode, network
+    calls."""
 
     fractions: list[float] = field(default_factory=list)
     event_fractions: list[float] = field(default_factory=list)
     modes: list[str] = field(default_factory=list)  # "full", "sparse" or "skip"
+    calls: list[int] = field(default_factory=list)
+
+
+def _area(crop: Crop) -> int:
+    return (crop[1] - crop[0]) * (crop[3] - crop[2])
+
+
+def merge_crops(crops: list[Crop], call_cost: int = 0) -> list[Crop]:
+    """Replace any two crops by their bounding crop while that costs no more than the two apart, a crop
+    costing its pixels plus ``call_cost`` (overlapping or touching crops always merge), so no pixel is
+    computed twice there and the network is called once.
+
+    Args:
+        crops: (y0, y1, x0, x1) pixel crops.
+        call_cost: the fixed cost of one network call, in input pixels.
+
+    Returns:
+        The merged crops, sorted.
+    """
+    crops = list(crops)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(crops)):
+            for j in range(i + 1, len(crops)):
+                a, b = crops[i], crops[j]
+                union = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                if _area(union) <= _area(a) + _area(b) + call_cost:
+                    crops[i] = union
+                    del crops[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(crops)
 
 
 def decode_face_maps(
@@ -97,13 +137,21 @@ class PhantomVideo:
         refresh_interval: full-frame recomputation every this many frames.
         event_threshold: per-pixel absolute difference (0..1) counted as an event.
         detection_threshold: accumulated track confidence needed to report a face.
-        tile: event tile size in pixels (multiple of the stride).
-        halo: context pixels around an active region (multiple of the stride).
-        max_sparse_fraction: above this fraction of the frame, run the whole frame instead.
+        tile: event tile size in pixels (multiple of ``align``).
+        halo: context pixels around an active region (multiple of ``align``). PhantomNet sees past any halo,
+            so recomputed cells near a crop's edge differ somewhat from a full-frame pass until the next
+            refresh; 16 stays closer to full-frame results, 8 (the default) does about half the work on
+            busy scenes.
+        max_sparse_fraction: above this fraction of the frame (crops plus ``call_cost`` per crop), run the
+            whole frame instead.
         min_tile_events: event pixels a tile needs to count as active.
+        call_cost: the fixed cost of one network call (runtime overhead) in input pixels; crops closer than
+            that merge into one call.
+        align: crops start at multiples of this many pixels: the network's total stride
+            (``PhantomNet.total_stride``; 4 for a network whose every layer works at stride 4 or finer).
     """
 
-    stride = 4
+    stride = 4  # input pixels per cell of the output maps
 
     def __init__(
         self,
@@ -115,12 +163,18 @@ class PhantomVideo:
         detection_threshold: float = 0.5,
         nms_threshold: float = 0.3,
         tile: int = 8,
-        halo: int = 12,
-        max_sparse_fraction: float = 0.6,
-        min_tile_events: int = 2,
+        halo: int = 8,
+        max_sparse_fraction: float = 0.7,
+        min_tile_events: int = 4,
+        call_cost: int = 0,
+        align: int = 8,
     ) -> None:
-        if tile % self.stride or halo % self.stride:
-            raise ValueError(f"tile ({tile}) and halo ({halo}) must be multiples of the stride {self.stride}")
+        if align < 1 or align % self.stride:
+            raise ValueError(
+                f"align ({align}) must be a positive multiple of the output stride {self.stride}"
+            )
+        if tile < 1 or tile % align or halo % align:
+            raise ValueError(f"tile ({tile}) and halo ({halo}) must be multiples of align ({align})")
         self.network = network
         self.memory = memory
         self.refresh_interval = refresh_interval
@@ -132,6 +186,8 @@ class PhantomVideo:
         self.halo = halo
         self.max_sparse_fraction = max_sparse_fraction
         self.min_tile_events = min_tile_events
+        self.align = align
+        self.call_cost = call_cost
         self.reset()
 
     def reset(self) -> None:
@@ -145,27 +201,31 @@ class PhantomVideo:
         self.last_candidates: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---- network on the whole frame or on event regions ----------------------------------------------
-    def _regions(self, events: np.ndarray, h: int, w: int) -> list[tuple[int, int, int, int]]:
-        """Crops (y0, y1, x0, x1) in pixels covering each connected group of active tiles plus the halo."""
-        t = self.tile
+    def _regions(self, events: np.ndarray, h: int, w: int) -> list[Crop]:
+        """Crops covering each connected group of active tiles plus the halo, overlapping ones merged."""
+        t, halo = self.tile, self.halo
         th, tw = -(-h // t), -(-w // t)
         padded = np.zeros((th * t, tw * t), dtype=bool)
         padded[:h, :w] = events
         counts = padded.reshape(th, t, tw, t).sum(axis=(1, 3))  # [th, tw] event pixels per tile
         active = counts >= self.min_tile_events  # isolated sensor-noise pixels do not wake a tile
         labelled, count = ndimage.label(active)
-        crops = []
-        for sl in ndimage.find_objects(labelled)[:count]:
-            y0, y1 = max(sl[0].start * t - self.halo, 0), min(sl[0].stop * t + self.halo, h)
-            x0, x1 = max(sl[1].start * t - self.halo, 0), min(sl[1].stop * t + self.halo, w)
-            crops.append((y0, y1, x0, x1))
-        return crops
+        crops = [
+            (
+                max(sl[0].start * t - halo, 0),
+                min(sl[0].stop * t + halo, h),
+                max(sl[1].start * t - halo, 0),
+                min(sl[1].stop * t + halo, w),
+            )
+            for sl in ndimage.find_objects(labelled)[:count]
+        ]
+        return merge_crops(crops, self.call_cost)
 
     def _run_full(self, x: np.ndarray) -> None:
         cls, deltas = self.network(np.ascontiguousarray(x[None]))
         self.cls, self.deltas = cls[0].copy(), deltas[0].copy()
 
-    def _run_sparse(self, x: np.ndarray, crops: list[tuple[int, int, int, int]]) -> int:
+    def _run_sparse(self, x: np.ndarray, crops: list[Crop]) -> int:
         """Recompute the cached maps inside each crop's tiles; returns the input pixels processed."""
         s, halo = self.stride, self.halo
         h, w = x.shape[-2:]
@@ -195,29 +255,30 @@ class PhantomVideo:
             or self.previous.shape != x.shape
             or self.frame_index % self.refresh_interval == 0
         )
-        event_fraction = 1.0
+        event_fraction, calls = 1.0, 1
         if refresh:
             self._run_full(x)
             mode, fraction = "full", 1.0
         else:
-            events = np.abs(x - self.previous).max(axis=0) > self.event_threshold  # [H, W]
+            events = np.abs(x - self.previous).mean(axis=0) > self.event_threshold  # [H, W]
             event_fraction = float(events.mean())
             crops = self._regions(events, h, w) if event_fraction > 0 else []
             if not crops:
-                mode, fraction = "skip", 0.0
+                mode, fraction, calls = "skip", 0.0, 0
             else:
-                area = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in crops) / (h * w)
+                area = sum(_area(c) + self.call_cost for c in crops) / (h * w)
                 if area > self.max_sparse_fraction:
                     self._run_full(x)
                     mode, fraction = "full", 1.0
                 else:
                     fraction = self._run_sparse(x, crops) / (h * w)
-                    mode = "sparse"
+                    mode, calls = "sparse", len(crops)
         self.previous = x
         self.frame_index += 1
         self.profile.fractions.append(fraction)
         self.profile.event_fractions.append(event_fraction)
         self.profile.modes.append(mode)
+        self.profile.calls.append(calls)
         if mode != "skip" or self.last_candidates is None:
             self.last_candidates = decode_face_maps(
                 self.cls, self.deltas, self.stride, self.candidate_threshold, self.nms_threshold
