@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from detforge.models.heads import FCOSHead
 
@@ -74,38 +73,3 @@ def test_gradients_reach_every_parameter():
     out = head(features())
     (out["cls_logits"].sum() + out["box_reg"].sum() + out["centerness"].sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
-
-
-@pytest.mark.parametrize("norm", ["GN", "none"])
-def test_fused_towers_equal_the_two_towers_run_apart(norm):
-    """The head runs its class and box towers as one grouped stack; outputs and gradients must equal the
-    two towers applied one after the other."""
-    torch.manual_seed(0)
-    head = FCOSHead(32, 3, (8, 16), num_convs=3, norm=norm)
-    for module in head.modules():  # non-trivial norms and biases, so a mixed-up half would show
-        if isinstance(module, nn.GroupNorm):
-            nn.init.normal_(module.weight)
-            nn.init.normal_(module.bias)
-        if isinstance(module, nn.Conv2d):
-            nn.init.normal_(module.weight, std=0.05)
-            if module.bias is not None:
-                nn.init.normal_(module.bias)
-    feats = [torch.randn(2, 32, 8, 8), torch.randn(2, 32, 4, 4)]
-    assert head.fuse_towers
-
-    def run():
-        out = head(feats)
-        total = out["cls_logits"].square().sum() + out["box_reg"].log().sum() + out["centerness"].sum()
-        return out, torch.autograd.grad(total, list(head.parameters()))
-
-    fused, fused_grads = run()
-    head.fuse_towers = False
-    apart, apart_grads = run()
-    for key in ("cls_logits", "box_reg", "centerness"):
-        torch.testing.assert_close(fused[key], apart[key], rtol=1e-5, atol=1e-5)
-    for a, b in zip(fused_grads, apart_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_batchnorm_towers_run_apart():
-    assert not FCOSHead(32, 3, (8,), num_convs=2, norm="BN").fuse_towers

@@ -76,8 +76,6 @@ class FCOSHead(nn.Module):
         self.centerness_on_reg = centerness_on_reg
         self.cls_tower = _tower(in_channels, num_convs, norm)
         self.box_tower = _tower(in_channels, num_convs, norm)
-        # BatchNorm keeps running statistics per module, so only GroupNorm / no-norm towers run fused
-        self.fuse_towers = norm in ("GN", "none") and num_convs > 0
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.box_reg = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
@@ -89,27 +87,6 @@ class FCOSHead(nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def _towers_as_one(self) -> list[tuple]:
-        """The class and box towers as one stack of convs twice as wide: (weight [2C, C, 3, 3], bias [2C] or
-        None, GroupNorm weight / bias [2C] or None, GroupNorm groups, eps) per layer. The first layer reads the shared input with both towers'
-        filters; later layers are grouped convs (groups=2), so each half only sees its own tower; GroupNorm
-        with twice the groups normalises each tower's channels exactly as its own layer would. Same result,
-        half the kernel calls, and one wider GEMM on the input."""
-        layers = []
-        convs = [(m, n) for m, n in zip(self.cls_tower, self.box_tower) if isinstance(m, nn.Conv2d)]
-        norms = [(m, n) for m, n in zip(self.cls_tower, self.box_tower) if isinstance(m, nn.GroupNorm)]
-        for i, (conv_c, conv_b) in enumerate(convs):
-            weight = torch.cat([conv_c.weight, conv_b.weight])  # [2C, C, 3, 3]
-            bias = None if conv_c.bias is None else torch.cat([conv_c.bias, conv_b.bias])  # [2C]
-            if norms:
-                norm_c, norm_b = norms[i]
-                norm_weight = torch.cat([norm_c.weight, norm_b.weight])  # [2C]
-                norm_bias = torch.cat([norm_c.bias, norm_b.bias])  # [2C]
-                layers.append((weight, bias, norm_weight, norm_bias, 2 * norm_c.num_groups, norm_c.eps))
-            else:
-                layers.append((weight, bias, None, None, 0, 0.0))
-        return layers
-
     def forward(self, features: Sequence[Tensor]) -> dict[str, Tensor | list[tuple[int, int]]]:
         if len(features) != len(self.strides):
             raise ValueError(f"FCOSHead has {len(self.strides)} levels, got {len(features)} feature maps")
@@ -118,19 +95,9 @@ class FCOSHead(nn.Module):
         if self.centerness_on_reg:  # box and centerness convs read the same features: run them as one conv
             box_ctr_weight = torch.cat([self.box_reg.weight, self.centerness.weight])  # [5, C_in, 3, 3]
             box_ctr_bias = torch.cat([self.box_reg.bias, self.centerness.bias])  # [5]
-        towers = self._towers_as_one() if self.fuse_towers else None
         for level, (x, stride) in enumerate(zip(features, self.strides)):
-            if towers is None:
-                cls_feat = self.cls_tower(x)  # [B, C_in, H, W]
-                box_feat = self.box_tower(x)  # [B, C_in, H, W]
-            else:
-                both = x
-                for weight, bias, norm_weight, norm_bias, groups, eps in towers:
-                    both = F.conv2d(both, weight, bias, padding=1, groups=1 if both is x else 2)
-                    if norm_weight is not None:
-                        both = F.group_norm(both, groups, norm_weight, norm_bias, eps)
-                    both = both.relu_()  # [B, 2 * C_in, H, W]: class tower channels, then box tower's
-                cls_feat, box_feat = both.chunk(2, dim=1)  # [B, C_in, H, W] each
+            cls_feat = self.cls_tower(x)  # [B, C_in, H, W]
+            box_feat = self.box_tower(x)  # [B, C_in, H, W]
             if self.centerness_on_reg:
                 box_ctr = F.conv2d(box_feat, box_ctr_weight, box_ctr_bias, padding=1)  # [B, 5, H, W]
                 box, ctr = box_ctr[:, :4], box_ctr[:, 4:]  # [B, 4, H, W], [B, 1, H, W]
