@@ -171,7 +171,7 @@ def main() -> int:
 
         def runner(refresh_interval: int, network=network) -> PhantomVideo:
             return PhantomVideo(
-                network, memory=None, refresh_interval=refresh_interval, align=phantom.net.total_stride
+                network, memory=None, refresh_interval=refresh_interval, align=getattr(phantom.net, "total_stride", phantom.net.stride)
             )
 
         frame = rng.uniform(0, 1, (3, 128, 128)).astype(np.float32)
