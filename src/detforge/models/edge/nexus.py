@@ -125,17 +125,17 @@ class NexusStreams(nn.Module):
 
 
 def _shared_head_block(channels: int) -> nn.Sequential:
-    """Depthwise 3x3 + pointwise 1x1, each with GroupNorm (up to 16 groups) and ReLU, for the head shared by
-    all levels.
+    """Separable conv (depthwise 3x3 then pointwise 1x1) + GroupNorm (up to 16 groups) + ReLU, for the head
+    shared by all levels (EfficientDet's head block).
 
     GroupNorm, not BatchNorm: one BatchNorm shared by P3, P4 and P5 would train on each level's own batch
     statistics but infer with running statistics mixed over the levels, which ruins eval-mode detections.
+    One norm per block, not one per conv: GroupNorm cannot fold into the convs of an exported graph, and on a
+    CPU each one costs about as much as a conv.
     """
     groups = math.gcd(channels, 16)
     return nn.Sequential(
         nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        nn.GroupNorm(groups, channels),
-        nn.ReLU(inplace=True),
         nn.Conv2d(channels, channels, 1, bias=False),
         nn.GroupNorm(groups, channels),
         nn.ReLU(inplace=True),
