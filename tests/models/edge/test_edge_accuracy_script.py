@@ -24,41 +24,12 @@ def _script():
     return module
 
 
-def _phantom_checkpoint(path: Path, root: Path) -> Path:
-    import lightning as L
-
-    from detforge.data.datamodule import DetectionDataModule
-    from detforge.models.detector import ObjectDetector
-
-    dm = DetectionDataModule(data=f"widerface:{root}", imgsz=64, batch_size=2, num_workers=0, train_size=2)
-    dm.setup("fit")
-    model = ObjectDetector(
-        model="phantom",
-        num_classes=1,
-        class_names=["face"],
-        imgsz=64,
-        compile_model=False,
-        deterministic=False,
-    )
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, train_dataloaders=dm.train_dataloader())
-    trainer.save_checkpoint(path, weights_only=True)
-    return path
-
-
-def test_prints_three_backends_and_the_int8_drop(tmp_path, capsys):
+def test_prints_three_backends_and_the_int8_drop(tmp_path, capsys, one_step_checkpoint):
     root = tmp_path / "wider"
     for split, seed, n in (("train", 0, 6), ("val", 1, 4)):
         faces = SyntheticShapes(n, image_size=64, num_classes=1, seed=seed, min_size=8, max_objects=3)
         write_widerface(faces, root, split=split)
-    ckpt = _phantom_checkpoint(tmp_path / "phantom.ckpt", root)
+    ckpt = one_step_checkpoint(tmp_path / "phantom.ckpt", "phantom", f"widerface:{root}")
     out_json = tmp_path / "rows.json"
     argv = [
         "--models",

@@ -121,39 +121,8 @@ def test_calibration_frames_are_letterboxed_training_images():
     assert len(calibration_frames("synthetic:3", SIZE, count=32)) == 3
 
 
-def _tiny_checkpoint(path, model_name, data):
-    """A one-step ``detforge train``-style checkpoint of an edge model (ObjectDetector with ``model=``)."""
-    import lightning as L
-
-    from detforge.data.datamodule import DetectionDataModule
-    from detforge.models.detector import ObjectDetector
-
-    dm = DetectionDataModule(data=data, imgsz=SIZE, batch_size=2, num_workers=0, train_size=2)
-    dm.setup("fit")
-    model = ObjectDetector(
-        model=model_name,
-        num_classes=dm.num_classes,
-        class_names=dm.class_names,
-        in_chans=int(dm.train_dataset[0][0].shape[0]),
-        imgsz=SIZE,
-        compile_model=False,
-        deterministic=False,
-    )
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, train_dataloaders=dm.train_dataloader())
-    trainer.save_checkpoint(path, weights_only=True)
-    return path
-
-
-def test_edge_accuracy_rows_for_a_nightvision_checkpoint(tmp_path):
-    ckpt = _tiny_checkpoint(tmp_path / "nv.ckpt", "nightvision_edge", "synthetic-thermal:4")
+def test_edge_accuracy_rows_for_a_nightvision_checkpoint(tmp_path, one_step_checkpoint):
+    ckpt = one_step_checkpoint(tmp_path / "nv.ckpt", "nightvision_edge", "synthetic-thermal:4", SIZE)
     rows = edge_accuracy(ckpt, "synthetic-thermal:4", tmp_path / "onnx", calibration_images=4, batch=16)
     assert [r.backend for r in rows] == list(BACKENDS)
     assert {r.model for r in rows} == {"nightvision_edge"}
