@@ -170,9 +170,7 @@ def main() -> int:
         network = ort_network(sessions[("phantom", key, 2)])
 
         def runner(refresh_interval: int, network=network) -> PhantomVideo:
-            return PhantomVideo(
-                network, memory=None, refresh_interval=refresh_interval, align=getattr(phantom.net, "total_stride", phantom.net.stride)
-            )
+            return PhantomVideo(network, memory=None, refresh_interval=refresh_interval)
 
         frame = rng.uniform(0, 1, (3, 128, 128)).astype(np.float32)
         cold = runner(1)  # every frame is a full (cold) frame

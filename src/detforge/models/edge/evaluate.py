@@ -185,14 +185,13 @@ class OrtDetectorNetwork:
 def calibration_frames(data: str, imgsz: int, count: int = 32, **dataset_kwargs: Any) -> list[np.ndarray]:
     """``count`` training images of ``data`` (a spec string), evenly spaced over the split, prepared like
     validation images (letterboxed to ``imgsz``): arrays [1, C, imgsz, imgsz] float32 in [0, 1]."""
-    from detforge.data.spec import build_dataset, parse_spec
-    from detforge.data.transforms import build_val_transforms
+    from detforge.data.datamodule import DetectionDataModule
 
-    if parse_spec(data)[0].startswith("synthetic"):
-        dataset_kwargs.setdefault("image_size", imgsz)
-    dataset = build_dataset(data, split="train", transforms=build_val_transforms(imgsz), **dataset_kwargs)
-    if len(dataset) == 0:
-        raise ValueError(f"calibration data {data!r} has no training images")
+    dm = DetectionDataModule(
+        data=data, imgsz=imgsz, num_workers=0, augment=False, dataset_kwargs=dataset_kwargs
+    )
+    dm.setup("fit")  # the train split through the validation pipeline; an empty split raises there
+    dataset = dm.train_dataset
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
     return [dataset[int(i)][0][None].float().numpy() for i in np.unique(picks)]
 

@@ -192,7 +192,6 @@ class Phantom(nn.Module):
             event_threshold=self.event_threshold,
             detection_threshold=self.detection_threshold,
             nms_threshold=self.nms_threshold,
-            align=getattr(self.net, "total_stride", self.net.stride),
         )
 
     @torch.no_grad()

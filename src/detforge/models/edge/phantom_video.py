@@ -10,7 +10,7 @@ Per frame:
    merged when their bounding crop costs no more pixels than the two apart (one network call instead of
    two). The network runs on each crop and the crop's inner cells (the tiles, without the halo) replace
    those of the cached output maps. Tiles and halo are multiples of the network's total stride (``align``,
-   8 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
+   4 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
    frame's cells. A frame without active tiles runs no network at all.
 3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
@@ -147,8 +147,9 @@ class PhantomVideo:
         min_tile_events: event pixels a tile needs to count as active.
         call_cost: the fixed cost of one network call (runtime overhead) in input pixels; crops closer than
             that merge into one call.
-        align: crops start at multiples of this many pixels: the network's total stride
-            (``PhantomNet.total_stride``; 4 for a network whose every layer works at stride 4 or finer).
+        align: crops start at multiples of this many pixels: the network's total stride (4 for
+            ``PhantomNet``, whose layers all work at stride 4 or finer; a network with coarser layers needs
+            their stride here, or its cells inside a crop differ from the full frame's).
     """
 
     stride = 4  # input pixels per cell of the output maps
@@ -167,7 +168,7 @@ class PhantomVideo:
         max_sparse_fraction: float = 0.7,
         min_tile_events: int = 4,
         call_cost: int = 0,
-        align: int = 8,
+        align: int = 4,
     ) -> None:
         if align < 1 or align % self.stride:
             raise ValueError(
