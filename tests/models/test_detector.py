@@ -193,6 +193,14 @@ def test_optimizers(name, cls):
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
     if isinstance(name, dict):
         assert opt.param_groups[0]["momentum"] == 0.9
+    # torch's fused kernels for AdamW / Adam / SGD, by name or by class
+    assert bool(opt.defaults.get("fused")) == (cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD))
+
+
+def test_optimizer_kwargs_choose_foreach_over_fused():
+    model = tiny(optimizer="adamw", scheduler=None, optimizer_kwargs={"foreach": True})
+    opt = model.configure_optimizers()["optimizer"]
+    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
 
 
 def test_warmup_then_cosine_schedule(tmp_path):
@@ -255,3 +263,18 @@ def test_wraps_registered_models():
         model="nexus", num_classes=3, in_chans=1, compile_model=False, deterministic=False
     )
     assert thermal.model.in_chans == 1 and len(thermal.predict(torch.rand(1, 1, 64, 64))) == 1
+
+
+def test_registered_model_gets_the_arguments_changed_from_their_defaults():
+    assert ObjectDetector(model="detforge_s", num_classes=3).model.cls_quality  # its own default loss
+    model = ObjectDetector(model="detforge_s", num_classes=3, focal_gamma=1.5, score_thresh=0.3, cls_loss_fn="focal")
+    assert model.model.score_thresh == 0.3
+    assert not model.model.cls_quality and model.model.cls_loss_fn.gamma == 1.5
+    assert model.model.head.cls_logits.in_channels == 64  # detforge_s's own FPN width stays
+    wins = ObjectDetector(model="detforge_s", num_classes=3, score_thresh=0.3, model_kwargs={"score_thresh": 0.2})
+    assert wins.model.score_thresh == 0.2  # model_kwargs wins
+
+
+def test_registered_model_that_does_not_take_an_argument_raises():
+    with pytest.raises(ValueError, match="'nexus' does not take .*fpn_channels"):
+        ObjectDetector(model="nexus", num_classes=3, fpn_channels=32)

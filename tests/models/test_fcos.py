@@ -84,6 +84,38 @@ def test_loss_equals_per_image_reference_and_backprops(model, images, edge_case_
     assert model.head.cls_logits.weight.grad.abs().sum() > 0
 
 
+def test_quality_focal_loss_uses_iou_targets(images, edge_case_targets):
+    """cls_loss_fn="quality_focal": per-image reference with torchvision's box_iou of the decoded boxes."""
+    from torchvision.ops import box_iou
+
+    torch.manual_seed(0)
+    model = FCOS(
+        "resnet10t", 3, fpn_channels=32, head_num_convs=1, input_size=(SIZE, SIZE), cls_loss_fn="quality_focal"
+    )
+    out = model(images)
+    losses = model.loss(out, edge_case_targets)
+    gt_boxes, gt_labels, gt_mask = pad_targets(edge_case_targets)
+    assigned = model.assigner(out["feat_sizes"], gt_boxes, gt_labels, gt_mask)
+    points, _ = model.assigner.points(out["feat_sizes"])  # [P, 2]
+    num_pos = max(float((assigned.labels >= 0).sum()), 1.0)
+    cls = 0.0
+    for i in range(len(edge_case_targets)):
+        pos = assigned.labels[i] >= 0
+        soft = torch.zeros_like(out["cls_logits"][i])
+        d, t = out["box_reg"][i][pos].detach(), assigned.ltrb[i][pos]
+        p = points[pos]
+        pred = torch.cat([p - d[:, :2], p + d[:, 2:]], 1)
+        true = torch.cat([p - t[:, :2], p + t[:, 2:]], 1)
+        iou = box_iou(pred, true).diagonal() if len(p) else torch.zeros(0)
+        soft[pos, assigned.labels[i][pos]] = iou
+        sigma = out["cls_logits"][i].sigmoid()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out["cls_logits"][i], soft, reduction="none")
+        cls = cls + (bce * (soft - sigma).abs() ** 2).sum()
+    torch.testing.assert_close(losses["cls_loss"], (cls / num_pos).detach(), rtol=1e-4, atol=1e-6)
+    losses["loss"].backward()
+    assert torch.isfinite(model.head.cls_logits.weight.grad).all()
+
+
 def test_crowd_boxes_are_not_trained_on(model, images):
     out = model(images)
     plain = model.loss(out, [target([[10, 12, 40, 50]], [1]), target([], [])])

@@ -52,7 +52,7 @@ _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 # validation every 9 epochs and always at the end (ValidateLastEpoch).
 DEFAULTS: dict[str, Any] = {
     "model.model": "detforge_s",
-    "model.lr": 3e-3,
+    "model.lr": 1e-2,
     "model.weight_decay": 5e-4,
     "model.warmup_steps": 100,
     "model.ema_decay": 0.99,
@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "data.photometric": False,
     "data.scale_jitter": (0.75, 1.25),
     "data.dataset_kwargs": {"cache": True, "min_size": 16, "max_size": 0.75},
-    "trainer.max_epochs": 27,
+    "trainer.max_epochs": 30,
     "trainer.check_val_every_n_epoch": 9,
     "trainer.max_time": "00:00:04:30",  # with start-up and the final plots, under 5 minutes
     "trainer.gradient_clip_val": 10.0,

@@ -3,6 +3,7 @@
 - ``detforge.engine.config``: ``MetricConfig``, ``LoggingConfig``, ``TransformConfig``.
 - ``detforge.engine.ema``: ``ExponentialMovingAverage`` (validated and saved in place of the raw weights).
 - ``detforge.engine.callbacks``: ``RunArtifacts`` (curves, PR curves, prediction grid, COCO table).
+- ``detforge.engine.schedule``: ``WarmupCosine`` (the default schedule) and ``FitScheduleToTime``.
 - ``detforge.engine.trainer``: ``build_trainer`` and the run-folder helpers.
 - ``detforge.engine.validate``: ``validate_checkpoint`` and ``load_detector``.
 
@@ -20,6 +21,8 @@ _LAZY = {
     "TransformConfig": "detforge.engine.config",
     "ExponentialMovingAverage": "detforge.engine.ema",
     "RunArtifacts": "detforge.engine.callbacks",
+    "WarmupCosine": "detforge.engine.schedule",
+    "FitScheduleToTime": "detforge.engine.schedule",
     "build_trainer": "detforge.engine.trainer",
     "validate_checkpoint": "detforge.engine.validate",
     "load_detector": "detforge.engine.validate",

@@ -94,12 +94,15 @@ def default_loggers(run_dir: Path) -> list:
 
 
 def default_callbacks(run_dir: Path, progress_bar: bool = True, artifacts: bool = True) -> list:
-    """Checkpoints (``best.ckpt`` by ``val/map``, ``last.ckpt``), a rich progress bar and ``RunArtifacts``."""
+    """Checkpoints (``best.ckpt`` by ``val/map``, ``last.ckpt``), a rich progress bar, ``RunArtifacts`` and
+    ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from detforge.engine.callbacks import RunArtifacts
+    from detforge.engine.schedule import FitScheduleToTime
 
     callbacks: list = [
+        FitScheduleToTime(),
         ModelCheckpoint(
             dirpath=str(run_dir),
             filename="best",

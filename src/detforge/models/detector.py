@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import warnings
 from typing import Any, Literal, get_args
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from detforge.engine.config import LoggingConfig, MetricConfig, TransformConfig
+from detforge.engine.schedule import WarmupCosine
 from detforge.models.backbone import FeatureBackboneConfig
 
 __all__ = ["ObjectDetector", "metric_targets", "to_original_size"]
@@ -38,6 +40,31 @@ _TORCH_OPTIMIZERS = {
     "sgdp": "timm.optim.SGDP",
     "lamb": "timm.optim.Lamb",
 }
+
+
+# ObjectDetector arguments that mean the same to a registered FCOS-style model's builder: handed to it when
+# changed from their defaults (``model="detforge_s"``), so they are never silently ignored.
+_REGISTRY_MODEL_ARGS = (
+    "fpn_channels",
+    "head_num_convs",
+    "focal_alpha",
+    "focal_gamma",
+    "cls_loss_weight",
+    "reg_loss_weight",
+    "centerness_loss_weight",
+    "score_thresh",
+    "nms_thresh",
+    "max_detections_per_image",
+    "regress_ranges",
+)
+
+_FUSED_OPTIMIZERS = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+
+
+def _fusable(groups: list[dict]) -> bool:
+    """True when torch's fused optimizer kernels take every parameter (floating point, on CPU or CUDA)."""
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def _import_class(path: str, what: str) -> type:
@@ -118,7 +145,8 @@ class ObjectDetector(L.LightningModule):
         lr / weight_decay: optimizer learning rate and weight decay (no decay on biases and norm layers).
         optimizer: ``"adamw"``, ``"adam"``, ``"sgd"``, ``"rmsprop"``, timm's ``"adamp"``, ``"sgdp"``, ``"lamb"``,
             or ``{"class": "pkg.Cls", "params": {...}}``.
-        optimizer_kwargs: extra optimizer keyword arguments.
+        optimizer_kwargs: extra optimizer keyword arguments. AdamW, Adam and SGD use torch's fused kernels unless
+            ``fused`` or ``foreach`` is given here.
         scheduler: ``"cosine"``, ``"step"``, ``"multistep"``, ``"onecycle"``, ``{"class": ..., "params": ...}``
             or None. Stepped every optimizer step unless ``scheduler_kwargs["interval"] == "epoch"``.
         scheduler_kwargs: extra scheduler keyword arguments (plus ``interval`` and ``frequency``).
@@ -135,7 +163,9 @@ class ObjectDetector(L.LightningModule):
         seed: seed everything (Python, NumPy, torch, dataloader workers) when not None.
         deterministic: with ``seed``, ask torch for deterministic algorithms (warn-only).
         model: a registered model name (``detforge models``) to wrap instead of building FCOS / YOLOX;
-            ``backbone`` is then ignored.
+            ``backbone`` and ``strides`` are then ignored. The builder gets the model arguments above
+            (``fpn_channels``, ``head_num_convs``, the losses and their weights, ``regress_ranges`` and the
+            postprocess settings) that differ from their defaults; a model that does not take one raises.
         model_kwargs: extra keyword arguments for the model builder.
         warmup_steps: linear learning-rate warmup over this many optimizer steps (from ``warmup_ratio * lr``).
         warmup_ratio: starting fraction of the learning rate during warmup.
@@ -274,6 +304,14 @@ class ObjectDetector(L.LightningModule):
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
 
+    def _changed_model_arguments(self, cls_loss_fn, reg_loss_fn) -> dict[str, Any]:
+        """The model-building arguments (``fpn_channels``, losses, postprocess settings, ...) set to something
+        other than their default, to hand to a registered model's builder instead of dropping them."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        given = {key: self.hparams[key] for key in _REGISTRY_MODEL_ARGS}
+        given.update(cls_loss_fn=cls_loss_fn, reg_loss_fn=reg_loss_fn)
+        return {key: value for key, value in given.items() if value != defaults[key].default}
+
     def _build_model(self, backbone, model_name, cls_loss_fn, reg_loss_fn) -> nn.Module:
         hp = self.hparams
         extra = dict(hp.model_kwargs or {})
@@ -283,7 +321,18 @@ class ObjectDetector(L.LightningModule):
             extra.setdefault(
                 "in_chans", hp.in_chans
             )  # every builder takes it: 1-channel data builds 1-channel models
-            model = create_model(model_name, num_classes=hp.num_classes, **extra)
+            passed = self._changed_model_arguments(cls_loss_fn, reg_loss_fn)
+            for key, value in passed.items():
+                extra.setdefault(key, value)  # model_kwargs wins
+            try:
+                model = create_model(model_name, num_classes=hp.num_classes, **extra)
+            except TypeError as err:
+                if "unexpected keyword argument" not in str(err) or not passed:
+                    raise
+                raise ValueError(
+                    f"model {model_name!r} does not take one of the arguments given for it: {sorted(passed)} "
+                    f"({err})"
+                ) from err
             chans = getattr(model, "in_chans", hp.in_chans)
             if chans != hp.in_chans:
                 raise ValueError(
@@ -503,6 +552,8 @@ class ObjectDetector(L.LightningModule):
         else:
             cls = _import_class(_TORCH_OPTIMIZERS[hp.optimizer.lower()], "optimizer")
         groups = self._param_groups()
+        if cls in _FUSED_OPTIMIZERS and not {"fused", "foreach"} & set(kwargs) and _fusable(groups):
+            kwargs["fused"] = True  # one kernel for all parameters: AdamW's step 1.9 ms instead of 7.7 (CPU)
         if "weight_decay" in kwargs:  # an explicit weight decay wins over the default split
             for group in groups[:1]:
                 group["weight_decay"] = kwargs.pop("weight_decay")
@@ -519,9 +570,13 @@ class ObjectDetector(L.LightningModule):
             return cls(optimizer, **{**kwargs, **hp.scheduler.get("params", {})})
         name = hp.scheduler.lower()
         warmup = hp.warmup_steps
-        if name == "cosine":
+        if name == "cosine":  # warmup and cosine in one multiplier, so a time budget can shorten it
             t_max = kwargs.pop("T_max", max(self._total_steps() - warmup, 1))
-            return sched.CosineAnnealingLR(optimizer, T_max=t_max, **kwargs)
+            min_ratio = kwargs.pop("eta_min", 0.0) / hp.lr
+            if kwargs:
+                raise ValueError(f"unknown scheduler_kwargs for 'cosine': {sorted(kwargs)} (T_max, eta_min)")
+            fn = WarmupCosine(warmup + t_max, warmup, hp.warmup_ratio, min_ratio)
+            return sched.LambdaLR(optimizer, fn)
         if name == "step":
             return sched.StepLR(
                 optimizer, step_size=kwargs.pop("step_size", 8), gamma=kwargs.pop("gamma", 0.1), **kwargs
@@ -542,13 +597,12 @@ class ObjectDetector(L.LightningModule):
         kwargs = dict(hp.scheduler_kwargs or {})
         interval = kwargs.pop("interval", "step")
         frequency = kwargs.pop("frequency", 1)
+        if hp.warmup_steps > 0 and interval != "step":
+            raise ValueError("warmup_steps needs a scheduler stepped per step (scheduler_kwargs interval='step')")
         has_main = hp.scheduler is not None and hp.scheduler != "none"
         scheduler = self._create_scheduler(optimizer, kwargs) if has_main else None
-        if hp.warmup_steps > 0:
-            if interval != "step":
-                raise ValueError(
-                    "warmup_steps needs a scheduler stepped per step (scheduler_kwargs interval='step')"
-                )
+        cosine = has_main and not isinstance(hp.scheduler, dict) and hp.scheduler.lower() == "cosine"
+        if hp.warmup_steps > 0 and not cosine:  # cosine's multiplier has the warmup built in
             warm = torch.optim.lr_scheduler.LinearLR(
                 optimizer, start_factor=hp.warmup_ratio, end_factor=1.0, total_iters=hp.warmup_steps
             )

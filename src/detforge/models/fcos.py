@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from detforge.assigners.fcos import FCOSAssigner
 from detforge.losses import get_loss
+from detforge.losses.iou import ltrb_to_origin_xyxy, paired_box_iou
+from detforge.losses.quality_focal import QualityFocalLoss
 from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.heads.fcos import FCOSHead, FCOSNorm
 from detforge.models.pyramid_detector import PyramidDetector, check_labels, mean_over_ranks
@@ -46,8 +48,8 @@ class FCOS(PyramidDetector):
         center_sampling_radius: positives within ``radius * stride`` of the box centre (None: whole box).
         head_norm: head tower normalisation, "GN", "BN" or "none".
         focal_alpha, focal_gamma: focal-loss parameters of the default classification loss.
-        cls_loss_fn: "focal" or any registered loss name, or a module called as
-            ``fn(logits [N, C], one_hot [N, C]) -> summed loss``.
+        cls_loss_fn: "focal", "quality_focal" (IoU-aware targets, GFL; ``focal_gamma`` is its beta) or any
+            registered loss name, or a module called as ``fn(logits [N, C], one_hot [N, C]) -> summed loss``.
         reg_loss_fn: "giou" or another IoU-family name (built with ``box_format="ltrb"``), or a module called
             as ``fn(pred_ltrb [N, 4], target_ltrb [N, 4], weight [N]) -> summed weighted loss``.
         cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the loss parts in ``loss``.
@@ -99,8 +101,14 @@ class FCOS(PyramidDetector):
             regress_ranges = default_regress_ranges(self.strides)
         self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_num_convs, norm=head_norm)
         self.assigner = FCOSAssigner(self.strides, regress_ranges, center_sampling_radius)
+        # Quality focal loss (GFL) learns IoU-aware scores: the true class's target is the IoU of the box.
+        self.cls_quality = cls_loss_fn == "quality_focal" or isinstance(cls_loss_fn, QualityFocalLoss)
         if isinstance(cls_loss_fn, str):
-            kw = dict(alpha=focal_alpha, gamma=focal_gamma) if cls_loss_fn == "focal" else {}
+            kw: dict = {}
+            if cls_loss_fn == "focal":
+                kw = dict(alpha=focal_alpha, gamma=focal_gamma)
+            elif cls_loss_fn == "quality_focal":
+                kw = dict(beta=focal_gamma)
             cls_loss_fn = get_loss(cls_loss_fn, reduction="sum", **kw)
         if isinstance(reg_loss_fn, str):
             reg_loss_fn = get_loss(reg_loss_fn, box_format="ltrb", reduction="sum")
@@ -131,6 +139,11 @@ class FCOS(PyramidDetector):
 
         one_hot = torch.zeros_like(cls_logits)  # [B, P, C]
         one_hot[pos] = nn.functional.one_hot(assigned.labels[pos], self.num_classes).to(one_hot.dtype)
+        if self.cls_quality:  # soft target at the true class: IoU of the predicted box with its ground truth
+            iou = paired_box_iou(
+                ltrb_to_origin_xyxy(box_reg[pos].detach().float()), ltrb_to_origin_xyxy(assigned.ltrb[pos])
+            )  # [N_pos]
+            one_hot[pos] = one_hot[pos] * iou.clamp(min=0.0).to(one_hot.dtype)[:, None]
         cls_loss = self.cls_loss_fn(cls_logits, one_hot) / num_pos
 
         ctr_target = assigned.centerness[pos]  # [N_pos]

@@ -1,0 +1,118 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Timer
+
+from detforge.engine import schedule as schedule_module
+from detforge.engine.schedule import FitScheduleToTime, WarmupCosine
+
+
+def _lrs(scheduler, optimizer, steps):
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_warmup_cosine_matches_torch_linear_then_cosine():
+    def sgd():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+
+    ours_opt = sgd()
+    ours = torch.optim.lr_scheduler.LambdaLR(ours_opt, WarmupCosine(30, warmup_steps=5, warmup_ratio=0.1))
+    ref_opt = sgd()
+    ref = torch.optim.lr_scheduler.SequentialLR(
+        ref_opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(ref_opt, start_factor=0.1, total_iters=5),
+            torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=25),
+        ],
+        milestones=[5],
+    )
+    assert _lrs(ours, ours_opt, 31) == pytest.approx(_lrs(ref, ref_opt, 31), abs=1e-9)
+
+
+def test_warmup_cosine_stays_at_min_after_total_and_no_warmup():
+    fn = WarmupCosine(10, min_ratio=0.1)
+    assert fn(0) == 1.0
+    assert fn(5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert fn(10) == pytest.approx(0.1) and fn(25) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        WarmupCosine(0)
+
+
+class _FakeTimer(Timer):
+    def __init__(self, remaining):
+        super().__init__(duration="00:00:10:00")
+        self.remaining = remaining
+
+    def time_remaining(self, stage=None):
+        return self.remaining
+
+
+def _trainer(fn, remaining, step=0):
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), fn
+    )
+    return SimpleNamespace(
+        callbacks=[_FakeTimer(remaining)],
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
+        global_step=step,
+    )
+
+
+def test_fit_schedule_to_time_shortens_to_the_steps_that_fit(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+    fn = WarmupCosine(1000, warmup_steps=10)
+    trainer = _trainer(fn, remaining=60.0)
+    fit = FitScheduleToTime(every_n_steps=10, min_steps=20)
+    fit.on_train_batch_end(trainer)  # first step seen: start measuring
+    for step in range(1, 41):  # 0.5 s per step
+        clock[0] += 0.5
+        trainer.global_step = step
+        trainer.callbacks[0].remaining = 60.0 - 0.5 * step
+        fit.on_train_batch_end(trainer)
+    # at step 40, 40 s remain at 0.5 s per step: 80 more steps
+    assert fn.total_steps == 120
+    assert fn.planned_steps == 1000
+    assert fn(120) == pytest.approx(0.0, abs=1e-12) and fn(119) > 0
+
+
+def test_fit_schedule_to_time_never_grows_and_ignores_runs_without_max_time(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+    fn = WarmupCosine(50)
+    trainer = _trainer(fn, remaining=1e6)
+    fit = FitScheduleToTime(every_n_steps=1, min_steps=1)
+    for step in range(3):
+        clock[0] += 1.0
+        trainer.global_step = step
+        fit.on_train_batch_end(trainer)
+    assert fn.total_steps == 50  # plenty of time: the planned schedule stands
+
+    fn2 = WarmupCosine(50)
+    no_budget = _trainer(fn2, remaining=None)
+    for step in range(30):
+        clock[0] += 100.0
+        no_budget.global_step = step
+        fit.on_train_batch_end(no_budget)
+    assert fn2.total_steps == 50
+
+
+def test_fit_schedule_to_time_never_ends_before_the_current_step(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+    fn = WarmupCosine(500, warmup_steps=5)
+    trainer = _trainer(fn, remaining=0.0)
+    fit = FitScheduleToTime(every_n_steps=1, min_steps=1)
+    for step in range(3):
+        clock[0] += 1.0
+        trainer.global_step = step
+        fit.on_train_batch_end(trainer)
+    assert fn.total_steps == 6  # warmup + 1: out of time, the schedule ends now
+    assert math.isfinite(fn(2))
