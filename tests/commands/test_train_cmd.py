@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detforge.commands.train import expand_aliases, main
+from detforge.commands.train import apply_model_recipe, expand_aliases, main
 
 TINY = [
     "--model.model=null",
@@ -54,6 +54,24 @@ def test_expand_aliases():
         "--x",
         "1",
     ]
+
+
+def test_model_recipe_fills_what_the_command_line_leaves_out():
+    from jsonargparse import Namespace
+
+    def cfg(model, lr=3e-3):
+        return Namespace(model=Namespace(model=model, lr=lr))
+
+    c = cfg("detforge_s")
+    assert apply_model_recipe(c, []) == ["model.lr"] and c.model.lr == 1e-2
+    c = cfg("detforge_s", lr=5e-4)
+    assert apply_model_recipe(c, ["--model.lr", "5e-4"]) == [] and c.model.lr == 5e-4
+    c = cfg("detforge_s")
+    assert apply_model_recipe(c, ["--config", "run.yaml"]) == [] and c.model.lr == 3e-3
+    c = cfg("nexus")
+    assert apply_model_recipe(c, []) == [] and c.model.lr == 3e-3
+    c = cfg(None)
+    assert apply_model_recipe(c, []) == []
 
 
 def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
