@@ -62,57 +62,55 @@ def _trainer(fn, remaining, step=0):
         callbacks=[_FakeTimer(remaining)],
         lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
         global_step=step,
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
     )
 
 
-def test_fit_schedule_to_time_shortens_to_the_steps_that_fit(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake wall clock: ``clock[0]`` is what ``time.monotonic()`` returns inside the schedule module."""
+    now = [100.0]
+    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: now[0])
+    return now
+
+
+def _run(fit, trainer, clock, steps, seconds_per_step, remaining=None):
+    """Call the callback after each of ``steps``, the clock advancing ``seconds_per_step`` each time and the
+    timer reporting ``remaining(step)`` seconds left when given."""
+    for step in steps:
+        clock[0] += seconds_per_step
+        trainer.global_step = step
+        if remaining is not None:
+            trainer.callbacks[0].remaining = remaining(step)
+        fit.on_train_batch_end(trainer)
+
+
+def test_fit_schedule_to_time_shortens_to_the_steps_that_fit(clock):
     fn = WarmupCosine(1000, warmup_steps=10)
     trainer = _trainer(fn, remaining=60.0)
     fit = FitScheduleToTime(every_n_steps=10, min_steps=20)
     fit.on_train_batch_end(trainer)  # first step seen: start measuring
-    for step in range(1, 41):  # 0.5 s per step
-        clock[0] += 0.5
-        trainer.global_step = step
-        trainer.callbacks[0].remaining = 60.0 - 0.5 * step
-        fit.on_train_batch_end(trainer)
+    _run(fit, trainer, clock, range(1, 41), 0.5, remaining=lambda step: 60.0 - 0.5 * step)
     # at step 40, 40 s remain at 0.5 s per step: 80 more steps
     assert fn.total_steps == 120
     assert fn.planned_steps == 1000
     assert fn(120) == pytest.approx(0.0, abs=1e-12) and fn(119) > 0
 
 
-def test_fit_schedule_to_time_never_grows_and_ignores_runs_without_max_time(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+def test_fit_schedule_to_time_never_grows_and_ignores_runs_without_max_time(clock):
     fn = WarmupCosine(50)
-    trainer = _trainer(fn, remaining=1e6)
     fit = FitScheduleToTime(every_n_steps=1, min_steps=1)
-    for step in range(3):
-        clock[0] += 1.0
-        trainer.global_step = step
-        fit.on_train_batch_end(trainer)
+    _run(fit, _trainer(fn, remaining=1e6), clock, range(3), 1.0)
     assert fn.total_steps == 50  # plenty of time: the planned schedule stands
 
-    fn2 = WarmupCosine(50)
-    no_budget = _trainer(fn2, remaining=None)
-    for step in range(30):
-        clock[0] += 100.0
-        no_budget.global_step = step
-        fit.on_train_batch_end(no_budget)
-    assert fn2.total_steps == 50
+    no_budget = WarmupCosine(50)
+    _run(fit, _trainer(no_budget, remaining=None), clock, range(30), 100.0)
+    assert no_budget.total_steps == 50
 
 
-def test_fit_schedule_to_time_never_ends_before_the_current_step(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+def test_fit_schedule_to_time_never_ends_before_the_current_step(clock):
     fn = WarmupCosine(500, warmup_steps=5)
-    trainer = _trainer(fn, remaining=0.0)
     fit = FitScheduleToTime(every_n_steps=1, min_steps=1)
-    for step in range(3):
-        clock[0] += 1.0
-        trainer.global_step = step
-        fit.on_train_batch_end(trainer)
+    _run(fit, _trainer(fn, remaining=0.0), clock, range(3), 1.0)
     assert fn.total_steps == 6  # warmup + 1: out of time, the schedule ends now
     assert math.isfinite(fn(2))

@@ -73,7 +73,8 @@ class FitScheduleToTime(L.Callback):
     Every ``every_n_steps`` optimizer steps it measures the wall time per step since the first step it saw
     (validation included), estimates how many steps the remaining time allows, and sets the schedule's
     ``total_steps`` to that (never above the planned total, never below the current step). Without a
-    ``max_time``, or with another scheduler, it does nothing. The schedule is re-measured after a resume.
+    ``max_time``, or with another scheduler, it does nothing. Under DDP every rank takes rank 0's estimate.
+    The schedule is re-measured after a resume.
 
     Args:
         every_n_steps: how often to re-estimate.
@@ -99,5 +100,6 @@ class FitScheduleToTime(L.Callback):
             return
         seconds_per_step = (now - self._start[0]) / measured
         fits = step + int(max(remaining, 0.0) / seconds_per_step)
+        fits = trainer.strategy.broadcast(fits, src=0)  # every DDP rank must follow the same learning rate
         for schedule in _warmup_cosines(trainer):
             schedule.total_steps = max(min(schedule.planned_steps, fits), step, schedule.warmup_steps + 1)
