@@ -220,6 +220,20 @@ def test_warmup_then_cosine_schedule(tmp_path):
         assert lrs[step] == pytest.approx(0.05 * (1 + math.cos(math.pi * (step - 4) / 6)))
 
 
+def test_cosine_per_epoch_spans_the_epochs(tmp_path):
+    model = tiny(lr=0.1, scheduler="cosine", scheduler_kwargs={"interval": "epoch"})
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    t = trainer(tmp_path, max_steps=-1, max_epochs=4, limit_val_batches=0, callbacks=[Record()])
+    t.fit(model, loader(n=8, size=32, batch=4))
+    assert t.lr_scheduler_configs[0].scheduler.lr_lambdas[0].total_steps == 4
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+
+
 @pytest.mark.parametrize("scheduler", ["step", "multistep", "onecycle", None])
 def test_other_schedulers_build(tmp_path, scheduler):
     model = tiny(scheduler=scheduler)

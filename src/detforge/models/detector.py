@@ -559,10 +559,13 @@ class ObjectDetector(L.LightningModule):
                 group["weight_decay"] = kwargs.pop("weight_decay")
         return cls(groups, **kwargs)
 
-    def _total_steps(self) -> int:
+    def _total_steps(self, interval: str = "step") -> int:
+        """Scheduler steps of the whole run: optimizer steps, or epochs for an ``interval="epoch"`` scheduler."""
+        if interval == "epoch":
+            return max(int(self.trainer.max_epochs or 1), 1)
         return max(int(self.trainer.estimated_stepping_batches), 1)
 
-    def _create_scheduler(self, optimizer: torch.optim.Optimizer, kwargs: dict) -> Any:
+    def _create_scheduler(self, optimizer: torch.optim.Optimizer, kwargs: dict, interval: str) -> Any:
         hp = self.hparams
         sched = torch.optim.lr_scheduler
         if isinstance(hp.scheduler, dict):
@@ -571,7 +574,7 @@ class ObjectDetector(L.LightningModule):
         name = hp.scheduler.lower()
         warmup = hp.warmup_steps
         if name == "cosine":  # warmup and cosine in one multiplier, so a time budget can shorten it
-            t_max = kwargs.pop("T_max", max(self._total_steps() - warmup, 1))
+            t_max = kwargs.pop("T_max", max(self._total_steps(interval) - warmup, 1))
             min_ratio = kwargs.pop("eta_min", 0.0) / hp.lr
             if kwargs:
                 raise ValueError(f"unknown scheduler_kwargs for 'cosine': {sorted(kwargs)} (T_max, eta_min)")
@@ -586,7 +589,7 @@ class ObjectDetector(L.LightningModule):
             return sched.MultiStepLR(
                 optimizer, milestones=milestones, gamma=kwargs.pop("gamma", 0.1), **kwargs
             )
-        total = kwargs.pop("total_steps", max(self._total_steps() - warmup, 1))
+        total = kwargs.pop("total_steps", max(self._total_steps(interval) - warmup, 1))
         return sched.OneCycleLR(
             optimizer, max_lr=kwargs.pop("max_lr", hp.lr * 10), total_steps=total, **kwargs
         )
@@ -600,7 +603,7 @@ class ObjectDetector(L.LightningModule):
         if hp.warmup_steps > 0 and interval != "step":
             raise ValueError("warmup_steps needs a scheduler stepped per step (scheduler_kwargs interval='step')")
         has_main = hp.scheduler is not None and hp.scheduler != "none"
-        scheduler = self._create_scheduler(optimizer, kwargs) if has_main else None
+        scheduler = self._create_scheduler(optimizer, kwargs, interval) if has_main else None
         cosine = has_main and not isinstance(hp.scheduler, dict) and hp.scheduler.lower() == "cosine"
         if hp.warmup_steps > 0 and not cosine:  # cosine's multiplier has the warmup built in
             warm = torch.optim.lr_scheduler.LinearLR(
