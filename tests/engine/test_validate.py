@@ -80,3 +80,31 @@ def test_metric_equals_pycocotools_on_written_results(
 def test_class_count_mismatch_is_an_error(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="classes"):
         validate_checkpoint(tiny_checkpoint, "synthetic:8", imgsz=64, device="cpu", out_dir=tmp_path)
+
+
+def test_run_folder_data_settings_are_reused(tiny_checkpoint, tmp_path, monkeypatch):
+    """A checkpoint beside a run's config.yaml is evaluated on the run's data with the run's data set options;
+    another data spec gets no options unless given."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = shutil.copy(tiny_checkpoint, run / "best.ckpt")
+    options = {"min_size": 16, "max_size": 0.75, "num_classes": 3}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"data": "synthetic:8", "dataset_kwargs": options}}))
+    seen = []
+
+    class Recorder(DetectionDataModule):
+        def __init__(self, **kwargs):
+            seen.append((kwargs["data"], kwargs["dataset_kwargs"]))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr("detforge.data.datamodule.DetectionDataModule", Recorder)
+    stats = validate_checkpoint(ckpt, imgsz=64, device="cpu", verbose=False)
+    assert seen[-1] == ("synthetic:8", options) and 0.0 <= float(stats["map"]) <= 1.0
+    validate_checkpoint(ckpt, "synthetic:4", imgsz=64, device="cpu", verbose=False, dataset_kwargs={"num_classes": 3})
+    assert seen[-1] == ("synthetic:4", {"num_classes": 3})
+    with pytest.raises(ValueError, match="no config.yaml"):
+        validate_checkpoint(tiny_checkpoint, imgsz=64, device="cpu")

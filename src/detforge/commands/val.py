@@ -2,6 +2,7 @@
 
 detforge val --gt instances_val.json --pred results.json [--plots DIR] [--save-json metrics.json]
 detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES [--imgsz 640 --batch 8 --device cpu --out DIR]
+detforge val --ckpt runs/train/exp/best.ckpt     # the run's own validation split and data settings
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 HELP = "evaluate a checkpoint on a data set, or a COCO results JSON against its ground truth"
 _EXAMPLES = """examples:
   detforge val --gt instances_val.json --pred results.json --plots out/ --save-json out/metrics.json
-  detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/"""
+  detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/
+  detforge val --ckpt runs/train/exp/best.ckpt     # the run's data, as in its config.yaml"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     files.add_argument("--save-json", type=Path, help="write the 12 stats and per-class AP here as JSON")
     model = p.add_argument_group("evaluate a checkpoint")
     model.add_argument("--ckpt", type=Path, help="checkpoint written by `detforge train`")
-    model.add_argument("--data", help="data set spec, e.g. synthetic:200, coco:ANN.json:IMAGES, voc:DIR")
+    model.add_argument(
+        "--data",
+        help="data set spec, e.g. synthetic:200, coco:ANN.json:IMAGES, voc:DIR (default: the training run's, "
+        "from the config.yaml beside the checkpoint)",
+    )
+    model.add_argument(
+        "--dataset-kwargs",
+        type=json.loads,
+        default=None,
+        help="data set options as JSON, e.g. '{\"min_size\": 16}' (default: the run's, for the run's data)",
+    )
     model.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's)")
     model.add_argument("--batch", type=int, default=8)
     model.add_argument("--device", default="cpu")
@@ -118,6 +130,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         batch=args.batch,
         device=args.device,
         out_dir=args.out,
+        dataset_kwargs=args.dataset_kwargs,
     )
     return int(out) if isinstance(out, int) else 0
 
@@ -128,11 +141,15 @@ def main(argv: list[str]) -> int:
     if args.ckpt is not None or args.data is not None:
         if args.gt is not None or args.pred is not None:
             parser.error("use either --gt/--pred or --ckpt/--data, not both")
-        if args.ckpt is None or args.data is None:
-            parser.error("--ckpt and --data go together")
-        return _evaluate_checkpoint(args)
+        if args.ckpt is None:
+            parser.error("--data needs --ckpt")
+        try:
+            return _evaluate_checkpoint(args)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"detforge val: {err}", file=sys.stderr)
+            return 1
     if args.gt is None or args.pred is None:
-        parser.error("give --gt GT.json and --pred RESULTS.json (or --ckpt CKPT --data SPEC)")
+        parser.error("give --gt GT.json and --pred RESULTS.json (or --ckpt CKPT [--data SPEC])")
     return _evaluate_files(args)
 
 

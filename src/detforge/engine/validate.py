@@ -1,6 +1,8 @@
 """Evaluate a checkpoint on a data set: the COCO table, a COCO results JSON and the stats dict.
 
-``detforge val --ckpt C --data SPEC`` calls :func:`validate_checkpoint`. Predictions are mapped back to each
+``detforge val --ckpt C [--data SPEC]`` calls :func:`validate_checkpoint`. A checkpoint in a run folder is evaluated
+with that run's data settings (``config.yaml``: the data spec and its data set options), so it reproduces the
+run's final table. Predictions are mapped back to each
 image's original size and written with the data set's original category ids, so the printed mAP equals a
 pycocotools evaluation of the written JSON against the data set's annotation file.
 """
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_detector", "resolve_device", "validate_checkpoint"]
+__all__ = ["load_detector", "resolve_device", "run_data_config", "validate_checkpoint"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -51,21 +53,38 @@ def _default_imgsz(model) -> int:
     return int(max(size)) if size else 640
 
 
+def run_data_config(ckpt: str | Path) -> dict[str, Any]:
+    """The ``data`` section of the ``config.yaml`` beside ``ckpt`` (a ``detforge train`` run folder), or {}."""
+    import yaml
+
+    path = Path(ckpt).parent / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a readable run configuration ({err})") from err
+    section = config.get("data") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def validate_checkpoint(
     ckpt: str | Path,
-    data: str,
+    data: str | None = None,
     imgsz: int | None = None,
     batch: int = 16,
     device: str | None = "auto",
     out_dir: str | Path | None = None,
     workers: int = 0,
     verbose: bool = True,
+    dataset_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``'s validation split; print the COCO table, write the COCO results JSON.
 
     Args:
         ckpt: an ``ObjectDetector`` checkpoint (``best.ckpt`` / ``last.ckpt`` of a run).
-        data: a dataset spec string (``synthetic``, ``coco:ann.json:images``, ...).
+        data: a dataset spec string (``synthetic``, ``coco:ann.json:images``, ...); None: the training run's
+            (``config.yaml`` beside the checkpoint).
         imgsz: network input size (default: the training run's ``data.imgsz`` when the checkpoint knows it,
             else the model's default input size).
         batch / workers: evaluation batch size and DataLoader workers.
@@ -73,6 +92,8 @@ def validate_checkpoint(
         out_dir: where ``predictions.json`` (COCO results, original category ids) goes; default the
             checkpoint's folder.
         verbose: print the table.
+        dataset_kwargs: data set options (``DetectionDataModule(dataset_kwargs=...)``); None: the training run's
+            when ``data`` is the run's data spec (e.g. the synthetic object sizes), else none.
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
@@ -84,10 +105,19 @@ def validate_checkpoint(
     from detforge.models.detector import metric_targets, to_original_size
     from detforge.targets import image_sizes_of
 
+    run = run_data_config(ckpt)
+    if data is None:
+        data = run.get("data")
+        if not isinstance(data, str):
+            raise ValueError(f"{ckpt}: no config.yaml with a data spec beside it; give the data set (--data SPEC)")
+    if dataset_kwargs is None:
+        dataset_kwargs = (run.get("dataset_kwargs") or {}) if run.get("data") == data else {}
     model = load_detector(ckpt, device)
     dev = model.device
     imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
-    dm = DetectionDataModule(data=data, imgsz=imgsz, batch_size=batch, num_workers=workers)
+    dm = DetectionDataModule(
+        data=data, imgsz=imgsz, batch_size=batch, num_workers=workers, dataset_kwargs=dataset_kwargs
+    )
     dm.setup("validate")
     dataset = dm.val_dataset
     loader = dm.val_dataloader()
