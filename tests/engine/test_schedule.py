@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch.callbacks import Timer
 
 from detforge.engine import schedule as schedule_module
-from detforge.engine.schedule import FitScheduleToTime, WarmupCosine
+from detforge.engine.schedule import FitScheduleToTime, WarmupCosine, WarmupCosineLR
 
 
 def _lrs(scheduler, optimizer, steps):
@@ -114,3 +114,29 @@ def test_fit_schedule_to_time_never_ends_before_the_current_step(clock):
     _run(fit, _trainer(fn, remaining=0.0), clock, range(3), 1.0)
     assert fn.total_steps == 6  # warmup + 1: out of time, the schedule ends now
     assert math.isfinite(fn(2))
+
+
+def test_warmup_cosine_lr_resumes_from_an_old_sequential_state():
+    def sgd():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+
+    old_opt = sgd()
+    old = torch.optim.lr_scheduler.SequentialLR(
+        old_opt,
+        [
+            torch.optim.lr_scheduler.LinearLR(old_opt, start_factor=0.1, total_iters=5),
+            torch.optim.lr_scheduler.CosineAnnealingLR(old_opt, T_max=25),
+        ],
+        milestones=[5],
+    )
+    _lrs(old, old_opt, 12)
+    opt = sgd()
+    new = WarmupCosineLR(opt, WarmupCosine(30, warmup_steps=5, warmup_ratio=0.1))
+    with pytest.warns(UserWarning, match="older detforge"):
+        new.load_state_dict(old.state_dict())
+    assert new.last_epoch == 12
+    assert opt.param_groups[0]["lr"] == pytest.approx(old_opt.param_groups[0]["lr"])
+
+    again = WarmupCosineLR(sgd(), WarmupCosine(99))
+    again.load_state_dict(new.state_dict())  # its own state: no warning, the schedule's fields come back
+    assert again.last_epoch == 12 and again.lr_lambdas[0].total_steps == 30

@@ -3,7 +3,7 @@
 - ``detforge.engine.config``: ``MetricConfig``, ``LoggingConfig``, ``TransformConfig``.
 - ``detforge.engine.ema``: ``ExponentialMovingAverage`` (validated and saved in place of the raw weights).
 - ``detforge.engine.callbacks``: ``RunArtifacts`` (curves, PR curves, prediction grid, COCO table).
-- ``detforge.engine.schedule``: ``WarmupCosine`` (the default schedule) and ``FitScheduleToTime``.
+- ``detforge.engine.schedule``: ``WarmupCosine`` / ``WarmupCosineLR`` (the default schedule), ``FitScheduleToTime``.
 - ``detforge.engine.trainer``: ``build_trainer`` and the run-folder helpers.
 - ``detforge.engine.validate``: ``validate_checkpoint`` and ``load_detector``.
 
@@ -22,6 +22,7 @@ _LAZY = {
     "ExponentialMovingAverage": "detforge.engine.ema",
     "RunArtifacts": "detforge.engine.callbacks",
     "WarmupCosine": "detforge.engine.schedule",
+    "WarmupCosineLR": "detforge.engine.schedule",
     "FitScheduleToTime": "detforge.engine.schedule",
     "build_trainer": "detforge.engine.trainer",
     "validate_checkpoint": "detforge.engine.validate",

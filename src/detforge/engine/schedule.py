@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Timer
 
-__all__ = ["FitScheduleToTime", "WarmupCosine"]
+__all__ = ["FitScheduleToTime", "WarmupCosine", "WarmupCosineLR"]
 
 
 class WarmupCosine:
@@ -52,6 +54,30 @@ class WarmupCosine:
             f"{type(self).__name__}(total_steps={self.total_steps}, warmup_steps={self.warmup_steps}, "
             f"warmup_ratio={self.warmup_ratio}, min_ratio={self.min_ratio})"
         )
+
+
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` over a :class:`WarmupCosine` (``self.lr_lambdas[0]``).
+
+    It also resumes from checkpoints whose scheduler was the earlier LinearLR + CosineAnnealingLR chain
+    (a ``SequentialLR`` state): it keeps their step count and warns that the schedule continues as this one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: WarmupCosine) -> None:
+        super().__init__(optimizer, schedule)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "lr_lambdas" in state_dict:
+            super().load_state_dict(state_dict)
+            return
+        self.last_epoch = int(state_dict.get("last_epoch", 0))
+        warnings.warn(
+            f"scheduler state from an older detforge (keys {sorted(state_dict)[:4]}...): resuming the warmup + "
+            f"cosine schedule at step {self.last_epoch}",
+            stacklevel=2,
+        )
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
 
 
 def _timer(trainer: L.Trainer) -> Timer | None:

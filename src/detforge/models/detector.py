@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from detforge.engine.config import LoggingConfig, MetricConfig, TransformConfig
-from detforge.engine.schedule import WarmupCosine
+from detforge.engine.schedule import WarmupCosine, WarmupCosineLR
 from detforge.models.backbone import FeatureBackboneConfig
 
 __all__ = ["ObjectDetector", "metric_targets", "to_original_size"]
@@ -578,8 +578,7 @@ class ObjectDetector(L.LightningModule):
             min_ratio = kwargs.pop("eta_min", 0.0) / hp.lr
             if kwargs:
                 raise ValueError(f"unknown scheduler_kwargs for 'cosine': {sorted(kwargs)} (T_max, eta_min)")
-            fn = WarmupCosine(warmup + t_max, warmup, hp.warmup_ratio, min_ratio)
-            return sched.LambdaLR(optimizer, fn)
+            return WarmupCosineLR(optimizer, WarmupCosine(warmup + t_max, warmup, hp.warmup_ratio, min_ratio))
         if name == "step":
             return sched.StepLR(
                 optimizer, step_size=kwargs.pop("step_size", 8), gamma=kwargs.pop("gamma", 0.1), **kwargs
