@@ -16,7 +16,7 @@ def test_bench_times_forward_and_postprocess():
 
 def test_bench_command(capsys):
     assert (
-        main(["--model", "detforge_s", "--imgsz", "64", "--iters", "1", "--warmup", "0", "--device", "cpu"])
+        main(["--model", "detforge_n", "--imgsz", "64", "--iters", "1", "--warmup", "0", "--device", "cpu"])
         == 0
     )
     assert "ms/image" in capsys.readouterr().out

@@ -62,11 +62,11 @@ def test_model_recipe_fills_what_the_command_line_leaves_out():
     def cfg(model, lr=3e-3):
         return Namespace(model=Namespace(model=model, lr=lr))
 
-    c = cfg("detforge_s")
+    c = cfg("detforge_n")
     assert apply_model_recipe(c, []) == ["model.lr"] and c.model.lr == 1e-2
-    c = cfg("detforge_s", lr=5e-4)
+    c = cfg("detforge_n", lr=5e-4)
     assert apply_model_recipe(c, ["--model.lr", "5e-4"]) == [] and c.model.lr == 5e-4
-    c = cfg("detforge_s")
+    c = cfg("detforge_n")
     assert apply_model_recipe(c, ["--config", "run.yaml"]) == [] and c.model.lr == 3e-3
     c = cfg("nexus")
     assert apply_model_recipe(c, []) == [] and c.model.lr == 3e-3

@@ -280,12 +280,12 @@ def test_wraps_registered_models():
 
 
 def test_registered_model_gets_the_arguments_changed_from_their_defaults():
-    assert ObjectDetector(model="detforge_s", num_classes=3).model.cls_quality  # its own default loss
-    model = ObjectDetector(model="detforge_s", num_classes=3, focal_gamma=1.5, score_thresh=0.3, cls_loss_fn="focal")
+    assert ObjectDetector(model="detforge_n", num_classes=3).model.cls_quality  # its own default loss
+    model = ObjectDetector(model="detforge_n", num_classes=3, focal_gamma=1.5, score_thresh=0.3, cls_loss_fn="focal")
     assert model.model.score_thresh == 0.3
     assert not model.model.cls_quality and model.model.cls_loss_fn.gamma == 1.5
-    assert model.model.head.cls_logits.in_channels == 64  # detforge_s's own FPN width stays
-    wins = ObjectDetector(model="detforge_s", num_classes=3, score_thresh=0.3, model_kwargs={"score_thresh": 0.2})
+    assert model.model.head.cls_logits.in_channels == 64  # detforge_n's own FPN width stays
+    wins = ObjectDetector(model="detforge_n", num_classes=3, score_thresh=0.3, model_kwargs={"score_thresh": 0.2})
     assert wins.model.score_thresh == 0.2  # model_kwargs wins
 
 

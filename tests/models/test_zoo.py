@@ -8,7 +8,7 @@ from detforge.models.yolox import YOLOX
 
 def test_builtin_names_are_listed():
     names = list_models()
-    for name in ("detforge_s", "fcos_resnet18", "fcos_resnet50", "yolox_resnet18"):
+    for name in ("detforge_n", "detforge_s", "fcos_resnet18", "fcos_resnet50", "yolox_resnet18"):
         assert name in names
     assert is_model("fcos_resnet10t") and is_model("yolox_mobilenetv3_small_050")
 
@@ -22,9 +22,17 @@ def test_prefix_builds_any_timm_backbone():
     assert out["cls_logits"].shape[-1] == 2
 
 
-def test_detforge_s_runs_the_model_protocol():
-    model = create_model("detforge_s", num_classes=3)
+@pytest.mark.parametrize(
+    "name, backbone, params, quality",
+    [("detforge_n", "mobilenetv3_small_100", 1_268_972, True), ("detforge_s", "mobilenetv4_conv_small", 1_633_836, False)],
+)
+def test_small_defaults_run_the_model_protocol(name, backbone, params, quality):
+    """detforge_n (the default) and detforge_s (the earlier default, kept so its checkpoints load) keep their
+    layers: parameter counts pinned."""
+    model = create_model(name, num_classes=3)
     assert model.default_input_size == (256, 256) and model.strides == (8, 16, 32, 64)
+    assert model.cls_quality == quality and model.features.body.pretrained_cfg["architecture"] == backbone
+    assert sum(p.numel() for p in model.parameters()) == params
     images = torch.rand(2, 3, 128, 128)
     out = model(images)
     losses = model.loss(

@@ -12,7 +12,7 @@ HELP = "time a model's forward and postprocess on this machine"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge bench", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default="detforge_s", help="registered model name (default detforge_s)")
+    source.add_argument("--model", default="detforge_n", help="registered model name (default detforge_n)")
     source.add_argument("--ckpt", default=None, help="an ObjectDetector checkpoint instead of a model name")
     parser.add_argument("--imgsz", type=int, default=None, help="square input size (default: the model's)")
     parser.add_argument("--batch", type=int, default=1)

@@ -76,8 +76,10 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
             f"cosine schedule at step {self.last_epoch}",
             stacklevel=2,
         )
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+        lrs = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
+        self._last_lr = lrs
 
 
 def _timer(trainer: L.Trainer) -> Timer | None:

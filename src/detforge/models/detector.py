@@ -43,7 +43,7 @@ _TORCH_OPTIMIZERS = {
 
 
 # ObjectDetector arguments that mean the same to a registered FCOS-style model's builder: handed to it when
-# changed from their defaults (``model="detforge_s"``), so they are never silently ignored.
+# changed from their defaults (``model="detforge_n"``), so they are never silently ignored.
 _REGISTRY_MODEL_ARGS = (
     "fpn_channels",
     "head_num_convs",

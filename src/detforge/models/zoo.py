@@ -2,8 +2,10 @@
 
 - ``fcos_<timm name>`` and ``yolox_<timm name>``: built on demand for any timm model with ``features_only``
   support, e.g. ``create_model("fcos_resnet18", num_classes=20)``;
-- ``detforge_s``: the small CPU-friendly default (FCOS on mobilenetv3_small_100, 64-channel FPN, strides
-  8-64, quality focal loss, 256 px input);
+- ``detforge_n``: the CPU-friendly default (FCOS on mobilenetv3_small_100, 64-channel FPN, strides 8-64,
+  quality focal loss, 256 px input);
+- ``detforge_s``: the same design on mobilenetv4_conv_small with the focal loss, the default before
+  ``detforge_n`` (its checkpoints keep loading by this name);
 - ``fcos_resnet18``, ``fcos_resnet50``, ``yolox_resnet18`` are listed by name.
 
 Every builder takes ``num_classes`` (default 80), ``pretrained`` (False, True for timm's hub weights, or a
@@ -19,7 +21,7 @@ from detforge.models.fcos import FCOS
 from detforge.models.registry import register_model, register_prefix
 from detforge.models.yolox import YOLOX
 
-__all__ = ["build_fcos", "build_yolox", "detforge_s"]
+__all__ = ["build_fcos", "build_yolox", "detforge_n", "detforge_s"]
 
 
 def _backbone(name: str, pretrained: bool | str, out_indices: tuple[int, ...]) -> FeatureBackboneConfig:
@@ -50,20 +52,30 @@ def build_yolox(
     return YOLOX(_backbone(timm_name, pretrained, out_indices), num_classes, **kwargs)
 
 
-@register_model("detforge_s")
-def detforge_s(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
-    """Small CPU-friendly FCOS: mobilenetv3_small_100, 64-channel FPN + one extra level (strides 8-64),
-    2-conv GroupNorm head, IoU-aware classification (quality focal loss); 256 px default input (the default
-    `detforge train` recipe trains it at 128 px).
+_SMALL_FCOS: dict[str, Any] = dict(fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256))
+
+
+@register_model("detforge_n")
+def detforge_n(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
+    """CPU-friendly FCOS, the default model: mobilenetv3_small_100, 64-channel FPN + one extra level (strides
+    8-64), 2-conv GroupNorm head, IoU-aware classification (quality focal loss); 256 px default input (the
+    default `detforge train` recipe trains it at 128 px).
 
     Backbone and loss were picked by training from scratch in the default recipe's time budget: on 2 CPU
     cores, mobilenetv3_small_100 reached 0.36 mAP where mobilenetv4_conv_small, lcnet_100 and
     mobilenetv3_large_075 reached 0.18-0.22, and the quality focal loss added 0.03 over the focal loss."""
-    options: dict[str, Any] = dict(
-        fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256), cls_loss_fn="quality_focal"
-    )
+    options: dict[str, Any] = dict(_SMALL_FCOS, cls_loss_fn="quality_focal")
     options.update(kwargs)
     return build_fcos("mobilenetv3_small_100", num_classes, pretrained, **options)
+
+
+@register_model("detforge_s")
+def detforge_s(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
+    """Small FCOS: mobilenetv4_conv_small, 64-channel FPN + one extra level (strides 8-64), 2-conv GroupNorm
+    head, focal loss; 256 px default input. The default model before ``detforge_n``."""
+    options: dict[str, Any] = dict(_SMALL_FCOS)
+    options.update(kwargs)
+    return build_fcos("mobilenetv4_conv_small", num_classes, pretrained, **options)
 
 
 def _named(prefix_builder, timm_name: str):
