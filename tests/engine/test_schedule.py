@@ -18,21 +18,27 @@ def _lrs(scheduler, optimizer, steps):
     return out
 
 
-def test_warmup_cosine_matches_torch_linear_then_cosine():
-    def sgd():
-        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+def _sgd():
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
 
-    ours_opt = sgd()
-    ours = torch.optim.lr_scheduler.LambdaLR(ours_opt, WarmupCosine(30, warmup_steps=5, warmup_ratio=0.1))
-    ref_opt = sgd()
-    ref = torch.optim.lr_scheduler.SequentialLR(
-        ref_opt,
+
+def _torch_warmup_cosine(optimizer):
+    """torch's LinearLR (5 steps from 0.1) then CosineAnnealingLR (25 steps): the reference schedule, and the
+    scheduler detforge used before WarmupCosine."""
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
         [
-            torch.optim.lr_scheduler.LinearLR(ref_opt, start_factor=0.1, total_iters=5),
-            torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=25),
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=5),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=25),
         ],
         milestones=[5],
     )
+
+
+def test_warmup_cosine_matches_torch_linear_then_cosine():
+    ours_opt, ref_opt = _sgd(), _sgd()
+    ours = torch.optim.lr_scheduler.LambdaLR(ours_opt, WarmupCosine(30, warmup_steps=5, warmup_ratio=0.1))
+    ref = _torch_warmup_cosine(ref_opt)
     assert _lrs(ours, ours_opt, 31) == pytest.approx(_lrs(ref, ref_opt, 31), abs=1e-9)
 
 
@@ -55,9 +61,7 @@ class _FakeTimer(Timer):
 
 
 def _trainer(fn, remaining, step=0):
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), fn
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(_sgd(), fn)
     return SimpleNamespace(
         callbacks=[_FakeTimer(remaining)],
         lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
@@ -117,26 +121,16 @@ def test_fit_schedule_to_time_never_ends_before_the_current_step(clock):
 
 
 def test_warmup_cosine_lr_resumes_from_an_old_sequential_state():
-    def sgd():
-        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
-
-    old_opt = sgd()
-    old = torch.optim.lr_scheduler.SequentialLR(
-        old_opt,
-        [
-            torch.optim.lr_scheduler.LinearLR(old_opt, start_factor=0.1, total_iters=5),
-            torch.optim.lr_scheduler.CosineAnnealingLR(old_opt, T_max=25),
-        ],
-        milestones=[5],
-    )
+    old_opt = _sgd()
+    old = _torch_warmup_cosine(old_opt)
     _lrs(old, old_opt, 12)
-    opt = sgd()
+    opt = _sgd()
     new = WarmupCosineLR(opt, WarmupCosine(30, warmup_steps=5, warmup_ratio=0.1))
     with pytest.warns(UserWarning, match="older detforge"):
         new.load_state_dict(old.state_dict())
     assert new.last_epoch == 12
     assert opt.param_groups[0]["lr"] == pytest.approx(old_opt.param_groups[0]["lr"])
 
-    again = WarmupCosineLR(sgd(), WarmupCosine(99))
+    again = WarmupCosineLR(_sgd(), WarmupCosine(99))
     again.load_state_dict(new.state_dict())  # its own state: no warning, the schedule's fields come back
     assert again.last_epoch == 12 and again.lr_lambdas[0].total_steps == 30
