@@ -603,8 +603,7 @@ class ObjectDetector(L.LightningModule):
             raise ValueError("warmup_steps needs a scheduler stepped per step (scheduler_kwargs interval='step')")
         has_main = hp.scheduler is not None and hp.scheduler != "none"
         scheduler = self._create_scheduler(optimizer, kwargs, interval) if has_main else None
-        cosine = has_main and not isinstance(hp.scheduler, dict) and hp.scheduler.lower() == "cosine"
-        if hp.warmup_steps > 0 and not cosine:  # cosine's multiplier has the warmup built in
+        if hp.warmup_steps > 0 and not isinstance(scheduler, WarmupCosineLR):  # cosine has the warmup built in
             warm = torch.optim.lr_scheduler.LinearLR(
                 optimizer, start_factor=hp.warmup_ratio, end_factor=1.0, total_iters=hp.warmup_steps
             )

@@ -138,12 +138,13 @@ class FCOS(PyramidDetector):
         num_pos = mean_over_ranks(pos.sum()).clamp(min=1.0)
 
         one_hot = torch.zeros_like(cls_logits)  # [B, P, C]
-        one_hot[pos] = nn.functional.one_hot(assigned.labels[pos], self.num_classes).to(one_hot.dtype)
+        pos_target = nn.functional.one_hot(assigned.labels[pos], self.num_classes).to(one_hot.dtype)  # [N_pos, C]
         if self.cls_quality:  # soft target at the true class: IoU of the predicted box with its ground truth
             iou = paired_box_iou(
                 ltrb_to_origin_xyxy(box_reg[pos].detach().float()), ltrb_to_origin_xyxy(assigned.ltrb[pos])
             )  # [N_pos]
-            one_hot[pos] = one_hot[pos] * iou.clamp(min=0.0).to(one_hot.dtype)[:, None]
+            pos_target = pos_target * iou.clamp(min=0.0).to(one_hot.dtype)[:, None]
+        one_hot[pos] = pos_target
         cls_loss = self.cls_loss_fn(cls_logits, one_hot) / num_pos
 
         ctr_target = assigned.centerness[pos]  # [N_pos]

@@ -14,8 +14,6 @@ one), so an image without objects trains the background only and never divides b
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +22,8 @@ from detforge.assigners import FCOSAssigner
 from detforge.assigners.simota import SimOTAAssigner
 from detforge.assigners.single_scale import SingleScaleAssigner
 from detforge.losses import BCEWithLogitsLoss, FocalLoss, GIoULoss, SmoothL1Loss, UncertaintyLoss
+from detforge.models.fcos import default_regress_ranges
+from detforge.models.pyramid_detector import check_labels
 from detforge.targets import pad_targets
 
 __all__ = ["fcos_uncertainty_loss", "nexus_regress_ranges", "single_scale_face_loss", "yolox_loss"]
@@ -37,20 +37,17 @@ _smooth_l1 = SmoothL1Loss(beta=1 / 9, reduction="sum")
 
 
 def nexus_regress_ranges(strides: list[int]) -> list[tuple[float, float]]:
-    """FCOS size ranges for the given strides: stride s takes boxes whose largest side distance is up to 8 s,
-    the last level everything larger."""
-    bounds = [-1.0] + [8.0 * s for s in strides[:-1]] + [math.inf]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    """FCOS size ranges for the given strides (:func:`detforge.models.fcos.default_regress_ranges`): stride s
+    takes boxes whose largest side distance is up to 8 s, the last level everything larger."""
+    return list(default_regress_ranges(strides))
 
 
 def _check_labels(labels: Tensor, mask: Tensor, num_classes: int, model: str) -> None:
-    bad = mask & ((labels < 0) | (labels >= num_classes))  # [B, G]
-    if bool(bad.any()):
-        b, g = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"{model}: target {b} box {g} has label {int(labels[b, g])}, outside [0, {num_classes}) "
-            f"({int(bad.sum())} such boxes in the batch)"
-        )
+    """:func:`detforge.models.pyramid_detector.check_labels` with the model's name in front of its message."""
+    try:
+        check_labels(labels, mask, num_classes)
+    except ValueError as err:
+        raise ValueError(f"{model}: {err}") from None
 
 
 def fcos_uncertainty_loss(
