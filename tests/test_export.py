@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from detforge.export import DetectionGraph, check_onnx, export_onnx, quantize_int8
+from detforge.export import check_onnx, export_onnx, quantize_int8
 from detforge.models.fcos import FCOS
 from detforge.models.yolox import YOLOX
 
@@ -104,6 +104,6 @@ def test_int8_dynamic_quantisation_runs_close_to_float(images, raw_path, tmp_pat
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
 
 
-def test_nms_export_needs_decode(tmp_path):
-    with pytest.raises(TypeError, match="has no decode"):
-        DetectionGraph(torch.nn.Conv2d(3, 3, 1))
+def test_export_needs_a_detector(tmp_path):
+    with pytest.raises(TypeError, match="not a detforge Detector"):
+        export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "conv.onnx", example_input=torch.rand(1, 3, 8, 8))

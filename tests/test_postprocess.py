@@ -150,7 +150,7 @@ def test_soft_nms_through_detect_keeps_more_than_hard_nms():
     assert sum(len(d["scores"]) for d in soft) > sum(len(d["scores"]) for d in hard)
     for d in soft:
         assert (d["scores"][:-1] >= d["scores"][1:]).all()
-    with pytest.raises(ValueError, match=r"one of \('hard', 'gaussian', 'linear'\)"):
+    with pytest.raises(ValueError, match=r"one of \('hard', 'gaussian', 'linear', 'none'\)"):
         detect(scores, boxes, level_sizes, sizes, nms_method="fast")
 
 

@@ -1,11 +1,16 @@
-"""Box formats and conversions, thin over torchvision.ops.
+"""The geometry module: box formats and conversions, location grids and box coders.
 
 Inside detforge every box is ``xyxy`` in absolute pixels, float32 ``[N, 4]``. The converters here are the
 only place other formats appear; readers call them at the edge and exporters call them on the way out.
+Location grids (:func:`grid_points`) and the box coders (side distances :func:`ltrb_to_xyxy`, centre + log
+size :func:`centre_size_to_xyxy`, anchor deltas :class:`AnchorBoxCoder`) live here too, so no model, head,
+assigner or exporter re-derives them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -13,7 +18,15 @@ from torch import Tensor
 from torchvision.ops import box_area, box_convert, box_iou, clip_boxes_to_image, remove_small_boxes
 
 __all__ = [
+    "AnchorBoxCoder",
     "BoxFormat",
+    "centre_size_to_xyxy",
+    "feature_sizes",
+    "grid_points",
+    "ltrb_to_origin_xyxy",
+    "ltrb_to_xyxy",
+    "xyxy_to_centre_size",
+    "xyxy_to_ltrb",
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
@@ -73,3 +86,138 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
     (fh, fw), (th, tw) = from_size, to_size
     scale = boxes.new_tensor([tw / fw, th / fh, tw / fw, th / fh])
     return boxes * scale
+
+
+# ---------------------------------------------------------------------------------------------- location grids
+def grid_points(
+    feat_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int | float],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    offset: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """Image points of every feature-map location, levels concatenated, row-major inside a level.
+
+    Location ``(fx, fy)`` of a level with stride ``s`` is the image point ``((fx + offset) s, (fy + offset) s)``:
+    ``offset=0.5`` gives cell centres (FCOS, YOLOX and the assigners' convention), ``offset=0`` cell corners
+    (YOLO-style offsets from the cell's top-left corner).
+
+    Args:
+        feat_sizes: (H, W) of each level.
+        strides: stride of each level in pixels.
+
+    Returns:
+        points (Tensor[P, 2], (x, y) pixels) and their strides (Tensor[P]); P = sum of H * W.
+    """
+    if len(feat_sizes) != len(strides):
+        raise ValueError(f"got {len(feat_sizes)} feature sizes for {len(strides)} strides")
+    points, point_strides = [], []
+    for (h, w), s in zip(feat_sizes, strides):
+        xs = (torch.arange(int(w), device=device, dtype=dtype) + offset) * s  # [W]
+        ys = (torch.arange(int(h), device=device, dtype=dtype) + offset) * s  # [H]
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W] each
+        points.append(torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2))  # [HW, 2]
+        point_strides.append(torch.full((int(h) * int(w),), float(s), device=device, dtype=dtype))  # [HW]
+    return torch.cat(points), torch.cat(point_strides)
+
+
+def feature_sizes(image_size: tuple[int, int], strides: Sequence[int]) -> list[tuple[int, int]]:
+    """(H, W) of each level for an input of ``image_size`` (h, w): ``ceil(h / s), ceil(w / s)`` (stride-2
+    convolutions with padding round up)."""
+    h, w = image_size
+    return [(-(-int(h) // int(s)), -(-int(w) // int(s))) for s in strides]
+
+
+# ---------------------------------------------------------------------------------------------- box coders
+def ltrb_to_xyxy(points: Tensor, ltrb: Tensor) -> Tensor:
+    """Side distances to boxes (FCOS): ``points`` (Tensor[P, 2]) and ``ltrb`` (Tensor[..., P, 4], pixels)
+    -> xyxy (Tensor[..., P, 4])."""
+    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
+def xyxy_to_ltrb(points: Tensor, boxes: Tensor) -> Tensor:
+    """Inverse of :func:`ltrb_to_xyxy`: distances from ``points`` (Tensor[..., 2]) to the sides of ``boxes``
+    (Tensor[..., 4] xyxy, broadcast against the points) -> Tensor[..., 4] (l, t, r, b)."""
+    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+
+
+def ltrb_to_origin_xyxy(ltrb: Tensor) -> Tensor:
+    """Distances (Tensor[..., 4]) as an xyxy box around the origin (Tensor[..., 4]): IoUs between two
+    distance vectors of one point equal the IoUs of their boxes."""
+    return torch.cat([-ltrb[..., :2], ltrb[..., 2:]], dim=-1)
+
+
+def centre_size_to_xyxy(
+    points: Tensor, strides: Tensor, deltas: Tensor, max_log_size: float | None = None
+) -> Tensor:
+    """Centre offset + log size in stride units (YOLOX, NightVision, Phantom) -> xyxy pixels.
+
+    Args:
+        points: Tensor[P, 2] (x, y) pixels the offsets start from (cell centres or corners).
+        strides: Tensor[P] stride of each point.
+        deltas: Tensor[..., P, 4] ``(dx, dy, log w, log h)``: centre ``point + d * stride``, size
+            ``exp(log size) * stride``.
+        max_log_size: clamp on the log sizes before ``exp`` (None: no clamp).
+
+    Returns:
+        Tensor[..., P, 4] xyxy pixels.
+    """
+    s = strides[:, None]  # [P, 1]
+    centre = points + deltas[..., :2] * s  # [..., P, 2]
+    log_size = deltas[..., 2:] if max_log_size is None else deltas[..., 2:].clamp(max=max_log_size)
+    half = log_size.exp() * s * 0.5  # [..., P, 2]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def xyxy_to_centre_size(points: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
+    """Inverse of :func:`centre_size_to_xyxy`: xyxy ``boxes`` (Tensor[..., P, 4]) -> ``(dx, dy, log w,
+    log h)`` (Tensor[..., P, 4]) relative to ``points`` (Tensor[P, 2]) in units of ``strides`` (Tensor[P])."""
+    s = strides[:, None]  # [P, 1]
+    centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5  # [..., P, 2]
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)  # [..., P, 2]
+    return torch.cat([(centre - points) / s, (size / s).log()], dim=-1)
+
+
+class AnchorBoxCoder:
+    """Anchor deltas with weights (Faster R-CNN; torchvision's ``BoxCoder``), on any batch shape.
+
+    ``encode(anchors, boxes) -> deltas``, ``decode(anchors, deltas) -> boxes``; anchors and boxes are xyxy
+    pixels (Tensor[..., 4]), deltas ``(wx * dx / w_a, wy * dy / h_a, ww * log(w / w_a), wh * log(h / h_a))``
+    (Tensor[..., 4]). Decoding clamps the log sizes at ``log(1000 / 16)`` as torchvision does.
+
+    Args:
+        weights: (wx, wy, ww, wh); (1, 1, 1, 1) for an RPN, (10, 10, 5, 5) for a Fast R-CNN box head.
+        max_log_size: clamp on the decoded log size ratios.
+    """
+
+    def __init__(
+        self,
+        weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+        max_log_size: float = math.log(1000.0 / 16),
+    ) -> None:
+        if len(weights) != 4:
+            raise ValueError(f"AnchorBoxCoder weights must be 4 numbers (wx, wy, ww, wh), got {weights}")
+        self.weights = tuple(float(w) for w in weights)
+        self.max_log_size = float(max_log_size)
+
+    @staticmethod
+    def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor]:
+        size = boxes[..., 2:] - boxes[..., :2]  # [..., 2]
+        return boxes[..., :2] + 0.5 * size, size
+
+    def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
+        """Deltas (Tensor[..., 4]) that take ``anchors`` (Tensor[..., 4]) to ``boxes`` (Tensor[..., 4])."""
+        w = anchors.new_tensor(self.weights)  # [4]
+        a_ctr, a_size = self._centre_size(anchors)
+        b_ctr, b_size = self._centre_size(boxes)
+        d_ctr = (b_ctr - a_ctr) / a_size * w[:2]  # [..., 2]
+        d_size = (b_size / a_size).log() * w[2:]  # [..., 2]
+        return torch.cat([d_ctr, d_size], dim=-1)
+
+    def decode(self, anchors: Tensor, deltas: Tensor) -> Tensor:
+        """xyxy boxes (Tensor[..., 4]) from ``anchors`` (Tensor[..., 4]) and ``deltas`` (Tensor[..., 4])."""
+        w = deltas.new_tensor(self.weights)  # [4]
+        a_ctr, a_size = self._centre_size(anchors.to(deltas.dtype))
+        ctr = deltas[..., :2] / w[:2] * a_size + a_ctr  # [..., 2]
+        size = (deltas[..., 2:] / w[2:]).clamp(max=self.max_log_size).exp() * a_size  # [..., 2]
+        return torch.cat([ctr - 0.5 * size, ctr + 0.5 * size], dim=-1)

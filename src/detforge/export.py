@@ -1,10 +1,11 @@
 """ONNX export of detforge detectors, an onnxruntime check, and INT8 quantisation.
 
-``export_onnx(model, "model.onnx")`` writes the raw head tensors (the model's ``forward`` outputs);
-``with_nms=True`` writes a graph that ends in detections: ``boxes`` [B, D, 4] xyxy pixels of the input,
-``scores`` [B, D], ``labels`` [B, D] (-1 past the count) and ``num_detections`` [B], with decoding, per-level
-top-k and NMS (ONNX NonMaxSuppression) inside the graph. The model needs ``decode(outputs) -> (scores
-[B, P, C], boxes [B, P, 4])`` for ``with_nms`` (FCOS and YOLOX have it).
+Every model says what its graph computes through the export hooks of
+:class:`detforge.models.base.Detector`: ``export_onnx(model, "model.onnx")`` writes ``model.export_raw`` (the raw
+head tensors); ``with_nms=True`` writes ``model.export_detections``: ``boxes`` [B, D, 4] xyxy pixels of the
+input, ``scores`` [B, D], ``labels`` [B, D] (-1 past the count) and ``num_detections`` [B], with decoding,
+per-level top-k and NMS (ONNX NonMaxSuppression) inside the graph. The graph's inputs are
+``model.export_inputs(example)`` (``images``, plus explicit state for video models).
 """
 
 from __future__ import annotations
@@ -18,58 +19,40 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from detforge.postprocess import detect_padded
-
-__all__ = ["DetectionGraph", "RawGraph", "check_onnx", "export_onnx", "quantize_int8"]
+__all__ = ["ExportGraph", "check_onnx", "export_onnx", "quantize_int8"]
 
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 
 
-class RawGraph(nn.Module):
-    """``model.forward`` with only its tensor outputs, in a fixed order (``output_names``)."""
+class ExportGraph(nn.Module):
+    """What ``torch.onnx.export`` traces: the model's export hook (``export_raw`` or ``export_detections``)
+    with named tensor inputs (``model.export_inputs``) and outputs in a fixed order (``output_names``)."""
 
-    def __init__(self, model: nn.Module, output_names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, input_names: Sequence[str], output_names: Sequence[str], nms: bool):
         super().__init__()
         self.model = model
+        self.input_names = list(input_names)
         self.output_names = list(output_names)
+        self.nms = nms
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        outputs = self.model(images)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        named = dict(zip(self.input_names, inputs, strict=True))
+        outputs = self.model.export_detections(**named) if self.nms else self.model.export_raw(**named)
         return tuple(outputs[name] for name in self.output_names)
 
 
-class DetectionGraph(nn.Module):
-    """Images -> fixed-size detections: ``forward(images Tensor[B, C, H, W])`` returns boxes [B, D, 4],
-    scores [B, D], labels [B, D] and num_detections [B] (see :func:`detforge.postprocess.detect_padded`),
-    with the model's score threshold, NMS threshold, per-level top-k and D = max detections per image."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(model, "decode"):
-            raise TypeError(f"{type(model).__name__} has no decode(outputs); export it with with_nms=False")
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        outputs = self.model(images)
-        scores, boxes = self.model.decode(outputs)  # [B, P, C], [B, P, 4]
-        h, w = images.shape[-2:]
-        sizes = torch.tensor([[h, w]], device=images.device).expand(images.shape[0], 2)  # [B, 2]
-        return detect_padded(
-            scores,
-            boxes,
-            [fh * fw for fh, fw in outputs["feat_sizes"]],
-            sizes,
-            score_thresh=self.model.score_thresh,
-            nms_thresh=self.model.nms_thresh,
-            pre_nms_topk=self.model.pre_nms_topk,
-            max_detections=self.model.max_detections_per_image,
-        )
-
-
-def _tensor_output_names(model: nn.Module, example: Tensor) -> list[str]:
+def _graph(model: nn.Module, example: Tensor, with_nms: bool) -> tuple[ExportGraph, dict[str, Tensor]]:
+    """The traced module for ``model`` and the example's named inputs (``model.export_inputs``)."""
+    for hook in ("export_inputs", "export_raw", "export_detections"):
+        if not hasattr(model, hook):
+            raise TypeError(
+                f"{type(model).__name__} is not a detforge Detector (no {hook}); subclass "
+                "detforge.models.base.Detector to export it"
+            )
+    inputs = model.export_inputs(example)
     with torch.no_grad():
-        outputs = model(example)
-    return [k for k, v in outputs.items() if isinstance(v, Tensor)]
+        outputs = model.export_detections(**inputs) if with_nms else model.export_raw(**inputs)
+    return ExportGraph(model, list(inputs), list(outputs), with_nms), inputs
 
 
 def _check_dynamic_axes(dynamic_axes: dict | None, has_grid: bool) -> None:
@@ -121,21 +104,16 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        if with_nms:
-            graph: nn.Module = DetectionGraph(model)
-            output_names = list(NMS_OUTPUTS)
-        else:
-            output_names = _tensor_output_names(model, example)
-            graph = RawGraph(model, output_names)
-        _check_dynamic_axes(dynamic_axes, with_nms or "boxes" in output_names)
+        graph, inputs = _graph(model, example, with_nms)
+        _check_dynamic_axes(dynamic_axes, with_nms or "boxes" in graph.output_names)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 graph,
-                (example,),
+                tuple(inputs.values()),
                 str(path),
-                input_names=["images"],
-                output_names=output_names,
+                input_names=graph.input_names,
+                output_names=graph.output_names,
                 opset_version=opset_version,
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
@@ -158,17 +136,26 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, example_input: Te
     detections of each image as a set, so near-equal scores may come in either order."""
     session = _session(onnx_path)
     names = [o.name for o in session.get_outputs()]
+    with_nms = names[: len(NMS_OUTPUTS)] == list(NMS_OUTPUTS)
     was_training = model.training
     model.eval()
     try:
-        graph = DetectionGraph(model) if names == list(NMS_OUTPUTS) else RawGraph(model, names)
+        graph, inputs = _graph(model, example_input, with_nms)
         with torch.no_grad():
-            expected = graph(example_input)
+            expected = graph(*inputs.values())
     finally:
         model.train(was_training)
-    got = session.run(names, {session.get_inputs()[0].name: example_input.detach().cpu().numpy()})
-    if names == list(NMS_OUTPUTS):
-        return _detection_set_distance([t.detach().cpu().numpy() for t in expected], got)
+    feeds = {name: value.detach().cpu().numpy() for name, value in inputs.items()}
+    got = session.run(graph.output_names, feeds)
+    names = graph.output_names
+    if with_nms:
+        nms_part = _detection_set_distance([t.detach().cpu().numpy() for t in expected[:4]], got[:4])
+        rest = _max_abs_diff(names[4:], expected[4:], got[4:])
+        return max(nms_part, rest)
+    return _max_abs_diff(names, expected, got)
+
+
+def _max_abs_diff(names: Sequence[str], expected: Sequence[Tensor], got: Sequence[np.ndarray]) -> float:
     diff = 0.0
     for name, ours, theirs in zip(names, expected, got):
         ours = ours.detach().cpu().numpy()

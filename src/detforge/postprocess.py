@@ -7,11 +7,14 @@ image. :func:`detect_padded` is the same pipeline with fixed-size outputs for ON
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
+
+from detforge.boxes import grid_points, ltrb_to_xyxy
+from detforge.models.base import NMSMethod, check_nms_method
 
 __all__ = [
     "NMSMethod",
@@ -23,50 +26,11 @@ __all__ = [
     "select_candidates",
 ]
 
-NMSMethod = Literal["hard", "gaussian", "linear"]
-NMS_METHODS = ("hard", "gaussian", "linear")
+NMS_METHODS = get_args(NMSMethod)
 
 
-def make_points(
-    feat_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor]:
-    """Centres of every feature-map location, levels concatenated, row-major inside a level.
-
-    Location ``(fx, fy)`` of a level with stride ``s`` is the image point ``((fx + 0.5) s, (fy + 0.5) s)``,
-    the convention of :class:`detforge.assigners.fcos.FCOSAssigner`.
-
-    Args:
-        feat_sizes: (H, W) of each level.
-        strides: stride of each level in pixels.
-
-    Returns:
-        points (Tensor[P, 2], (x, y) pixels) and their strides (Tensor[P]).
-    """
-    if len(feat_sizes) != len(strides):
-        raise ValueError(f"got {len(feat_sizes)} feature sizes for {len(strides)} strides")
-    points, point_strides = [], []
-    for (h, w), s in zip(feat_sizes, strides):
-        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s  # [W]
-        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s  # [H]
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W] each
-        points.append(torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2))  # [HW, 2]
-        point_strides.append(torch.full((h * w,), float(s), device=device, dtype=dtype))  # [HW]
-    return torch.cat(points), torch.cat(point_strides)
-
-
-def distances_to_boxes(points: Tensor, ltrb: Tensor) -> Tensor:
-    """FCOS decoding: ``points`` (Tensor[P, 2]) and distances ``ltrb`` (Tensor[..., P, 4], pixels) ->
-    xyxy boxes (Tensor[..., P, 4])."""
-    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
-
-
-def check_nms_method(method: str) -> None:
-    """ValueError listing the allowed values unless ``method`` is one of ``NMS_METHODS``."""
-    if method not in NMS_METHODS:
-        raise ValueError(f"nms_method must be one of {NMS_METHODS}, got {method!r}")
+make_points = grid_points  # the geometry module's location grid (cell centres)
+distances_to_boxes = ltrb_to_xyxy  # the geometry module's FCOS decoding
 
 
 def select_candidates(
@@ -186,6 +150,9 @@ def _nms(
     score_thresh: float,
 ) -> tuple[Tensor, Tensor]:
     """Kept indices (best first) and their (possibly decayed) scores."""
+    if method == "none":  # set prediction and heatmap peaks: no suppression, best first
+        keep = scores.argsort(descending=True, stable=True)
+        return keep, scores[keep]
     if method == "hard":
         keep = batched_nms(boxes, scores, groups, nms_thresh)  # [K] by decreasing score
         return keep, scores[keep]
@@ -222,7 +189,7 @@ def _detect_flat(
     score_thresh,
     nms_thresh,
     pre_nms_topk,
-    max_detections,
+    max_detections_per_image,
     nms_method,
     soft_nms_sigma,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -240,7 +207,7 @@ def _detect_flat(
     )
     image_idx = image_idx[keep]
     rank = _rank_in_image(image_idx, num_images)  # [K]
-    top = rank < max_detections
+    top = rank < max_detections_per_image
     return image_idx[top], cand_boxes[keep][top], kept_scores[top], labels[keep][top], rank[top]
 
 
@@ -252,7 +219,7 @@ def detect(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.6,
     pre_nms_topk: int = 1000,
-    max_detections: int = 100,
+    max_detections_per_image: int = 100,
     nms_method: NMSMethod = "hard",
     soft_nms_sigma: float = 0.5,
 ) -> list[dict[str, Tensor]]:
@@ -260,7 +227,7 @@ def detect(
 
     Steps: per image and level keep the ``pre_nms_topk`` best (location, class) scores, drop those at or
     below ``score_thresh``, clip boxes to the image, NMS per image and class (torchvision ``batched_nms``, or
-    soft-NMS with ``nms_method="gaussian" | "linear"``), keep the ``max_detections`` best per image.
+    soft-NMS with ``nms_method="gaussian" | "linear"``), keep the ``max_detections_per_image`` best per image.
 
     Args:
         scores: Tensor[B, P, C] class probabilities.
@@ -281,7 +248,7 @@ def detect(
         score_thresh,
         nms_thresh,
         pre_nms_topk,
-        max_detections,
+        max_detections_per_image,
         nms_method,
         soft_nms_sigma,
     )
@@ -301,13 +268,14 @@ def detect_padded(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.6,
     pre_nms_topk: int = 1000,
-    max_detections: int = 100,
+    max_detections_per_image: int = 100,
+    nms_method: Literal["hard", "none"] = "hard",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`detect` with fixed-size outputs (hard NMS), for ONNX graphs and batched consumers.
+    """:func:`detect` with fixed-size outputs (hard NMS or none), for ONNX graphs and batched consumers.
 
     Returns:
         boxes (Tensor[B, D, 4]), scores (Tensor[B, D]), labels (Tensor[B, D] int64) and the number of
-        detections per image (Tensor[B] int64), D = ``max_detections``; rows past an image's count hold
+        detections per image (Tensor[B] int64), D = ``max_detections_per_image``; rows past an image's count hold
         zero boxes, score 0 and label -1.
     """
     num_images = scores.shape[0]
@@ -319,19 +287,19 @@ def detect_padded(
         score_thresh,
         nms_thresh,
         pre_nms_topk,
-        max_detections,
-        "hard",
+        max_detections_per_image,
+        nms_method,
         0.5,
     )
-    slot = image_idx * max_detections + rank  # [K] unique slot in the [B * D] outputs
-    out_boxes = det_boxes.new_zeros(num_images * max_detections, 4).index_put((slot,), det_boxes)
-    out_scores = det_scores.new_zeros(num_images * max_detections).index_put((slot,), det_scores)
-    out_labels = labels.new_full((num_images * max_detections,), -1).index_put((slot,), labels)
+    slot = image_idx * max_detections_per_image + rank  # [K] unique slot in the [B * D] outputs
+    out_boxes = det_boxes.new_zeros(num_images * max_detections_per_image, 4).index_put((slot,), det_boxes)
+    out_scores = det_scores.new_zeros(num_images * max_detections_per_image).index_put((slot,), det_scores)
+    out_labels = labels.new_full((num_images * max_detections_per_image,), -1).index_put((slot,), labels)
     # A comparison table rather than index_add: ONNX scatters do not accumulate repeated indices.
     counts = (image_idx[:, None] == torch.arange(num_images, device=scores.device)).sum(0)  # [B]
     return (
-        out_boxes.reshape(num_images, max_detections, 4),
-        out_scores.reshape(num_images, max_detections),
-        out_labels.reshape(num_images, max_detections),
+        out_boxes.reshape(num_images, max_detections_per_image, 4),
+        out_scores.reshape(num_images, max_detections_per_image),
+        out_labels.reshape(num_images, max_detections_per_image),
         counts,
     )

@@ -7,14 +7,12 @@ postprocess settings, runs ``forward`` and ``postprocess``; a subclass adds its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.postprocess import NMSMethod, check_nms_method, detect
+from detforge.models.base import Detector, NMSMethod
 
 __all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
 
@@ -40,7 +38,7 @@ def mean_over_ranks(value: Tensor) -> Tensor:
     return value
 
 
-class PyramidDetector(nn.Module):
+class PyramidDetector(Detector):
     """Base of the one-stage detectors on a timm backbone + FPN (:class:`~detforge.models.fcos.FCOS`,
     :class:`~detforge.models.yolox.YOLOX`).
 
@@ -78,18 +76,18 @@ class PyramidDetector(nn.Module):
         input_size: tuple[int, int],
         channels_last: bool,
     ) -> None:
-        super().__init__()
-        check_nms_method(nms_method)
-        self.num_classes = int(num_classes)
-        self.in_chans = int(in_chans)
-        self.default_input_size = tuple(input_size)
+        super().__init__(
+            num_classes,
+            in_chans=in_chans,
+            input_size=input_size,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_topk=pre_nms_topk,
+            max_detections_per_image=max_detections_per_image,
+            nms_method=nms_method,
+        )
         self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
         self.strides: tuple[int, ...] = self.features.strides
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.max_detections_per_image = max_detections_per_image
-        self.pre_nms_topk = pre_nms_topk
-        self.nms_method: NMSMethod = nms_method
         self.channels_last = channels_last
 
     def apply_memory_format(self) -> None:
@@ -102,23 +100,3 @@ class PyramidDetector(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.features(images))
-
-    def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
-        """Per-location class scores (Tensor[B, P, C]) and xyxy boxes (Tensor[B, P, 4]) of raw outputs."""
-        raise NotImplementedError(f"{type(self).__name__} must define decode(outputs)")
-
-    @torch.no_grad()
-    def postprocess(self, outputs: dict, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Detections per image (``boxes`` xyxy pixels clipped to the image's (h, w), ``scores``, ``labels``)."""
-        scores, boxes = self.decode(outputs)
-        return detect(
-            scores,
-            boxes,
-            [h * w for h, w in outputs["feat_sizes"]],
-            image_sizes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            pre_nms_topk=self.pre_nms_topk,
-            max_detections=self.max_detections_per_image,
-            nms_method=self.nms_method,
-        )

@@ -1,0 +1,275 @@
+"""The detector protocol in code: :class:`Detector`, the base class of every detforge model.
+
+Every model has the same steps, independent of train / eval mode:
+
+- ``forward(images Tensor[B, C, H, W] in [0, 1]) -> outputs`` (a dict of raw head tensors);
+- ``loss(outputs, targets) -> dict[str, Tensor]`` with ``loss`` the total;
+- ``forward_loss(images, targets) -> (outputs, losses)``: what training and validation call, so validation
+  gets the loss and the detections from one forward. The default is ``forward`` then ``loss``; a model whose
+  forward needs the targets (RoI sampling, denoising queries) overrides it;
+- ``postprocess(outputs, image_sizes) -> list[dict(boxes, scores, labels)]`` in input-image pixels, with the
+  one set of post-processing settings every model shares (:attr:`Detector.postprocess_settings`).
+
+A dense model (one score vector and one box per location) only defines ``decode(outputs) -> (scores
+Tensor[B, P, C], boxes Tensor[B, P, 4])``; the base's ``postprocess`` and ONNX detections then come for free.
+
+Export hooks say what an ONNX graph computes, so no exporter or evaluator switches on the model's type:
+:meth:`Detector.export_inputs`, :meth:`Detector.export_raw`, :meth:`Detector.export_detections` and
+:meth:`Detector.outputs_from_export` (raw ONNX outputs back to ``outputs`` for ``postprocess``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Detector", "NMSMethod", "PostprocessSettings", "check_nms_method"]
+
+NMSMethod = Literal["hard", "gaussian", "linear", "none"]
+"""Suppression: hard NMS, soft-NMS with linear or gaussian decay, or none (set prediction, heatmap peaks)."""
+
+POSTPROCESS_KEYS = (
+    "score_thresh",
+    "nms_thresh",
+    "pre_nms_topk",
+    "max_detections_per_image",
+    "nms_method",
+    "soft_nms_sigma",
+)
+
+
+def check_nms_method(method: str) -> None:
+    """ValueError listing the allowed values unless ``method`` is an :data:`NMSMethod`."""
+    if method not in get_args(NMSMethod):
+        raise ValueError(f"nms_method must be one of {get_args(NMSMethod)}, got {method!r}")
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """The post-processing settings every detector shares.
+
+    Attributes:
+        score_thresh: drop detections scoring at or below this.
+        nms_thresh: IoU above which NMS suppresses (soft-NMS linear: decays) a lower-scoring box.
+        pre_nms_topk: candidates kept per image and feature level before NMS.
+        max_detections_per_image: detections kept per image after NMS.
+        nms_method: "hard", "gaussian" / "linear" (soft-NMS) or "none".
+        soft_nms_sigma: the gaussian soft-NMS decay ``exp(-iou^2 / sigma)``.
+    """
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    pre_nms_topk: int = 1000
+    max_detections_per_image: int = 100
+    nms_method: NMSMethod = "hard"
+    soft_nms_sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_nms_method(self.nms_method)
+        if not 0.0 <= self.score_thresh < 1.0:
+            raise ValueError(f"score_thresh must be in [0, 1), got {self.score_thresh}")
+        if not 0.0 < self.nms_thresh <= 1.0:
+            raise ValueError(f"nms_thresh must be in (0, 1], got {self.nms_thresh}")
+        if self.pre_nms_topk < 1 or self.max_detections_per_image < 1:
+            raise ValueError(
+                f"pre_nms_topk and max_detections_per_image must be >= 1, got {self.pre_nms_topk} and "
+                f"{self.max_detections_per_image}"
+            )
+        if self.soft_nms_sigma <= 0:
+            raise ValueError(f"soft_nms_sigma must be > 0, got {self.soft_nms_sigma}")
+
+
+def _record_init_args(init):
+    """Wrap a subclass ``__init__`` so the outermost call records its bound arguments in ``init_args``."""
+
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if "init_args" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif signature.parameters[name].kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[name] = value
+            object.__setattr__(self, "init_args", recorded)
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
+def _setting(name: str) -> property:
+    """A post-processing setting as an attribute: ``model.nms_thresh`` reads it, ``model.nms_thresh = 0.5``
+    sets it (validated)."""
+    return property(
+        lambda self: getattr(self.postprocess_settings, name),
+        lambda self, value: self.set_postprocess(**{name: value}),
+        doc=f"Post-processing setting ``{name}`` (see :class:`PostprocessSettings`).",
+    )
+
+
+class Detector(nn.Module):
+    """Base class of every detector (the model protocol; see the module docstring).
+
+    Args:
+        num_classes: object classes (no background class).
+        in_chans: image channels (3 RGB, 1 thermal / grayscale).
+        input_size: (h, w) the model is meant to run at (``default_input_size``).
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
+            post-processing settings (:class:`PostprocessSettings`).
+
+    Attributes:
+        init_args: the arguments of the outermost ``__init__`` call (a subclass's), recorded automatically;
+            tests and the Lightning module use it to check that every option reached the model.
+    """
+
+    init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _record_init_args(cls.__dict__["__init__"])
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int = 3,
+        input_size: tuple[int, int] = (320, 320),
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.6,
+        pre_nms_topk: int = 1000,
+        max_detections_per_image: int = 100,
+        nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if int(in_chans) < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.default_input_size: tuple[int, int] = (int(input_size[0]), int(input_size[1]))
+        self.postprocess_settings = PostprocessSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_topk=pre_nms_topk,
+            max_detections_per_image=max_detections_per_image,
+            nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
+        )
+        self._export_meta: dict[tuple[int, int], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ post-processing settings
+    def set_postprocess(self, **changes: Any) -> None:
+        """Change post-processing settings by name (validated), e.g. ``model.set_postprocess(nms_thresh=0.5)``."""
+        unknown = sorted(set(changes) - set(POSTPROCESS_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown post-processing settings {unknown}; the settings are {POSTPROCESS_KEYS}"
+            )
+        self.postprocess_settings = PostprocessSettings(**{**asdict(self.postprocess_settings), **changes})
+
+    score_thresh = _setting("score_thresh")
+    nms_thresh = _setting("nms_thresh")
+    pre_nms_topk = _setting("pre_nms_topk")
+    max_detections_per_image = _setting("max_detections_per_image")
+    nms_method = _setting("nms_method")
+    soft_nms_sigma = _setting("soft_nms_sigma")
+
+    # ------------------------------------------------------------------ the protocol
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        """Raw head outputs for ``images`` (Tensor[B, in_chans, H, W], float in [0, 1])."""
+        raise NotImplementedError(f"{type(self).__name__} must define forward(images)")
+
+    def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:
+        """Losses of a batch: ``loss`` (the total) and detached parts (``cls_loss``, ``reg_loss``, ...,
+        ``num_pos``). ``targets``: per image ``boxes`` (Tensor[N, 4] xyxy pixels) and ``labels``
+        (Tensor[N] int64)."""
+        raise NotImplementedError(f"{type(self).__name__} must define loss(outputs, targets)")
+
+    def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(outputs, losses)`` of one forward: training and validation call this."""
+        outputs = self(images)
+        return outputs, self.loss(outputs, targets)
+
+    def decode(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Dense models: per-location class scores (Tensor[B, P, C]) and xyxy boxes (Tensor[B, P, 4])."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines neither decode(outputs) nor its own postprocess / export_detections"
+        )
+
+    def level_sizes(self, outputs: dict[str, Any]) -> list[int]:
+        """Locations per feature level of ``decode``'s P (for the per-level top-k): from ``feat_sizes``."""
+        sizes = outputs.get("feat_sizes")
+        if sizes is None:
+            return [int(next(v for v in outputs.values() if isinstance(v, Tensor)).shape[1])]
+        return [int(h) * int(w) for h, w in sizes]
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Any], image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """Detections per image: ``boxes`` (Tensor[K, 4] xyxy pixels of the input, clipped to the image's
+        (h, w)), ``scores`` (Tensor[K]) and ``labels`` (Tensor[K] int64), best first, K <= max detections."""
+        from detforge.postprocess import detect
+
+        scores, boxes = self.decode(outputs)
+        return detect(
+            scores, boxes, self.level_sizes(outputs), image_sizes, **asdict(self.postprocess_settings)
+        )
+
+    # ------------------------------------------------------------------ export hooks
+    def export_inputs(self, images: Tensor) -> dict[str, Tensor]:
+        """The ONNX graph's named inputs for an example batch (Tensor[B, C, H, W]); a model with explicit
+        temporal state adds its state tensors here."""
+        return {"images": images}
+
+    def export_raw(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """What a raw ONNX graph returns: the tensor outputs of ``forward`` (named)."""
+        outputs = self(inputs["images"])
+        return {k: v for k, v in outputs.items() if isinstance(v, Tensor)}
+
+    def export_detections(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """What an ONNX graph with detections returns: ``boxes`` [B, D, 4], ``scores`` [B, D], ``labels``
+        [B, D] (-1 past the count) and ``num_detections`` [B], D = ``max_detections_per_image``."""
+        from detforge.postprocess import detect_padded
+
+        images = inputs["images"]
+        outputs = self(images)
+        scores, boxes = self.decode(outputs)
+        h, w = images.shape[-2:]
+        sizes = torch.tensor([[h, w]], device=images.device).expand(images.shape[0], 2)  # [B, 2]
+        settings = asdict(self.postprocess_settings)
+        settings.pop("soft_nms_sigma")
+        if settings["nms_method"] in ("gaussian", "linear"):
+            settings["nms_method"] = "hard"  # soft-NMS has no ONNX operator: the graph runs hard NMS
+        boxes, scores, labels, counts = detect_padded(
+            scores, boxes, self.level_sizes(outputs), sizes, **settings
+        )
+        return {"boxes": boxes, "scores": scores, "labels": labels, "num_detections": counts}
+
+    @torch.no_grad()
+    def outputs_from_export(self, raw: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
+        """``outputs`` for ``postprocess`` from a raw ONNX graph's named tensors (``export_raw``) at input
+        ``image_size`` (h, w): the tensors plus the non-tensor entries ``forward`` adds (``feat_sizes``, ...),
+        found once per size by a forward on a blank image."""
+        key = (int(image_size[0]), int(image_size[1]))
+        if key not in self._export_meta:
+            param = next(self.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            was_training = self.training
+            self.eval()
+            try:
+                blank = self(torch.zeros(1, self.in_chans, *key, device=device))
+            finally:
+                self.train(was_training)
+            self._export_meta[key] = {k: v for k, v in blank.items() if not isinstance(v, Tensor)}
+        return {**self._export_meta[key], **raw}
