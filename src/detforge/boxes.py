@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_area, box_convert, box_iou, clip_boxes_to_image, remove_small_boxes
@@ -30,13 +31,16 @@ __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
+    "convert_boxes",
     "cxcywh_norm_to_xyxy",
     "remove_small_boxes",
     "scale_boxes",
     "to_xyxy",
+    "voc_to_xyxy",
     "xyxy_to",
     "xyxy_to_coco",
     "xyxy_to_cxcywh_norm",
+    "xyxy_to_voc",
 ]
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -65,6 +69,41 @@ def xyxy_to(boxes: Tensor, fmt: BoxFormat) -> Tensor:
 def xyxy_to_coco(boxes: Tensor) -> Tensor:
     """xyxy pixels (Tensor[N, 4]) -> COCO ``[x, y, w, h]`` pixels (Tensor[N, 4])."""
     return xyxy_to(boxes, "xywh")
+
+
+def convert_boxes(boxes: Tensor | np.ndarray, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor | np.ndarray:
+    """Convert ``boxes`` (Tensor or ndarray [..., 4]) from ``in_fmt`` to ``out_fmt``, keeping the type, shape,
+    dtype and device (unlike :func:`to_xyxy` / :func:`xyxy_to`, which return float32 ``[N, 4]``).
+
+    Float64 input stays float64, so evaluation code converts without losing precision; an ndarray in gives an
+    ndarray out (same arithmetic as torchvision's ``box_convert``).
+    """
+    _check(in_fmt)
+    _check(out_fmt)
+    if isinstance(boxes, np.ndarray):
+        return convert_boxes(torch.from_numpy(np.ascontiguousarray(boxes)), in_fmt, out_fmt).numpy()
+    return boxes.clone() if in_fmt == out_fmt else box_convert(boxes, in_fmt, out_fmt)
+
+
+def voc_to_xyxy(boxes: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Pascal VOC corners (1-based pixel indices ``xmin..xmax``, Tensor or ndarray [..., 4]) -> continuous
+    xyxy pixels ``[xmin - 1, ymin - 1, xmax, ymax]`` (same type and shape; float dtypes kept, integers become float)."""
+    return boxes - _like(boxes, (1.0, 1.0, 0.0, 0.0))
+
+
+def xyxy_to_voc(boxes: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Inverse of :func:`voc_to_xyxy`: continuous xyxy pixels (Tensor or ndarray [..., 4]) -> 1-based VOC
+    corners ``[x1 + 1, y1 + 1, x2, y2]`` (same type and shape, float dtypes kept; no rounding: a writer rounds
+    first, e.g. ``xyxy_to_voc(boxes.round())``)."""
+    return boxes + _like(boxes, (1.0, 1.0, 0.0, 0.0))
+
+
+def _like(boxes: Tensor | np.ndarray, values: tuple[float, ...]) -> Tensor | np.ndarray:
+    if isinstance(boxes, np.ndarray):
+        return np.asarray(values, dtype=boxes.dtype if boxes.dtype.kind == "f" else np.float64)
+    return (
+        boxes.new_tensor(values) if boxes.is_floating_point() else torch.tensor(values, device=boxes.device)
+    )
 
 
 def cxcywh_norm_to_xyxy(boxes: Tensor, height: int, width: int) -> Tensor:

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from detforge.boxes import grid_points, xyxy_to_ltrb
+
 __all__ = [
     "FCOS_P3_P7_RANGES",
     "FCOS_P3_P7_STRIDES",
@@ -140,18 +142,7 @@ class FCOSAssigner:
         Returns:
             points (Tensor[P, 2] float32, (x, y) pixels) and strides (Tensor[P] float32).
         """
-        heights, widths = self._level_sizes(feat_sizes)
-        counts = torch.tensor([h * w for h, w in zip(heights, widths)], device=device)  # [L]
-        width_t = torch.tensor(widths, device=device)  # [L]
-        stride_t = torch.tensor(self.strides, dtype=torch.float32, device=device)  # [L]
-        level = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)  # [P]
-        start = counts.cumsum(0) - counts  # [L]
-        local = torch.arange(level.numel(), device=device) - start[level]  # [P] index inside the level
-        fx = local % width_t[level]  # [P]
-        fy = torch.div(local, width_t[level], rounding_mode="floor")  # [P]
-        stride = stride_t[level]  # [P]
-        points = torch.stack([(fx.float() + 0.5) * stride, (fy.float() + 0.5) * stride], dim=-1)  # [P, 2]
-        return points, stride
+        return grid_points(feat_sizes, self.strides, device=device, dtype=torch.float32, offset=0.5)
 
     @torch.no_grad()
     def __call__(
@@ -201,7 +192,7 @@ class FCOSAssigner:
         winner = order.index_select(0, best.index_select(0, positive))  # [M] index into boxes
         box = boxes.index_select(0, winner)  # [M, 4]
         point = points.index_select(0, positive % num_points)  # [M, 2]
-        pos_ltrb = torch.cat([point - box[:, :2], box[:, 2:] - point], dim=-1)  # [M, 4]
+        pos_ltrb = xyxy_to_ltrb(point, box)  # [M, 4]
         flat = num_images * num_points
         labels = torch.full((flat,), -1, dtype=torch.int64, device=device)
         labels.index_copy_(0, positive, gt_labels[image_idx, gt_idx].long().index_select(0, winner))

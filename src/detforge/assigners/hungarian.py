@@ -13,7 +13,9 @@ import warnings
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import generalized_box_iou
+
+from detforge.boxes import convert_boxes
 
 __all__ = ["HungarianMatcher"]
 
@@ -83,7 +85,7 @@ class HungarianMatcher(nn.Module):
         boxes = pred_boxes.float()  # [B, Q, 4]
         cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)  # [B, Q, G]
         cost_giou = -generalized_box_iou(
-            box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+            convert_boxes(boxes, "cxcywh", "xyxy"), convert_boxes(tgt_boxes, "cxcywh", "xyxy")
         )  # [B, Q, G]
         return self.cost_class * cost_class + self.cost_bbox * cost_bbox + self.cost_giou * cost_giou
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from detforge.boxes import centre_size_to_xyxy, grid_points, xyxy_to_centre_size
+
 __all__ = ["SingleScaleAssigner", "SingleScaleTargets", "assign_phantom_targets", "decode_single_scale_boxes"]
 
 
@@ -93,9 +95,9 @@ class SingleScaleAssigner:
         won = best < order.numel()  # [B*H*W]
         winner = order[best[won]]  # [M] flat (image, gt) index of each positive cell's box
 
-        deltas = torch.stack(
-            [cx - col, cy - row, (w / self.stride).log(), (h / self.stride).log()], dim=-1
-        )  # [B*G, 4]
+        corners, strides = grid_points([(height, width)], [self.stride], device=device, offset=0.0)  # [HW, 2]
+        own = row.long() * width + col.long()  # [B*G] the box's cell inside its image
+        deltas = xyxy_to_centre_size(corners[own], strides[own], boxes)  # [B*G, 4] (dx, dy, log w, log h)
         cls = won.float()  # [B*H*W]
         bbox = torch.zeros(num_images * num_cells, 4, device=device)  # [B*H*W, 4]
         bbox[won] = deltas[winner]
@@ -145,10 +147,8 @@ def decode_single_scale_boxes(deltas: Tensor, stride: float) -> Tensor:
     """Invert the box targets: ``(dx, dy, log_w, log_h)`` per cell (Tensor[..., H, W, 4]) -> xyxy pixels
     (Tensor[..., H, W, 4]) of the box each cell would predict."""
     height, width = deltas.shape[-3:-1]
-    rows = torch.arange(height, device=deltas.device, dtype=deltas.dtype)[:, None]  # [H, 1]
-    cols = torch.arange(width, device=deltas.device, dtype=deltas.dtype)[None, :]  # [1, W]
-    cx = (cols + deltas[..., 0]) * stride  # [..., H, W]
-    cy = (rows + deltas[..., 1]) * stride  # [..., H, W]
-    half_w = deltas[..., 2].exp() * stride / 2  # [..., H, W]
-    half_h = deltas[..., 3].exp() * stride / 2  # [..., H, W]
-    return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
+    corners, strides = grid_points(
+        [(height, width)], [stride], device=deltas.device, dtype=deltas.dtype, offset=0.0
+    )
+    boxes = centre_size_to_xyxy(corners, strides, deltas.flatten(-3, -2))  # [..., H*W, 4]
+    return boxes.unflatten(-2, (height, width))

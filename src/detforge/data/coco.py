@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from detforge.boxes import convert_boxes
 from detforge.data.base import Annotation, DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.io import ImageMode, image_size
@@ -130,7 +131,7 @@ def parse_coco(
         areas.append(float(ann.get("area", box[2] * box[3])))
         bboxes.append(box)
     xywh = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # [M, 4]
+    xyxy = convert_boxes(xywh, "xywh", "xyxy")  # [M, 4]
     rows_a = np.asarray(rows, dtype=np.int64)
     img_a = np.asarray(img_idx, dtype=np.int64)
     labels_a = np.asarray(labels, dtype=np.int64)

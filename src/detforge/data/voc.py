@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detforge.boxes import voc_to_xyxy, xyxy_to_voc
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.io import ImageMode
@@ -87,7 +88,8 @@ def parse_voc_xml(xml_path: str) -> VocAnnotation:
             ) from None
         difficult_node = obj.find("difficult")
         difficult = difficult_node is not None and (difficult_node.text or "0").strip() in ("1", "true")
-        objects.append(VocObject(name, (x1 - 1.0, y1 - 1.0, x2, y2), difficult))
+        box = voc_to_xyxy(np.array([x1, y1, x2, y2], dtype=np.float64))  # [4] continuous xyxy
+        objects.append(VocObject(name, tuple(box.tolist()), difficult))
     return VocAnnotation(xml_path, filename, height, width, objects)
 
 
@@ -172,7 +174,7 @@ def read_voc_records(
             )
         )
     sizes = np.asarray([(r.height, r.width) for r in records])
-    if all_boxes and looks_normalized(np.concatenate(all_boxes) + [1, 1, 0, 0], sizes):
+    if all_boxes and looks_normalized(xyxy_to_voc(np.concatenate(all_boxes)), sizes):
         log.add("normalized_coords", f"{root}: every <bndbox> value is <= 1; VOC corners are pixels")
     return records, list(class_names)
 

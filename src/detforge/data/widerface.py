@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
+from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.io import ImageMode, image_size
@@ -111,8 +112,7 @@ def parse_wider_gt(gt_file: str, image_root: str) -> list[WiderFaceEntry]:
             faces.append((values + [0.0] * 10)[:10])
         i += 2 + rows
         table = np.asarray(faces if count > 0 else [], dtype=np.float64).reshape(-1, 10)
-        xywh = table[:, :4]
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)  # [N, 4] xyxy
+        boxes = convert_boxes(table[:, :4], "xywh", "xyxy")  # [N, 4] xyxy
         attributes = {a: table[:, 4 + j].astype(np.int64) for j, a in enumerate(ATTRIBUTES)}
         entries.append(WiderFaceEntry(os.path.join(image_root, name), boxes, attributes, image_line))
     return entries

@@ -35,6 +35,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from detforge.boxes import convert_boxes, xyxy_to_voc
+
 __all__ = ["write_coco", "write_voc", "write_widerface", "write_yolo"]
 
 ImageFormat = Literal["png", "jpg"]
@@ -117,14 +119,15 @@ def write_coco(
         crowd, ignore = _flag(target, "iscrowd", n), _flag(target, "ignore", n)
         area = target.get("area")
         tracks = target.get("track_ids")
+        xywh = convert_boxes(boxes, "xyxy", "xywh")  # [N, 4] float64
         for k in range(n):
-            x1, y1, x2, y2 = boxes[k].tolist()
+            x, y, bw, bh = xywh[k].tolist()
             ann = {
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": int(target["labels"][k]) + 1,
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "area": round(float(area[k]) if isinstance(area, Tensor) else (x2 - x1) * (y2 - y1), 3),
+                "bbox": [round(x, 3), round(y, 3), round(bw, 3), round(bh, 3)],
+                "area": round(float(area[k]) if isinstance(area, Tensor) else bw * bh, 3),
                 "iscrowd": int(crowd[k]),
                 "ignore": int(ignore[k]),
             }
@@ -168,16 +171,16 @@ def write_voc(
         boxes = target["boxes"].reshape(-1, 4)  # [N, 4]
         n = boxes.shape[0]
         difficult = _flag(target, "ignore", n) | _flag(target, "iscrowd", n)
+        corners = xyxy_to_voc(boxes.double().round()).long()  # [N, 4] 1-based (xmin, ymin, xmax, ymax)
         for k in range(n):
-            x1, y1, x2, y2 = boxes[k].tolist()
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = names[int(target["labels"][k])]
             ET.SubElement(obj, "pose").text = "Unspecified"
             ET.SubElement(obj, "truncated").text = "0"
             ET.SubElement(obj, "difficult").text = str(int(difficult[k]))
             box = ET.SubElement(obj, "bndbox")
-            xmin, ymin = round(x1) + 1, round(y1) + 1
-            xmax, ymax = max(round(x2), xmin), max(round(y2), ymin)
+            xmin, ymin, xmax, ymax = corners[k].tolist()
+            xmax, ymax = max(xmax, xmin), max(ymax, ymin)
             for tag, value in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
                 ET.SubElement(box, tag).text = str(value)
         ET.indent(root)
@@ -212,12 +215,13 @@ def write_yolo(
         skipped += int((~keep).sum())
         w, h = pil.width, pil.height
         lines = []
+        norm = boxes / boxes.new_tensor([w, h, w, h])  # [N, 4] normalized corners
+        # Keep a 1e-6 margin inside the image so 6-decimal rounding never puts a border box outside it.
+        top_left = norm[:, :2].clamp(min=_MARGIN, max=1.0)  # [N, 2]
+        bottom_right = torch.maximum(norm[:, 2:].clamp(max=1.0 - _MARGIN), top_left)  # [N, 2]
+        cxcywh = convert_boxes(torch.cat([top_left, bottom_right], dim=1), "xyxy", "cxcywh")  # [N, 4]
         for k in np.flatnonzero(keep).tolist():
-            x1, y1, x2, y2 = (boxes[k] / boxes.new_tensor([w, h, w, h])).tolist()  # normalized corners
-            # Keep a 1e-6 margin inside the image so 6-decimal rounding never puts a border box outside it.
-            x1, y1 = min(max(x1, _MARGIN), 1.0), min(max(y1, _MARGIN), 1.0)
-            x2, y2 = max(min(x2, 1.0 - _MARGIN), x1), max(min(y2, 1.0 - _MARGIN), y1)
-            cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            cx, cy, bw, bh = cxcywh[k].tolist()
             lines.append(f"{int(target['labels'][k])} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n")
         label_path = out / "labels" / split / f"{stem}.txt"
         label_path.parent.mkdir(parents=True, exist_ok=True)

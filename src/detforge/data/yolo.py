@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, check_labels, validate_boxes
 from detforge.io import ImageMode, image_size
@@ -85,7 +86,7 @@ def _parse_label_file(
     path: str, num_classes: int, height: int, width: int, log: IssueLog
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (``[N, 4]`` xyxy pixels) and labels (``[N]``) of one label file; bad lines are counted and skipped."""
-    rows, labels, line_numbers = [], [], []
+    rows, is_box, labels, line_numbers = [], [], [], []
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     for n, line in enumerate(lines, start=1):
@@ -101,16 +102,18 @@ def _parse_label_file(
             log.add("bad_record", f"{path}:{n} ({line.strip()[:60]!r}: expected 'class cx cy w h')")
             continue
         coords = np.asarray(values[1:], dtype=np.float64)
-        if len(coords) == 4:
-            cx, cy, w, h = coords
-            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        if len(coords) == 4:  # cx cy w h, converted below all at once
+            box = tuple(coords)
         else:  # polygon x1 y1 x2 y2 ...
             xs, ys = coords[0::2], coords[1::2]
             box = (xs.min(), ys.min(), xs.max(), ys.max())
         rows.append(box)
+        is_box.append(len(coords) == 4)
         labels.append(int(cls))
         line_numbers.append(n)
-    norm = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    norm = np.asarray(rows, dtype=np.float64).reshape(-1, 4)  # [N, 4] normalised cxcywh or polygon xyxy
+    is_box_a = np.asarray(is_box, dtype=bool)
+    norm[is_box_a] = convert_boxes(norm[is_box_a], "cxcywh", "xyxy")  # [N, 4] normalised xyxy
     boxes = norm * np.array([width, height, width, height], dtype=np.float64)
     labels_a = np.asarray(labels, dtype=np.int64)
     where = lambda j: f"{path}:{line_numbers[j]}"  # noqa: E731

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import distance_box_iou_loss, generalized_box_iou_loss
 
+from detforge.boxes import ltrb_to_origin_xyxy  # re-exported: models import it from here
 from detforge.losses._reduce import Reduction, check_reduction, check_same_shape, reduce_loss
 from detforge.losses.registry import register_loss
 
@@ -32,12 +33,6 @@ __all__ = [
 LossBoxFormat = Literal["xyxy", "ltrb"]
 _BOX_FORMATS = ("xyxy", "ltrb")
 _IOU_MODES = ("log", "linear")
-
-
-def ltrb_to_origin_xyxy(ltrb: Tensor) -> Tensor:
-    """FCOS distances ``(l, t, r, b)`` (Tensor[..., 4]) -> xyxy box around the origin (Tensor[..., 4])."""
-    left, top, right, bottom = ltrb.unbind(-1)
-    return torch.stack([-left, -top, right, bottom], dim=-1)
 
 
 def paired_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detforge.boxes import convert_boxes
+
 __all__ = ["CocoDetections", "CocoGroundTruth"]
 
 
@@ -25,8 +27,7 @@ def _bad(source: str, record: str, problem: str) -> ValueError:
 def _xyxy_to_xywh64(boxes: Tensor | np.ndarray) -> np.ndarray:
     """xyxy boxes (Tensor or array [N, 4]) -> float64 ``[x, y, w, h]`` (array [N, 4])."""
     b = boxes.detach().cpu().double().numpy() if isinstance(boxes, Tensor) else np.asarray(boxes, np.float64)
-    b = b.reshape(-1, 4)
-    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    return convert_boxes(b.reshape(-1, 4), "xyxy", "xywh")
 
 
 def _boxes_from_records(records: Sequence[Mapping[str, Any]], source: str, kind: str) -> np.ndarray:

@@ -7,21 +7,20 @@ pycocotools' exact numbers and a fraction of the time. States are concatenated a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
-from torchvision.ops import box_convert
 
+from detforge.boxes import BoxFormat, convert_boxes
 from detforge.metrics.coco import COCOEvalResult, COCOEvaluator
 from detforge.metrics.coco_data import CocoDetections, CocoGroundTruth
 
 __all__ = ["DetectionMAP"]
 
-BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 _BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
@@ -90,7 +89,7 @@ class DetectionMAP(Metric):
                 return boxes.reshape(0, 4).float()
             raise ValueError(f"{where}: boxes must be Tensor[N, 4], got shape {tuple(boxes.shape)}")
         if self.box_format != "xyxy":
-            boxes = box_convert(boxes.double(), self.box_format, "xyxy")
+            boxes = convert_boxes(boxes.double(), self.box_format, "xyxy")
         return boxes
 
     def update(self, preds: Sequence[dict[str, Tensor]], target: Sequence[dict[str, Tensor]]) -> None:
@@ -141,7 +140,7 @@ class DetectionMAP(Metric):
         g_boxes = _cat(self.gt_boxes, torch.float64, 4).cpu().numpy().reshape(-1, 4)  # [G, 4] xyxy
         d_labels = _cat(self.det_labels, torch.int64).cpu().numpy()
         g_labels = _cat(self.gt_labels, torch.int64).cpu().numpy()
-        g_xywh = np.concatenate([g_boxes[:, :2], g_boxes[:, 2:] - g_boxes[:, :2]], axis=1)  # [G, 4]
+        g_xywh = convert_boxes(g_boxes, "xyxy", "xywh")  # [G, 4] float64
         area = _cat(self.gt_area, torch.float64).cpu().numpy()
         area = np.where(area > 0, area, g_xywh[:, 2] * g_xywh[:, 3])
         crowd = _cat(self.gt_crowd, torch.bool).cpu().numpy()

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detforge.boxes import convert_boxes
+
 __all__ = ["coco_results", "write_coco_results"]
 
 
@@ -36,7 +38,7 @@ def coco_results(
     records: list[dict[str, Any]] = []
     for img_id, pred in zip(image_ids, predictions):
         boxes = torch.as_tensor(pred["boxes"]).detach().double().cpu().reshape(-1, 4)  # [K, 4] xyxy
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # [K, 4] xywh
+        xywh = convert_boxes(boxes, "xyxy", "xywh").tolist()  # [K, 4] xywh
         scores = torch.as_tensor(pred["scores"]).detach().cpu().reshape(-1).tolist()
         labels = torch.as_tensor(pred["labels"]).detach().cpu().reshape(-1).tolist()
         if not len(xywh) == len(scores) == len(labels):

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import box_convert, box_iou
+
+from detforge.boxes import box_iou, convert_boxes
 
 __all__ = ["ObjectTracker", "TrackMemory"]
 
@@ -95,11 +96,11 @@ class ObjectTracker:
         """Where each live track is expected in the next frame, Tensor[T, 4] xyxy."""
         if len(self) == 0:
             return self.boxes.clone()
-        cxcywh = box_convert(self.boxes, "xyxy", "cxcywh")  # [T, 4]
+        cxcywh = convert_boxes(self.boxes, "xyxy", "cxcywh")  # [T, 4]
         size = cxcywh[:, 2:].repeat(1, 2)  # [T, 4] (w, h, w, h)
         moved = cxcywh + self.velocity * (1 + self.missed[:, None]) + self.correction * size
         moved[:, 2:] = moved[:, 2:].clamp(min=1.0)
-        return box_convert(moved, "cxcywh", "xyxy")
+        return convert_boxes(moved, "cxcywh", "xyxy")
 
     def update(
         self, boxes: Tensor, scores: Tensor, labels: Tensor, appearance: Tensor | None = None
@@ -130,8 +131,8 @@ class ObjectTracker:
         matched = det_track >= 0
         rows = det_track[matched]
         # update matched tracks
-        old = box_convert(self.boxes[rows], "xyxy", "cxcywh")  # [M, 4]
-        new = box_convert(boxes[matched], "xyxy", "cxcywh")  # [M, 4]
+        old = convert_boxes(self.boxes[rows], "xyxy", "cxcywh")  # [M, 4]
+        new = convert_boxes(boxes[matched], "xyxy", "cxcywh")  # [M, 4]
         steps = (1 + self.missed[rows])[:, None].float()
         velocity = (new - old) / steps  # [M, 4]
         self.velocity[rows] = 0.5 * self.velocity[rows] + 0.5 * velocity
@@ -179,7 +180,7 @@ class ObjectTracker:
         norm = torch.tensor([w, h, w, h], dtype=torch.float32)
         rows = det_track
         geometry = torch.cat(
-            [box_convert(self.boxes[rows], "xyxy", "cxcywh") / norm, self.velocity[rows] / norm], dim=1
+            [convert_boxes(self.boxes[rows], "xyxy", "cxcywh") / norm, self.velocity[rows] / norm], dim=1
         )  # [N, 8]
         app = appearance if (appearance is not None and self.memory.appearance_size) else None
         param = next(self.memory.parameters())
