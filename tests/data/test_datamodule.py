@@ -4,7 +4,7 @@ import torch
 from detforge.data.datamodule import DetectionDataModule, detection_collate
 from detforge.data.mosaic import Mosaic
 from detforge.data.synthetic import SyntheticShapes
-from detforge.data.transforms import build_val_transforms
+from detforge.data.transforms import PAD_VALUE, build_val_transforms, pad_value
 from detforge.targets import image_sizes_of
 
 
@@ -38,7 +38,7 @@ def test_collate_puts_each_target_key_in_one_buffer():
     assert [t["image_id"] for t in targets] == [2, 0, 3]
 
 
-def test_collate_pads_bottom_right_with_zeros_and_keeps_sizes():
+def test_collate_pads_bottom_right_with_the_letterbox_grey_and_keeps_sizes():
     batch = [_sample(1, 5, 9), _sample(1, 7, 4), _sample(1, 2, 2)]
     batch[0][1]["size"] = torch.tensor([5, 9])
     images, targets = detection_collate(batch)
@@ -47,8 +47,27 @@ def test_collate_pads_bottom_right_with_zeros_and_keeps_sizes():
     for (image, _), padded in zip(batch, images):
         h, w = image.shape[-2:]
         assert torch.equal(padded[:, :h, :w], image)
-        assert padded[:, h:, :].abs().sum() == 0 and padded[:, :, w:].abs().sum() == 0
+        grey = torch.tensor(pad_value(torch.float32))  # 114 / 255
+        assert torch.all(padded[:, h:, :] == grey) and torch.all(padded[:, :, w:] == grey)
     assert "size" not in batch[1][1]  # the caller's dicts are not modified
+
+
+def test_collate_pads_uint8_images_with_the_uint8_grey_like_the_letterbox():
+    small = (
+        torch.zeros(3, 4, 4, dtype=torch.uint8),
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long()},
+    )
+    big = (
+        torch.zeros(3, 6, 4, dtype=torch.uint8),
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long()},
+    )
+    images, _ = detection_collate([small, big])
+    assert images.dtype == torch.uint8 and torch.all(images[0, :, 4:] == PAD_VALUE)
+    assert torch.all(images[0, :, :4] == 0) and torch.all(images[1] == 0)
+    # a letterboxed image and a collate-padded one have the same grey
+    letterboxed, _ = build_val_transforms(8)(torch.zeros(3, 4, 8, dtype=torch.uint8), dict(small[1]))
+    collated, _ = detection_collate([(torch.zeros(3, 4, 8), {}), (torch.zeros(3, 8, 8), {})])
+    assert torch.equal(collated[0, :, 4:], letterboxed[:, 4:])
 
 
 def test_collate_rejects_mixed_channels_and_empty_batches():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detforge.data.transforms import PAD_VALUE, build_train_transforms, build_val_transforms
+from detforge.data.transforms import PAD_VALUE, build_train_transforms, build_val_transforms, pad_value
 
 
 def _painted(height, width, boxes, channels=3):
@@ -151,3 +151,14 @@ def test_train_pipeline_on_single_channel_images():
         torch.manual_seed(seed)
         out, target = build_train_transforms(48)(_painted(40, 60, boxes, channels=1), _target(boxes))
         assert out.shape == (1, 48, 48) and target["boxes"].shape[0] == target["labels"].shape[0]
+
+
+def test_letterbox_pads_float_and_uint8_images_with_the_same_grey():
+    """One padding value: a float image in [0, 1] gets PAD_VALUE / 255, not 114.0."""
+    assert pad_value(torch.uint8) == PAD_VALUE == 114
+    assert pad_value(torch.float32) == pytest.approx(PAD_VALUE / 255, abs=1e-7)
+    image = _painted(32, 64, torch.tensor([[4.0, 4.0, 20.0, 20.0]]))
+    from_uint8, _ = build_val_transforms(64)(image, _target(torch.zeros(0, 4)))
+    from_float, _ = build_val_transforms(64)(image.float() / 255, _target(torch.zeros(0, 4)))
+    assert torch.allclose(from_float[:, 32:, :], torch.tensor(PAD_VALUE / 255))
+    torch.testing.assert_close(from_float, from_uint8, atol=1 / 255, rtol=0)

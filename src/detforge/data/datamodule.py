@@ -1,7 +1,7 @@
 """Batching: ``detection_collate`` and the Lightning ``DetectionDataModule``.
 
 A batch is ``(images Tensor[B, C, H, W], targets list[dict])`` (docs/architecture.md): images of one size are
-stacked, otherwise zero-padded on the bottom/right to the batch's largest height and width; every target keeps
+stacked, otherwise padded with grey (``transforms.PAD_VALUE``) on the bottom/right to the batch's largest height and width; every target keeps
 its unpadded ``size`` (h, w).
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from detforge.data.mosaic import Mosaic, keep_uint8
-from detforge.data.transforms import build_train_transforms, build_val_transforms
+from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
 
 __all__ = ["DetectionDataModule", "detection_collate"]
 
@@ -25,7 +25,9 @@ __all__ = ["DetectionDataModule", "detection_collate"]
 def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
     """Collate ``(image Tensor[C, H_i, W_i], target)`` pairs into ``(Tensor[B, C, H, W], list[dict])``.
 
-    Equal sizes are stacked; otherwise each image is zero-padded bottom/right to the largest H and W. A target
+    Equal sizes are stacked; otherwise each image is padded bottom/right to the largest H and W with the
+    letterbox grey, :data:`~detforge.data.transforms.PAD_VALUE` in the images' scale (114 for uint8, 114 / 255
+    for float images in [0, 1]; normalised images get that same number, not the normalised grey). A target
     without ``size`` gets its image's (h, w).
 
     Raises:
@@ -49,7 +51,7 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
         return torch.stack(images), targets  # [B, C, H, W]
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
-    out = first.new_zeros((len(images), first.shape[0], height, width))  # [B, C, H, W]
+    out = first.new_full((len(images), first.shape[0], height, width), pad_value(first.dtype))  # [B, C, H, W]
     for i, image in enumerate(images):
         out[i, :, : image.shape[-2], : image.shape[-1]] = image
     return out, targets

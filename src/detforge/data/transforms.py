@@ -9,7 +9,7 @@ entry (``labels``, ``iscrowd``, ``ignore``, ``area``, ``track_ids``). The output
 (``[C, imgsz, imgsz]`` when letterboxed) and ``target["size"]`` is its (h, w).
 
 Letterbox = keep-ratio resize of the longer side to ``imgsz``, then pad bottom/right to ``imgsz x imgsz``
-with grey 114; boxes stay in pixels of the padded image, whose top-left is the original's top-left, so
+with grey :data:`PAD_VALUE` (114 on uint8, 114 / 255 in [0, 1] floats; :func:`pad_value`); boxes stay in pixels of the padded image, whose top-left is the original's top-left, so
 predictions map back with one scale factor (``orig_size / unpadded size``).
 """
 
@@ -25,25 +25,42 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
+    "PAD_VALUE",
     "PER_BOX_KEYS",
     "DetectionTransform",
     "PadBottomRight",
     "RecordSize",
     "build_train_transforms",
     "build_val_transforms",
+    "pad_value",
 ]
 
 #: Target entries with one value per box; they are filtered together with the boxes.
 PER_BOX_KEYS = ("labels", "iscrowd", "ignore", "area", "track_ids", "scores")
+#: The one padding grey of detforge, on the uint8 scale: letterbox, scale-jitter canvas, mosaic canvas and
+#: batch collation all pad with it (114 / 255 in float images in [0, 1]; see :func:`pad_value`).
 PAD_VALUE = 114
 _ROW = "_row"  # private target key: input row of each box, to rescale areas after sanitising
 _CONTENT_SIZE = "_content_size"  # private target key written by RecordSize
 
 
-class PadBottomRight(v2.Transform):
-    """Pad the image (and canvas of the boxes) on the bottom and right up to ``size=(h, w)``; never crops."""
+def pad_value(dtype: torch.dtype) -> float:
+    """:data:`PAD_VALUE` in an image of ``dtype``: 114 for integer (uint8) images, 114 / 255 for float images
+    in [0, 1], computed as ``ToDtype(scale=True)`` converts a uint8 114 (so a float image padded with it and
+    a uint8 image padded with 114 then converted are bitwise equal)."""
+    if not dtype.is_floating_point:
+        return float(PAD_VALUE)
+    return float(TF.to_dtype(torch.tensor(PAD_VALUE, dtype=torch.uint8), dtype, scale=True))
 
-    def __init__(self, size: int | Sequence[int], fill: int = PAD_VALUE) -> None:
+
+class PadBottomRight(v2.Transform):
+    """Pad the image (and canvas of the boxes) on the bottom and right up to ``size=(h, w)``; never crops.
+
+    ``fill=None`` pads with :data:`PAD_VALUE` in the image's scale (:func:`pad_value`), so uint8 and float
+    inputs get the same grey.
+    """
+
+    def __init__(self, size: int | Sequence[int], fill: float | None = None) -> None:
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.fill = fill
@@ -55,7 +72,8 @@ class PadBottomRight(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not any(params["padding"]):
             return inpt
-        return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=self.fill)
+        fill = pad_value(inpt.dtype) if self.fill is None else self.fill
+        return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=fill)
 
 
 class RecordSize(v2.Transform):
