@@ -37,8 +37,8 @@ def test_target_contract(tmp_path):
     assert ds[0][1]["boxes"].max() == 20
 
 
-def test_target_size_and_mode_l(tmp_path):
-    ds = DetectionDataset(_records(tmp_path), ["x", "y"], target_size=(20, 10), mode="L")
+def test_imgsz_and_mode_l(tmp_path):
+    ds = DetectionDataset(_records(tmp_path), ["x", "y"], imgsz=(20, 10), mode="L")
     image, target = ds[0]
     assert image.shape == (1, 20, 10)
     torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0.0, 10.0, 20.0], [1.0, 6.0, 2.0, 10.0]]))
@@ -57,8 +57,8 @@ def test_empty_dataset_and_bad_arguments(tmp_path):
     assert len(ds) == 0 and ds.num_classes == 1 and ds.skipped == {}
     with pytest.raises(ValueError, match="'RGB', 'L'"):
         DetectionDataset([], ["x"], mode="rgb")
-    with pytest.raises(ValueError, match="target_size"):
-        DetectionDataset([], ["x"], target_size=(0, 4))
+    with pytest.raises(ValueError, match="imgsz"):
+        DetectionDataset([], ["x"], imgsz=(0, 4))
 
 
 def test_package_exports_readers_and_lazy_names():
@@ -66,3 +66,14 @@ def test_package_exports_readers_and_lazy_names():
     assert callable(detforge.data.run_doctor)
     with pytest.raises(AttributeError, match="no_such_thing"):
         detforge.data.no_such_thing  # noqa: B018
+
+
+def test_target_size_is_the_deprecated_name_of_imgsz(tmp_path):
+    with pytest.warns(DeprecationWarning, match="'target_size' is deprecated.*use 'imgsz'"):
+        ds = DetectionDataset(_records(tmp_path), ["x", "y"], target_size=(20, 10))
+    assert ds.imgsz == (20, 10) and ds[0][0].shape == (3, 20, 10)
+    with pytest.warns(DeprecationWarning, match="imgsz"):
+        assert ds.target_size == (20, 10)
+    assert DetectionDataset(_records(tmp_path), ["x", "y"], imgsz=12).imgsz == (12, 12)  # int: a square
+    with pytest.raises(TypeError, match="both 'imgsz' and its deprecated name 'target_size'"):
+        DetectionDataset(_records(tmp_path), ["x", "y"], imgsz=(4, 4), target_size=(4, 4))

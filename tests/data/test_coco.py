@@ -45,9 +45,9 @@ def test_matches_pycocotools(make_coco):
     assert ds.skipped == {}
 
 
-def test_target_size_scales_boxes_and_image(make_coco):
+def test_imgsz_scales_boxes_and_image(make_coco):
     image_dir, ann_file = make_coco()
-    ds = _quiet(image_dir, ann_file, target_size=(20, 30))
+    ds = _quiet(image_dir, ann_file, imgsz=(20, 30))
     image, target = ds[0]  # file is 40 x 60
     assert image.shape == (3, 20, 30)
     torch.testing.assert_close(target["boxes"][0], torch.tensor([2.5, 3.0, 12.5, 8.0]))

@@ -7,6 +7,7 @@ import pytest
 from detforge.data.coco import CocoDataset
 from detforge.data.masks import MaskDataset
 from detforge.data.spec import build_dataset, parse_spec
+from detforge.data.synthetic import SyntheticShapes
 from detforge.data.voc import VOCDataset
 from detforge.data.widerface import WiderFaceDataset
 from detforge.data.yolo import YoloDataset
@@ -14,7 +15,7 @@ from detforge.data.yolo import YoloDataset
 
 def test_file_specs(make_coco, make_voc, make_yolo, make_wider, make_masks):
     image_dir, ann_file = make_coco()
-    coco = build_dataset(f"coco:{ann_file}:{image_dir}", split="val", target_size=(16, 16))
+    coco = build_dataset(f"coco:{ann_file}:{image_dir}", split="val", imgsz=(16, 16))
     assert isinstance(coco, CocoDataset) and len(coco) == 3 and coco[0][0].shape == (3, 16, 16)
     voc_root = make_voc()
     assert isinstance(build_dataset(f"voc:{voc_root}"), VOCDataset)
@@ -71,3 +72,17 @@ def test_mode_l_on_synthetic_renders_thermal():
     pytest.importorskip("detforge.data.synthetic")
     ds = build_dataset("synthetic:2", mode="L", image_size=32)
     assert ds.mode == "thermal" and ds[0][0].shape[0] == 1
+
+
+def test_target_size_still_accepted_with_a_deprecation_warning(make_coco):
+    image_dir, ann_file = make_coco()
+    with pytest.warns(DeprecationWarning, match="build_dataset.*'target_size'.*'imgsz'"):
+        coco = build_dataset(f"coco:{ann_file}:{image_dir}", split="val", target_size=(16, 16))
+    assert coco.imgsz == (16, 16) and coco[0][0].shape == (3, 16, 16)
+    with pytest.warns(DeprecationWarning, match="CocoDataset.*'imgsz'"):
+        assert CocoDataset(image_dir, ann_file, target_size=(8, 8)).imgsz == (8, 8)
+    with pytest.warns(DeprecationWarning, match="build_dataset.*'imgsz'"):
+        synthetic = build_dataset("synthetic:4", target_size=32)
+    assert synthetic.imgsz == (32, 32) and synthetic[0][0].shape == (3, 32, 32)
+    with pytest.warns(DeprecationWarning, match="SyntheticShapes.*'imgsz'"):
+        assert SyntheticShapes(2, image_size=64, target_size=(16, 24)).imgsz == (16, 24)

@@ -124,7 +124,7 @@ def test_sequence_marks_heavily_hidden_tracks_ignore():
     assert flags.any() and not flags.all()
 
 
-def test_transforms_get_uint8_and_target_size_resizes():
+def test_transforms_get_uint8_and_imgsz_resizes():
     seen = {}
 
     def spy(image, target):
@@ -135,7 +135,7 @@ def test_transforms_get_uint8_and_target_size_resizes():
     ds[0]
     assert seen["dtype"] == torch.uint8
     base = SyntheticShapes(3, image_size=64, empty_fraction=0.0, min_size=8)
-    resized = SyntheticShapes(3, image_size=64, empty_fraction=0.0, min_size=8, target_size=(32, 128))
+    resized = SyntheticShapes(3, image_size=64, empty_fraction=0.0, min_size=8, imgsz=(32, 128))
     image, target = resized[1]
     assert image.shape == (3, 32, 128) and target["size"].tolist() == [32, 128]
     assert target["orig_size"].tolist() == [64, 64]

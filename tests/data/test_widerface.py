@@ -30,8 +30,8 @@ def test_parses_faces_and_zero_face_entry(make_wider):
     torch.testing.assert_close(ds[2][1]["boxes"], torch.tensor([[0.0, 0.0, 30.0, 40.0]]))  # border box
 
 
-def test_get_scales_to_target_size(make_wider):
-    _, boxes = _quiet(make_wider(), target_size=(20, 25)).get(0)
+def test_get_scales_to_imgsz(make_wider):
+    _, boxes = _quiet(make_wider(), imgsz=(20, 25)).get(0)
     torch.testing.assert_close(boxes[0], torch.tensor([0.5, 1.0, 5.5, 7.0]))
 
 

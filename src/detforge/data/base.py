@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from detforge.data.checks import IssueLog
+from detforge.data.deprecation import renamed_kwargs, warn_renamed
 from detforge.io import ImageMode, image_size, load_image_uint8, resize_uint8
 
 __all__ = ["Annotation", "DetectionDataset", "Record"]
@@ -71,31 +72,33 @@ class DetectionDataset(Dataset):
     Args:
         records: the parsed images (see :class:`Record`).
         class_names: one name per label index.
-        target_size: ``(H, W)`` to resize every image to (boxes scale with it); None keeps the file's size.
+        imgsz: ``(H, W)`` (or an int for a square) to resize every image to, stretching (boxes scale with it);
+            None keeps the file's size. ``target_size=`` is the deprecated name.
         transforms: called as ``transforms(image, target)`` with ``image`` uint8 ``Tensor[C, H, W]``; must
             return ``(image float32 in [0, 1], target)``. None returns the image as float32 / 255.
         mode: ``"RGB"`` or ``"L"`` (single channel, thermal).
         issues: the problems the reader counted while parsing (kept as ``dataset.issues``).
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         records: Sequence[Record],
         class_names: Sequence[str],
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable[[Tensor, dict], tuple[Tensor, dict]] | None = None,
         mode: ImageMode = "RGB",
         issues: IssueLog | None = None,
     ) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode must be one of ('RGB', 'L'), got {mode!r}")
-        if target_size is not None:
-            target_size = (int(target_size[0]), int(target_size[1]))
-            if min(target_size) <= 0:
-                raise ValueError(f"target_size must be positive (H, W), got {target_size}")
+        if imgsz is not None:
+            imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+            if min(imgsz) <= 0:
+                raise ValueError(f"imgsz must be positive (H, W), got {imgsz}")
         self.records = list(records)
         self.class_names = [str(n) for n in class_names]
-        self.target_size = target_size
+        self.imgsz: tuple[int, int] | None = imgsz
         self.transforms = transforms
         self.mode = mode
         self.issues = issues if issues is not None else IssueLog(type(self).__name__)
@@ -160,8 +163,8 @@ class DetectionDataset(Dataset):
                 stacklevel=2,
             )
         h, w = orig_h, orig_w
-        if self.target_size is not None and self.target_size != (orig_h, orig_w):
-            h, w = self.target_size
+        if self.imgsz is not None and self.imgsz != (orig_h, orig_w):
+            h, w = self.imgsz
             image = resize_uint8(image, h, w)
             sx, sy = w / orig_w, h / orig_h
             boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
@@ -198,9 +201,15 @@ class DetectionDataset(Dataset):
             for box, label, crowd in zip(record.boxes, record.labels, iscrowd)
         ]
 
+    @property
+    def target_size(self) -> tuple[int, int] | None:
+        """Deprecated name of :attr:`imgsz`."""
+        warn_renamed(type(self).__name__, "target_size", "imgsz", stacklevel=2)
+        return self.imgsz
+
     def __repr__(self) -> str:
         boxes = int(self._boxes.shape[0])
         return (
             f"{type(self).__name__}(images={len(self)}, boxes={boxes}, classes={self.num_classes}, "
-            f"target_size={self.target_size}, mode={self.mode!r})"
+            f"imgsz={self.imgsz}, mode={self.mode!r})"
         )

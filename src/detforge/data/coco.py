@@ -19,6 +19,7 @@ from torch import Tensor
 from detforge.boxes import convert_boxes
 from detforge.data.base import Annotation, DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
+from detforge.data.deprecation import renamed_kwargs
 from detforge.io import ImageMode, image_size
 
 __all__ = ["CocoDataset", "load_coco_json", "parse_coco"]
@@ -192,7 +193,8 @@ class CocoDataset(DetectionDataset):
     Args:
         image_dir: the folder the images' ``file_name`` is relative to.
         ann_file: the ``instances_*.json`` file.
-        target_size: ``(H, W)`` to resize to (boxes scale with it); None keeps each file's size.
+        imgsz: ``(H, W)`` (or an int for a square) to resize to (boxes scale with it); None keeps each file's
+            size. ``target_size=`` is its deprecated name.
         transforms: ``transforms(image_uint8, target) -> (image, target)``; see :class:`DetectionDataset`.
         mode: ``"RGB"`` or ``"L"``.
 
@@ -202,11 +204,12 @@ class CocoDataset(DetectionDataset):
         skipped: counts of the records skipped while reading, by reason.
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         image_dir: str | os.PathLike,
         ann_file: str | os.PathLike,
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         mode: ImageMode = "RGB",
     ) -> None:
@@ -218,7 +221,7 @@ class CocoDataset(DetectionDataset):
         records, cat_ids, class_names = parse_coco(data, self.image_dir, name, log)
         self.label_to_cat_id = cat_ids
         self.cat_id_to_label = {c: i for i, c in enumerate(cat_ids)}
-        super().__init__(records, class_names, target_size, transforms, mode, issues=log)
+        super().__init__(records, class_names, imgsz, transforms, mode, issues=log)
         log.warn(stacklevel=3)
 
     def get(self, index: int) -> tuple[Tensor, list[Annotation]]:

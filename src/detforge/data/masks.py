@@ -18,6 +18,7 @@ from torchvision.ops import masks_to_boxes
 
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog
+from detforge.data.deprecation import renamed_kwargs
 from detforge.io import ImageMode, image_size
 
 __all__ = ["MaskDataset", "instance_boxes"]
@@ -57,9 +58,10 @@ class MaskDataset(DetectionDataset):
             with ``mask_suffix`` appended to the stem or without it.
         mask_suffix: see ``mask_dir``.
         class_names: the one class every instance belongs to, as a one-element list.
-        target_size, transforms, mode: see :class:`DetectionDataset`.
+        imgsz, transforms, mode: see :class:`DetectionDataset` (``target_size=`` is imgsz's deprecated name).
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         root: str | os.PathLike,
@@ -67,7 +69,7 @@ class MaskDataset(DetectionDataset):
         mask_dir: str = "PedMasks",
         mask_suffix: str = "_mask",
         class_names: Sequence[str] = ("object",),
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         mode: ImageMode = "RGB",
     ) -> None:
@@ -123,5 +125,5 @@ class MaskDataset(DetectionDataset):
                     source=str(mask_path),
                 )
             )
-        super().__init__(records, list(class_names), target_size, transforms, mode, issues=log)
+        super().__init__(records, list(class_names), imgsz, transforms, mode, issues=log)
         log.warn(stacklevel=3)

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from torch.utils.data import Dataset
 
+from detforge.data.deprecation import renamed_kwargs
+
 __all__ = ["SPEC_FORMS", "build_dataset", "parse_spec"]
 
 SPEC_FORMS = (
@@ -78,10 +80,11 @@ def _split_paths(rest: str) -> list[str]:
     return merged
 
 
+@renamed_kwargs(target_size="imgsz")
 def build_dataset(
     spec: str,
     split: Literal["train", "val"] = "train",
-    target_size: tuple[int, int] | None = None,
+    imgsz: int | tuple[int, int] | None = None,
     transforms: Callable | None = None,
     **kwargs: Any,
 ) -> Dataset:
@@ -90,7 +93,8 @@ def build_dataset(
     Args:
         spec: e.g. ``"synthetic:256"``, ``"coco:ann.json:images"``, ``"widerface:/data/wider:val"``.
         split: ``"train"`` or ``"val"``.
-        target_size: ``(H, W)`` every image is resized to (boxes scale with it); None keeps file sizes.
+        imgsz: ``(H, W)`` (or an int for a square) every image is resized to (boxes scale with it); None keeps
+            file sizes. ``target_size=`` is its deprecated name.
         transforms: ``transforms(image_uint8, target) -> (image, target)`` (synthetic data gets it as is).
         **kwargs: passed on to the dataset class (e.g. ``mode="L"``, ``image_size=`` for synthetic);
             ``mode="L"`` on a synthetic spec renders the thermal (1-channel) variant.
@@ -101,7 +105,7 @@ def build_dataset(
     if split not in ("train", "val"):
         raise ValueError(f"split must be one of ('train', 'val'), got {split!r}")
     kind, parts = parse_spec(spec)
-    common = {"target_size": target_size, "transforms": transforms, **kwargs}
+    common = {"imgsz": imgsz, "transforms": transforms, **kwargs}
     if kind in _SYNTHETIC_MODES:
         from detforge.data.synthetic import SyntheticShapes
 

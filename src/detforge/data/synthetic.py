@@ -32,6 +32,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from detforge.data.deprecation import renamed_kwargs, warn_renamed
+
 __all__ = ["SHAPE_NAMES", "SyntheticShapes"]
 
 SHAPE_NAMES = ("circle", "rectangle", "triangle", "ellipse", "star", "cross", "diamond", "ring")
@@ -165,7 +167,8 @@ class SyntheticShapes(Dataset):
 
     Args:
         num_images: number of samples (frames in ``sequence`` mode).
-        image_size: rendered size, int or ``(h, w)``.
+        image_size: rendered size, int or ``(h, w)`` (the canvas the shapes are drawn on, like a file's size;
+            :class:`~detforge.data.DetectionDataModule` renders at its ``imgsz``).
         num_classes: how many shape types to use (class ``i`` is ``SHAPE_NAMES[i]``), 1 to 8.
         seed: base seed; sample ``i`` depends on ``(seed, i)`` only.
         mode: ``"rgb"`` (3 channels), ``"thermal"`` (1 channel) or ``"sequence"`` (3 channels, moving objects).
@@ -177,7 +180,8 @@ class SyntheticShapes(Dataset):
         empty_fraction: probability that an image (a whole sequence in ``sequence`` mode) has no shapes.
         max_occlusion: largest hidden fraction of a shape (see the module docstring for what happens beyond).
         noise: standard deviation of the per-pixel Gaussian noise, in uint8 grey levels.
-        target_size: optional ``(h, w)`` (or int for square) to resize the rendered image and boxes to.
+        imgsz: optional ``(h, w)`` (or int for square) to resize the rendered image and boxes to, as the file
+            readers' ``imgsz``; ``target_size=`` is its deprecated name.
         transforms: optional ``transforms(image_uint8 Tensor[C, H, W], target) -> (image, target)``; without
             it the image is returned as float32 in [0, 1].
         cache: keep each rendered uint8 image and its target in memory (per process, so per DataLoader
@@ -188,6 +192,7 @@ class SyntheticShapes(Dataset):
     ``sequence`` mode, ``track_ids`` (int64 [N]), ``frame_index`` and ``sequence_id``.
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         num_images: int = 512,
@@ -204,7 +209,7 @@ class SyntheticShapes(Dataset):
         empty_fraction: float = 0.1,
         max_occlusion: float = 0.35,
         noise: float = 6.0,
-        target_size: int | tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         cache: bool = False,
     ) -> None:
@@ -250,9 +255,9 @@ class SyntheticShapes(Dataset):
         self.noise = float(noise)
         amplitude = self.noise * np.sqrt(3.0)  # uniform on [-a, a] has standard deviation a / sqrt(3)
         self._noise_table = np.round(np.linspace(-amplitude, amplitude, 256)).astype(np.int16)
-        if target_size is not None:
-            target_size = (target_size, target_size) if isinstance(target_size, int) else tuple(target_size)
-        self.target_size = target_size
+        if imgsz is not None:
+            imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+        self.imgsz: tuple[int, int] | None = imgsz
         self._sequence_background: tuple[int, np.ndarray | None] = (-1, None)
         self.transforms = transforms
         self.cache = bool(cache)
@@ -471,12 +476,18 @@ class SyntheticShapes(Dataset):
         image, target = self._renders[index]
         return image.clone(), _copy_target(target)
 
+    @property
+    def target_size(self) -> tuple[int, int] | None:
+        """Deprecated name of :attr:`imgsz`."""
+        warn_renamed(type(self).__name__, "target_size", "imgsz", stacklevel=2)
+        return self.imgsz
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         if index < 0:
             index += self.num_images
         image, target = self._cached_render(index)
-        if self.target_size is not None and tuple(self.target_size) != (self.height, self.width):
-            th, tw = self.target_size
+        if self.imgsz is not None and tuple(self.imgsz) != (self.height, self.width):
+            th, tw = self.imgsz
             sx, sy = tw / self.width, th / self.height
             image = TF.resize(image, [th, tw], antialias=True)  # [C, th, tw] uint8
             target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy])

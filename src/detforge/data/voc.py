@@ -18,6 +18,7 @@ import numpy as np
 from detforge.boxes import voc_to_xyxy, xyxy_to_voc
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
+from detforge.data.deprecation import renamed_kwargs
 from detforge.io import ImageMode
 
 __all__ = ["VOCDataset", "VocObject", "find_voc_files", "parse_voc_xml"]
@@ -188,20 +189,21 @@ class VOCDataset(DetectionDataset):
         split: the ``ImageSets/Main/{split}.txt`` list to use when it exists (None: every xml).
         class_names: the classes in label order; objects of other names are skipped (counted). None collects
             the names found, sorted.
-        target_size, transforms, mode: see :class:`DetectionDataset`.
+        imgsz, transforms, mode: see :class:`DetectionDataset` (``target_size=`` is imgsz's deprecated name).
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         root: str | os.PathLike,
         split: str | None = None,
         class_names: Sequence[str] | None = None,
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         mode: ImageMode = "RGB",
     ) -> None:
         self.root = os.fspath(root)
         log = IssueLog(self.root)
         records, names = read_voc_records(self.root, split, class_names, log)
-        super().__init__(records, names, target_size, transforms, mode, issues=log)
+        super().__init__(records, names, imgsz, transforms, mode, issues=log)
         log.warn(stacklevel=3)

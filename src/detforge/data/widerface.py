@@ -21,6 +21,7 @@ from torch import Tensor
 from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
+from detforge.data.deprecation import renamed_kwargs
 from detforge.io import ImageMode, image_size
 
 __all__ = ["WiderFaceDataset", "WiderFaceEntry", "parse_wider_gt"]
@@ -124,14 +125,15 @@ class WiderFaceDataset(DetectionDataset):
     Args:
         root: the folder holding ``WIDER_{split}/`` and ``wider_face_split/``.
         split: ``"train"`` or ``"val"``.
-        target_size, transforms, mode: see :class:`DetectionDataset`.
+        imgsz, transforms, mode: see :class:`DetectionDataset` (``target_size=`` is imgsz's deprecated name).
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         root: str | os.PathLike,
         split: Literal["train", "val"] = "train",
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         mode: ImageMode = "RGB",
     ) -> None:
@@ -180,7 +182,7 @@ class WiderFaceDataset(DetectionDataset):
             log.add(
                 "normalized_coords", f"{self.gt_file}: every face coordinate is <= 1; WIDER FACE uses pixels"
             )
-        super().__init__(records, ["face"], target_size, transforms, mode, issues=log)
+        super().__init__(records, ["face"], imgsz, transforms, mode, issues=log)
         log.warn(stacklevel=3)
 
     def get(self, index: int) -> tuple[Tensor, Tensor]:

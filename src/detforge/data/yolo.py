@@ -18,6 +18,7 @@ import yaml
 from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, check_labels, validate_boxes
+from detforge.data.deprecation import renamed_kwargs
 from detforge.io import ImageMode, image_size
 
 __all__ = ["YoloDataset", "image_to_label_path", "load_data_yaml"]
@@ -130,14 +131,15 @@ class YoloDataset(DetectionDataset):
         data_yaml: the yaml file with ``path`` (optional root, relative to the yaml's folder), ``train`` and
             ``val`` (image folders, list files or lists of them, relative to the root) and ``names``.
         split: which entry of the yaml to read, ``"train"``, ``"val"`` or ``"test"``.
-        target_size, transforms, mode: see :class:`DetectionDataset`.
+        imgsz, transforms, mode: see :class:`DetectionDataset` (``target_size=`` is imgsz's deprecated name).
     """
 
+    @renamed_kwargs(target_size="imgsz")
     def __init__(
         self,
         data_yaml: str | os.PathLike,
         split: Literal["train", "val", "test"] = "train",
-        target_size: tuple[int, int] | None = None,
+        imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
         mode: ImageMode = "RGB",
     ) -> None:
@@ -167,5 +169,5 @@ class YoloDataset(DetectionDataset):
             else:
                 boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
             records.append(Record(index, image_path, boxes, labels, height, width, source=label_path))
-        super().__init__(records, names, target_size, transforms, mode, issues=log)
+        super().__init__(records, names, imgsz, transforms, mode, issues=log)
         log.warn(stacklevel=3)
