@@ -160,7 +160,7 @@ class DetectionMAP(Metric):
         dt = CocoDetections(
             image_ids=np.repeat(np.arange(num_images), det_counts),
             category_ids=d_labels,
-            boxes=np.concatenate([d_boxes[:, :2], d_boxes[:, 2:] - d_boxes[:, :2]], axis=1),
+            boxes=convert_boxes(d_boxes, "xyxy", "xywh"),  # [D, 4] float64
             scores=_cat(self.det_scores, torch.float64).cpu().numpy(),
         )
         return self.evaluator.evaluate(gt, dt)
