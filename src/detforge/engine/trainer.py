@@ -100,8 +100,10 @@ def default_callbacks(run_dir: Path, progress_bar: bool = True, artifacts: bool 
 
     from detforge.engine.callbacks import RunArtifacts
     from detforge.engine.schedule import FitScheduleToTime
+    from detforge.engine.threads import AdaptiveThreads
 
     callbacks: list = [
+        AdaptiveThreads(),
         FitScheduleToTime(),
         ModelCheckpoint(
             dirpath=str(run_dir),
@@ -112,7 +114,7 @@ def default_callbacks(run_dir: Path, progress_bar: bool = True, artifacts: bool 
             save_top_k=1,
             auto_insert_metric_name=False,
             enable_version_counter=False,
-        )
+        ),
     ]
     if progress_bar:
         from lightning.pytorch.callbacks import RichProgressBar
