@@ -1,4 +1,5 @@
-"""Bare FCOS detector: timm backbone, FPN, FCOS head, batched assigner and losses, postprocess.
+"""Bare FCOS detector: timm backbone, FPN, FCOS head, :class:`~detforge.models.criteria.FCOSCriterion`,
+postprocess.
 
 Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``loss(outputs, targets)``,
 ``postprocess(outputs, image_sizes)``.
@@ -6,31 +7,20 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from detforge.assigners.fcos import FCOSAssigner
-from detforge.losses import get_loss
-from detforge.losses.iou import ltrb_to_origin_xyxy, paired_box_iou
-from detforge.losses.quality_focal import QualityFocalLoss
+from detforge.boxes import grid_points, ltrb_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.criteria import FCOSCriterion, IoULossName, default_regress_ranges
 from detforge.models.heads.fcos import FCOSHead, FCOSNorm
-from detforge.models.pyramid_detector import PyramidDetector, check_labels, mean_over_ranks
-from detforge.postprocess import NMSMethod, distances_to_boxes, make_points
+from detforge.models.pyramid_detector import PyramidDetector
+from detforge.postprocess import NMSMethod
 from detforge.targets import pad_targets
 
-__all__ = ["FCOS", "check_labels", "default_regress_ranges", "mean_over_ranks"]
-
-
-def default_regress_ranges(strides: Sequence[int]) -> tuple[tuple[float, float], ...]:
-    """FCOS's size ranges for any strides: level ``l`` takes boxes whose largest distance lies in
-    ``(8 * s_{l-1}, 8 * s_l]``; the first starts at -1, the last is open. P3-P7 gives FCOS's
-    ``(-1, 64), (64, 128), (128, 256), (256, 512), (512, inf)``."""
-    bounds = [-1.0] + [8.0 * s for s in strides[:-1]] + [math.inf]
-    return tuple(zip(bounds[:-1], bounds[1:]))
+__all__ = ["FCOS", "default_regress_ranges"]
 
 
 class FCOS(PyramidDetector):
@@ -70,7 +60,7 @@ class FCOS(PyramidDetector):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         cls_loss_fn: str | nn.Module = "focal",
-        reg_loss_fn: str | nn.Module = "giou",
+        reg_loss_fn: IoULossName | nn.Module = "giou",
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 1.0,
         centerness_loss_weight: float = 1.0,
@@ -97,79 +87,60 @@ class FCOS(PyramidDetector):
             input_size=input_size,
             channels_last=channels_last,
         )
-        if regress_ranges is None:
-            regress_ranges = default_regress_ranges(self.strides)
         self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_num_convs, norm=head_norm)
-        self.assigner = FCOSAssigner(self.strides, regress_ranges, center_sampling_radius)
-        # Quality focal loss (GFL) learns IoU-aware scores: the true class's target is the IoU of the box.
-        self.cls_quality = cls_loss_fn == "quality_focal" or isinstance(cls_loss_fn, QualityFocalLoss)
-        if isinstance(cls_loss_fn, str):
-            kw: dict = {}
-            if cls_loss_fn == "focal":
-                kw = dict(alpha=focal_alpha, gamma=focal_gamma)
-            elif cls_loss_fn == "quality_focal":
-                kw = dict(beta=focal_gamma)
-            cls_loss_fn = get_loss(cls_loss_fn, reduction="sum", **kw)
-        if isinstance(reg_loss_fn, str):
-            reg_loss_fn = get_loss(reg_loss_fn, box_format="ltrb", reduction="sum")
-        self.cls_loss_fn = cls_loss_fn
-        self.reg_loss_fn = reg_loss_fn
-        self.centerness_loss_fn = get_loss("bce", reduction="sum")
-        self.cls_loss_weight = cls_loss_weight
-        self.reg_loss_weight = reg_loss_weight
-        self.centerness_loss_weight = centerness_loss_weight
+        self.criterion = FCOSCriterion(
+            self.strides,
+            regress_ranges=regress_ranges,
+            center_sampling_radius=center_sampling_radius,
+            cls_loss=cls_loss_fn,
+            reg_loss=reg_loss_fn,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+            cls_weight=cls_loss_weight,
+            reg_weight=reg_loss_weight,
+            centerness_weight=centerness_loss_weight,
+        )
         self.apply_memory_format()
 
+    @property
+    def assigner(self) -> FCOSAssigner:
+        """The criterion's FCOS assigner (location points, targets)."""
+        return self.criterion.assigner
+
+    @property
+    def cls_quality(self) -> bool:
+        """Whether the classification targets are IoU-aware (quality focal loss)."""
+        return self.criterion.cls_quality
+
+    @property
+    def cls_loss_fn(self) -> nn.Module:
+        """The criterion's classification loss module."""
+        return self.criterion.cls_loss_fn
+
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """FCOS losses of a batch.
+        """FCOS losses of a batch (:class:`~detforge.models.criteria.FCOSCriterion`).
 
         ``targets``: one dict per image with ``boxes`` (Tensor[N, 4] xyxy pixels) and ``labels`` (Tensor[N]);
         crowd / ignored boxes are left out (:func:`detforge.targets.pad_targets`). The classification and
         centerness losses are divided by the number of positives, the box loss by the sum of the positives'
         centerness targets, both averaged over DDP ranks.
         """
-        cls_logits = outputs["cls_logits"]  # [B, P, C]
-        box_reg = outputs["box_reg"]  # [B, P, 4]
-        centerness = outputs["centerness"]  # [B, P]
-        gt_boxes, gt_labels, gt_mask = pad_targets(targets, cls_logits.device)
-        check_labels(gt_labels, gt_mask, self.num_classes)
-        assigned = self.assigner(outputs["feat_sizes"], gt_boxes, gt_labels, gt_mask)
-        pos = assigned.labels >= 0  # [B, P]
-        num_pos = mean_over_ranks(pos.sum()).clamp(min=1.0)
-
-        one_hot = torch.zeros_like(cls_logits)  # [B, P, C]
-        pos_target = nn.functional.one_hot(assigned.labels[pos], self.num_classes).to(one_hot.dtype)  # [N_pos, C]
-        if self.cls_quality:  # soft target at the true class: IoU of the predicted box with its ground truth
-            iou = paired_box_iou(
-                ltrb_to_origin_xyxy(box_reg[pos].detach().float()), ltrb_to_origin_xyxy(assigned.ltrb[pos])
-            )  # [N_pos]
-            pos_target = pos_target * iou.clamp(min=0.0).to(one_hot.dtype)[:, None]
-        one_hot[pos] = pos_target
-        cls_loss = self.cls_loss_fn(cls_logits, one_hot) / num_pos
-
-        ctr_target = assigned.centerness[pos]  # [N_pos]
-        ctr_norm = mean_over_ranks(ctr_target.sum()).clamp(min=1e-6)
-        reg_loss = self.reg_loss_fn(box_reg[pos], assigned.ltrb[pos], ctr_target) / ctr_norm
-        centerness_loss = self.centerness_loss_fn(centerness[pos], ctr_target) / num_pos
-
-        total = (
-            self.cls_loss_weight * cls_loss
-            + self.reg_loss_weight * reg_loss
-            + self.centerness_loss_weight * centerness_loss
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets, outputs["cls_logits"].device)
+        return self.criterion(
+            outputs["cls_logits"],  # [B, P, C]
+            outputs["box_reg"],  # [B, P, 4]
+            outputs["centerness"],  # [B, P]
+            outputs["feat_sizes"],
+            gt_boxes,
+            gt_labels,
+            gt_mask,
         )
-        return {
-            "loss": total,
-            "cls_loss": cls_loss.detach(),
-            "reg_loss": reg_loss.detach(),
-            "centerness_loss": centerness_loss.detach(),
-            "num_pos": pos.sum().detach().float(),
-        }
 
     def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
         """Per-location class scores ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (Tensor[B, P, C]) and
         xyxy boxes (Tensor[B, P, 4])."""
-        points, _ = make_points(outputs["feat_sizes"], self.strides, outputs["box_reg"].device)  # [P, 2]
-        boxes = distances_to_boxes(points, outputs["box_reg"].float())  # [B, P, 4]
+        points, _ = grid_points(outputs["feat_sizes"], self.strides, outputs["box_reg"].device)  # [P, 2]
+        boxes = ltrb_to_xyxy(points, outputs["box_reg"].float())  # [B, P, 4]
         scores = (
             outputs["cls_logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]
         ).sqrt()  # [B, P, C]

@@ -1,41 +1,21 @@
 """What FCOS and YOLOX share: a one-stage detector on a ``PyramidBackbone`` (timm backbone + FPN).
 
 :class:`PyramidDetector` builds the pyramid, keeps the class count, image channels, input size and
-postprocess settings, runs ``forward`` and ``postprocess``; a subclass adds its head, assigner and losses,
-``loss`` and ``decode``. :func:`check_labels` and :func:`mean_over_ranks` are the losses' shared helpers.
+postprocess settings, runs ``forward`` and ``postprocess``; a subclass adds its head, its criterion
+(:mod:`detforge.models.criteria`, where the losses' helpers :func:`check_labels` and :func:`mean_over_ranks`
+now live; re-exported here), ``loss`` and ``decode``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
 from detforge.models.base import Detector, NMSMethod
+from detforge.models.criteria.common import check_labels, mean_over_ranks  # re-exported, moved there
 
 __all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
-
-
-def check_labels(gt_labels: Tensor, gt_mask: Tensor, num_classes: int) -> None:
-    """Raise a ValueError naming the image and box when a label (Tensor[B, G]) is outside [0, num_classes)."""
-    bad = gt_mask & ((gt_labels < 0) | (gt_labels >= num_classes))  # [B, G]
-    if bool(bad.any()):
-        b, g = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"target {b} of the batch, box {g}: label {int(gt_labels[b, g])} is outside [0, {num_classes}); "
-            f"labels must be 0-indexed class ids ({int(bad.sum())} such boxes in the batch)"
-        )
-
-
-def mean_over_ranks(value: Tensor) -> Tensor:
-    """``value`` averaged over DDP ranks when torch.distributed is initialised, else unchanged (detached)."""
-    value = value.detach().float()
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
 
 
 class PyramidDetector(Detector):

@@ -1,4 +1,5 @@
-"""Bare YOLOX-style detector: timm backbone, FPN, decoupled YOLOX head, SimOTA assignment, postprocess.
+"""Bare YOLOX-style detector: timm backbone, FPN, decoupled YOLOX head,
+:class:`~detforge.models.criteria.YOLOXCriterion` (SimOTA), postprocess.
 
 Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``loss(outputs, targets)``,
 ``postprocess(outputs, image_sizes)``. The neck is a plain top-down FPN (YOLOX uses a PAFPN).
@@ -6,15 +7,14 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from detforge.assigners.simota import SimOTAAssigner
-from detforge.losses import get_loss
 from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.criteria import IoULossName, YOLOXCriterion
 from detforge.models.heads.yolox import YOLOXHead
-from detforge.models.pyramid_detector import PyramidDetector, check_labels, mean_over_ranks
-from detforge.postprocess import NMSMethod, make_points
+from detforge.models.pyramid_detector import PyramidDetector
+from detforge.postprocess import NMSMethod
 from detforge.targets import pad_targets
 
 __all__ = ["YOLOX"]
@@ -52,7 +52,7 @@ class YOLOX(PyramidDetector):
         center_radius: float = 2.5,
         candidate_topk: int = 10,
         cls_loss_fn: str | nn.Module = "bce",
-        reg_loss_fn: str | nn.Module = "giou",
+        reg_loss_fn: IoULossName | nn.Module = "giou",
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 5.0,
         obj_loss_weight: float = 1.0,
@@ -80,59 +80,39 @@ class YOLOX(PyramidDetector):
             channels_last=channels_last,
         )
         self.head = YOLOXHead(fpn_channels, num_classes, self.strides, head_width, head_num_convs)
-        self.assigner = SimOTAAssigner(center_radius=center_radius, candidate_topk=candidate_topk)
-        if isinstance(cls_loss_fn, str):
-            cls_loss_fn = get_loss(cls_loss_fn, reduction="sum")
-        if isinstance(reg_loss_fn, str):
-            reg_loss_fn = get_loss(reg_loss_fn, reduction="sum")
-        self.cls_loss_fn = cls_loss_fn
-        self.reg_loss_fn = reg_loss_fn
-        self.obj_loss_fn = get_loss("bce", reduction="sum")
-        self.cls_loss_weight = cls_loss_weight
-        self.reg_loss_weight = reg_loss_weight
-        self.obj_loss_weight = obj_loss_weight
+        self.criterion = YOLOXCriterion(
+            self.strides,
+            center_radius=center_radius,
+            candidate_topk=candidate_topk,
+            cls_loss=cls_loss_fn,
+            reg_loss=reg_loss_fn,
+            cls_weight=cls_loss_weight,
+            reg_weight=reg_loss_weight,
+            obj_weight=obj_loss_weight,
+        )
         self.apply_memory_format()
 
+    @property
+    def assigner(self) -> SimOTAAssigner:
+        """The criterion's SimOTA assigner."""
+        return self.criterion.assigner
+
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """YOLOX losses of a batch, each divided by the number of SimOTA positives averaged over DDP ranks.
+        """YOLOX losses of a batch (:class:`~detforge.models.criteria.YOLOXCriterion`), each divided by the
+        number of SimOTA positives averaged over DDP ranks.
 
         ``targets``: one dict per image with ``boxes`` (Tensor[N, 4] xyxy pixels) and ``labels`` (Tensor[N]).
         """
-        cls_logits = outputs["cls_logits"]  # [B, A, C]
-        boxes = outputs["boxes"]  # [B, A, 4]
-        obj_logits = outputs["obj_logits"]  # [B, A]
-        gt_boxes, gt_labels, gt_mask = pad_targets(targets, cls_logits.device)
-        check_labels(gt_labels, gt_mask, self.num_classes)
-        points, point_strides = make_points(outputs["feat_sizes"], self.strides, cls_logits.device)
-        with torch.no_grad():
-            scores = cls_logits.detach().float().sigmoid() * obj_logits.detach().float().sigmoid()[..., None]
-        assigned = self.assigner(
-            scores, boxes.detach().float(), points, point_strides, gt_boxes, gt_labels, gt_mask
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets, outputs["cls_logits"].device)
+        return self.criterion(
+            outputs["cls_logits"],  # [B, A, C]
+            outputs["boxes"],  # [B, A, 4]
+            outputs["obj_logits"],  # [B, A]
+            outputs["feat_sizes"],
+            gt_boxes,
+            gt_labels,
+            gt_mask,
         )
-        fg = assigned.fg_mask  # [B, A]
-        num_fg = mean_over_ranks(fg.sum()).clamp(min=1.0)
-
-        obj_loss = self.obj_loss_fn(obj_logits, fg.to(obj_logits.dtype)) / num_fg
-        fg_labels = assigned.labels[fg]  # [N_fg]
-        soft = nn.functional.one_hot(fg_labels, self.num_classes).to(cls_logits.dtype)  # [N_fg, C]
-        soft = soft * assigned.matched_iou[fg].to(cls_logits.dtype)[:, None]
-        cls_loss = self.cls_loss_fn(cls_logits[fg], soft) / num_fg
-        image_of = fg.nonzero(as_tuple=True)[0]  # [N_fg]
-        matched = gt_boxes[image_of, assigned.matched_gt[fg]]  # [N_fg, 4]
-        reg_loss = self.reg_loss_fn(boxes[fg], matched) / num_fg
-
-        total = (
-            self.cls_loss_weight * cls_loss
-            + self.reg_loss_weight * reg_loss
-            + self.obj_loss_weight * obj_loss
-        )
-        return {
-            "loss": total,
-            "cls_loss": cls_loss.detach(),
-            "reg_loss": reg_loss.detach(),
-            "obj_loss": obj_loss.detach(),
-            "num_pos": fg.sum().detach().float(),
-        }
 
     def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
         """Class scores ``sigmoid(cls) * sigmoid(obj)`` (Tensor[B, A, C]) and xyxy boxes (Tensor[B, A, 4])."""

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from detforge.models.criteria import FCOSCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, level_points
 from detforge.models.edge.tracker import TrackMemory
+from detforge.targets import pad_targets
 
 __all__ = ["Nexus", "NexusConfig", "decode_ltrb", "nexus_training_step", "surprise_map"]
 
@@ -231,6 +233,7 @@ class Nexus(nn.Module):
         self.head = NexusHead(channels, num_classes, num_levels=len(self.strides))
         self.predictor = FeaturePredictor(self.stem_channels)
         self.memory = TrackMemory(appearance_size=channels, hidden_size=memory_hidden_size)
+        self.criterion = FCOSCriterion(self.strides, uncertainty_weight=0.5)  # parameter-free
         self._video = None
 
     @classmethod
@@ -301,10 +304,21 @@ class Nexus(nn.Module):
         return flat
 
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:
-        from detforge.models.edge.losses import fcos_uncertainty_loss
-
+        """FCOS losses plus the box-uncertainty term (``self.criterion``, a
+        :class:`~detforge.models.criteria.FCOSCriterion`): ``loss``, ``cls_loss``, ``reg_loss``,
+        ``centerness_loss``, ``uncertainty_loss`` and ``num_pos``."""
         flat = self.flatten_outputs(outputs)
-        return fcos_uncertainty_loss(flat, targets, self.num_classes, list(self.strides))
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets, device=flat["cls_logits"].device)
+        return self.criterion(
+            flat["cls_logits"],  # [B, P, C]
+            flat["bbox_pred"],  # [B, P, 4]
+            flat["centerness"],  # [B, P]
+            flat["feat_sizes"],
+            gt_boxes,
+            gt_labels,
+            gt_mask,
+            box_log_var=flat["bbox_log_var"],  # [B, P, 4]
+        )
 
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[dict]:

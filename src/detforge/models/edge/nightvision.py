@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from detforge.models.criteria import YOLOXCriterion
 from detforge.models.edge.common import ConvBNAct, CSPBlock, DepthwiseSeparable, level_points
+from detforge.targets import pad_targets
 
 __all__ = ["NightVision", "NightVisionConfig", "ThermalDomain", "ThermalStem"]
 
@@ -207,6 +209,7 @@ class NightVision(nn.Module):
             if domain_head
             else None
         )
+        self.criterion = YOLOXCriterion(self.strides, reg_weight=5.0)  # parameter-free
 
     @classmethod
     def with_config(cls, cfg: NightVisionConfig) -> NightVision:
@@ -275,12 +278,13 @@ class NightVision(nn.Module):
 
     # ---- protocol -------------------------------------------------------------------------------------
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:
-        from detforge.models.edge.losses import yolox_loss
-
-        cls, boxes, obj = self.flatten_outputs(outputs)
+        """SimOTA losses (``self.criterion``, a :class:`~detforge.models.criteria.YOLOXCriterion`, box weight 5):
+        ``loss``, ``cls_loss``, ``reg_loss`` (unweighted), ``obj_loss``, ``num_pos``, plus ``domain_loss``
+        (cross-entropy, added to ``loss``) when the domain head is on and every target has a ``domain``."""
+        cls, boxes, obj = self.flatten_outputs(outputs)  # [B, A, C], [B, A, 4], [B, A, 1]
         feat_sizes = [tuple(c.shape[-2:]) for c in outputs["cls_logits"]]
-        points, point_strides = level_points(feat_sizes, list(self.strides), device=cls.device)
-        losses = yolox_loss(cls, boxes, obj, points, point_strides, targets, self.num_classes)
+        gt_boxes, gt_labels, gt_mask = pad_targets(targets, device=cls.device)
+        losses = self.criterion(cls, boxes, obj[..., 0], feat_sizes, gt_boxes, gt_labels, gt_mask)
         if self.domain_head is not None and targets and all("domain" in t for t in targets):
             domain_target = torch.as_tensor([int(t["domain"]) for t in targets], device=cls.device)
             losses["domain_loss"] = F.cross_entropy(outputs["domain_logits"], domain_target)

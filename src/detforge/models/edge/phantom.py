@@ -20,8 +20,10 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from detforge.assigners.single_scale import decode_single_scale_boxes
+from detforge.models.criteria import SingleScaleCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable
 from detforge.models.edge.tracker import TrackMemory
+from detforge.targets import pad_targets
 
 __all__ = ["Phantom", "PhantomConfig", "phantom_training_step"]
 
@@ -118,6 +120,7 @@ class Phantom(nn.Module):
         )
         self.net = PhantomNet(in_chans)
         self.memory = TrackMemory(appearance_size=0, hidden_size=tracker_hidden_size)
+        self.criterion = SingleScaleCriterion(self.stride)  # parameter-free
         self._video = None
 
     @classmethod
@@ -148,9 +151,11 @@ class Phantom(nn.Module):
         return out["face_cls"], out["face_bbox"]
 
     def loss(self, outputs: dict[str, Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        from detforge.models.edge.losses import single_scale_face_loss
-
-        return single_scale_face_loss(outputs["face_cls"], outputs["face_bbox"], targets, self.stride)
+        """Focal loss on the face map and smooth L1 on the centre cells' deltas (``self.criterion``, a
+        :class:`~detforge.models.criteria.SingleScaleCriterion`): ``loss``, ``cls_loss``, ``reg_loss`` and
+        ``num_pos``; every target box is a face."""
+        gt_boxes, _, gt_mask = pad_targets(targets, device=outputs["face_cls"].device)
+        return self.criterion(outputs["face_cls"], outputs["face_bbox"], gt_boxes, gt_mask)
 
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:

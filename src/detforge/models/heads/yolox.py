@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from detforge.postprocess import make_points
+from detforge.boxes import centre_size_to_xyxy, grid_points
 
 __all__ = ["YOLOXHead"]
 
@@ -97,12 +97,12 @@ class YOLOXHead(nn.Module):
             feat_sizes.append((int(x.shape[-2]), int(x.shape[-1])))
         flat = torch.cat(per_level, dim=2).permute(0, 2, 1)  # [B, A, C + 5]
         c = self.num_classes
-        points, point_strides = make_points(feat_sizes, self.strides, flat.device, flat.dtype)  # [A, 2], [A]
-        centre = points + flat[..., c : c + 2] * point_strides[:, None]  # [B, A, 2]
-        half = flat[..., c + 2 : c + 4].clamp(max=20.0).exp() * point_strides[:, None] * 0.5  # [B, A, 2]
+        points, point_strides = grid_points(feat_sizes, self.strides, flat.device, flat.dtype)  # [A, 2], [A]
+        deltas = flat[..., c : c + 4]  # [B, A, 4] (dx, dy, log w, log h) in strides
+        boxes = centre_size_to_xyxy(points, point_strides, deltas, max_log_size=20.0)  # [B, A, 4]
         return {
             "cls_logits": flat[..., :c],  # [B, A, C]
-            "boxes": torch.cat([centre - half, centre + half], dim=-1),  # [B, A, 4]
+            "boxes": boxes,  # [B, A, 4]
             "obj_logits": flat[..., c + 4],  # [B, A]
             "feat_sizes": feat_sizes,
         }

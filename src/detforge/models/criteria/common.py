@@ -1,0 +1,35 @@
+"""What every criterion shares: the label check and the normaliser averaged over DDP ranks."""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["check_labels", "mean_over_ranks", "positives_normaliser"]
+
+
+def check_labels(gt_labels: Tensor, gt_mask: Tensor, num_classes: int) -> None:
+    """Raise a ValueError naming the image and box when a label (Tensor[B, G]) is outside [0, num_classes)."""
+    bad = gt_mask & ((gt_labels < 0) | (gt_labels >= num_classes))  # [B, G]
+    if bool(bad.any()):
+        b, g = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"target {b} of the batch, box {g}: label {int(gt_labels[b, g])} is outside [0, {num_classes}); "
+            f"labels must be 0-indexed class ids ({int(bad.sum())} such boxes in the batch)"
+        )
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """``value`` averaged over DDP ranks when torch.distributed is initialised, else unchanged (detached)."""
+    value = value.detach().float()
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
+
+
+def positives_normaliser(num_pos: Tensor) -> Tensor:
+    """The loss normaliser of a batch with ``num_pos`` positives (Tensor[]): their count averaged over DDP
+    ranks, at least 1, so every rank divides by the same number and an empty batch never divides by zero."""
+    return mean_over_ranks(num_pos).clamp(min=1.0)
