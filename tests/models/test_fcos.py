@@ -144,6 +144,12 @@ def test_num_pos_is_averaged_over_ranks(model, images, monkeypatch):
     torch.testing.assert_close(double["centerness_loss"], single["centerness_loss"] / 2)
 
 
+def test_criterion_holds_no_state(model):
+    """The loss lives in a parameter-free criterion: no state-dict keys, so earlier checkpoints still load."""
+    assert list(model.criterion.parameters()) == [] and model.criterion.state_dict() == {}
+    assert not any(key.startswith("criterion") for key in model.state_dict())
+
+
 def test_bad_label_names_the_image_and_box(model, images):
     with pytest.raises(ValueError, match=r"target 1 of the batch, box 0: label 3"):
         model.loss(model(images), [target([], []), target([[1, 1, 9, 9]], [3])])

@@ -3,8 +3,8 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from detforge.assigners.simota import SimOTAAssigner
+from detforge.boxes import grid_points
 from detforge.models.yolox import YOLOX
-from detforge.postprocess import make_points
 from detforge.targets import pad_targets
 
 SIZE = 64
@@ -31,7 +31,7 @@ def images():
 def reference_loss(model, out, targets):
     """Per-image loop over torch / torchvision losses with YOLOX's normalisation."""
     gt_boxes, gt_labels, gt_mask = pad_targets(targets)
-    points, strides = make_points(out["feat_sizes"], model.strides)
+    points, strides = grid_points(out["feat_sizes"], model.strides)
     scores = out["cls_logits"].detach().sigmoid() * out["obj_logits"].detach().sigmoid()[..., None]
     a = SimOTAAssigner()(scores, out["boxes"].detach(), points, strides, gt_boxes, gt_labels, gt_mask)
     num_fg = max(float(a.fg_mask.sum()), 1.0)
@@ -85,6 +85,12 @@ def test_postprocess_format_and_clipping(model, images):
     boxes = out[1]["boxes"]
     assert (boxes[:, 0::2] <= 40).all() and (boxes[:, 1::2] <= 30).all() and (boxes >= 0).all()
     assert out[0]["labels"].dtype == torch.int64
+
+
+def test_criterion_holds_no_state(model):
+    """The loss lives in a parameter-free criterion: no state-dict keys, so earlier checkpoints still load."""
+    assert list(model.criterion.parameters()) == [] and model.criterion.state_dict() == {}
+    assert not any(key.startswith("criterion") for key in model.state_dict())
 
 
 def test_bad_label_and_options(model, images):
