@@ -1,7 +1,8 @@
 """``detforge`` command line: a thin dispatcher; each sub-command lives in ``detforge.commands.<name>``.
 
 Every command module exposes ``main(argv: list[str]) -> int`` and a one-line ``HELP``. Imports are lazy so
-``detforge --help`` stays fast.
+``detforge --help`` stays fast. A ``RunError`` (``detforge.engine.trainer``) from any command is printed as
+one line on stderr and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -50,7 +51,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"detforge: the {name!r} command is not available in this build", file=sys.stderr)
             return 2
         raise
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Exception as err:
+        if _is_run_error(err):
+            print(f"detforge {name}: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_run_error(err: BaseException) -> bool:
+    """``detforge.engine.trainer.RunError`` (nothing to resume, an unwritable or full run folder...): a
+    one-line message for the user, not a traceback. Only looked up when that module is loaded, so commands
+    that never import it stay fast."""
+    module = sys.modules.get("detforge.engine.trainer")
+    run_error = getattr(module, "RunError", None)
+    return run_error is not None and isinstance(err, run_error)
 
 
 if __name__ == "__main__":

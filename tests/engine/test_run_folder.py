@@ -12,7 +12,7 @@ from detforge.engine.callbacks import (
     plot_curves,
     prediction_grid,
 )
-from detforge.engine.trainer import resolve_resume, resolve_run_dir, run_dir_for_ranks
+from detforge.engine.trainer import RunError, resolve_resume, resolve_run_dir, run_dir_for_ranks
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +44,8 @@ def test_ranks_share_the_launchers_run_dir(tmp_path, monkeypatch):
 def test_resolve_resume(tmp_path):
     assert resolve_resume(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="last"):
+        resolve_resume("last", tmp_path)
+    with pytest.raises(RunError, match="nothing to resume"):  # `detforge` prints it as one line
         resolve_resume("last", tmp_path)
     (tmp_path / "last.ckpt").write_bytes(b"x")
     assert resolve_resume("last", tmp_path) == str(tmp_path / "last.ckpt")

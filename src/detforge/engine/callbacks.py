@@ -2,35 +2,64 @@
 and the final COCO table on the console.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a killed run never
-leaves a half-written file behind.
+leaves a half-written file behind; checkpoints too (``AtomicCheckpoint``, ``LastCheckpoint``). A full disk or
+an unwritable folder is a ``RunError`` naming the file, and the previous file stays as it was.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from detforge.engine.trainer import RunError, check_run_dir_writable
 from detforge.metrics.coco import COCO_STAT_NAMES
 
-__all__ = ["RunArtifacts", "atomic_write", "draw_predictions", "plot_curves", "prediction_grid"]
+__all__ = [
+    "AtomicCheckpoint",
+    "CheckRunFolder",
+    "LastCheckpoint",
+    "RunArtifacts",
+    "atomic_write",
+    "draw_predictions",
+    "plot_curves",
+    "prediction_grid",
+]
+
+# Write failures the user fixes (free space, permissions), reported as one line instead of a traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _run_error(path: str | Path, err: OSError) -> RunError:
+    return RunError(f"cannot write {path}: {err.strerror or err}")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path`` (same folder, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` and rename the result to ``path`` (same folder, so the rename is atomic).
+    A full disk or a permission error is a ``RunError`` naming ``path``; ``path`` is then left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    except OSError as err:
+        if err.errno in DISK_ERRNOS:
+            raise _run_error(path, err) from err
+        raise
     os.close(fd)
     try:
         write(tmp)
@@ -38,11 +67,111 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            raise _run_error(path, err) from err
         raise
     return path
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes every checkpoint to a temporary file in the same folder and renames it
+    into place (``os.replace``), so a run killed while saving keeps the previous checkpoint intact.
+
+    Lightning writes through an fsspec transaction: to a file in the system's temporary folder, then
+    ``shutil.move`` to the final path, which is a copy (not atomic) whenever the temporary folder is on
+    another file system. A full disk or an unwritable folder is a ``RunError`` naming the checkpoint.
+    """
+
+    TMP_PREFIX = ".tmp-"
+
+    @property
+    def state_key(self) -> str:
+        # as a plain ModelCheckpoint's, so runs saved before this class existed resume with their best score
+        key = super().state_key
+        return (
+            key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+            if type(self) is AtomicCheckpoint
+            else key
+        )
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        final = Path(filepath)
+        tmp = final.with_name(f"{self.TMP_PREFIX}{final.name}.{os.getpid()}")
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                os.replace(tmp, final)
+        except OSError as err:
+            if trainer.is_global_zero and tmp.exists():
+                tmp.unlink()
+            if err.errno in DISK_ERRNOS:
+                raise _run_error(final, err) from err
+            raise
+        # what ModelCheckpoint._save_checkpoint does after saving
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = str(final)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            for stale in Path(self.dirpath).glob(f"{self.TMP_PREFIX}*.ckpt.*"):  # left by a killed run
+                stale.unlink(missing_ok=True)
+
+
+class LastCheckpoint(AtomicCheckpoint):
+    """``last.ckpt`` (model, optimizer, scheduler, EMA, loop state), written atomically at the end of every
+    training epoch (validated or not) and, inside an epoch, whenever ``every_minutes`` have passed since the
+    last save, so ``--resume last`` after a crash or a ``kill -9`` loses at most an epoch or ``every_minutes``.
+
+    A checkpoint saved inside an epoch resumes inside it: the global step, optimizer, schedule and EMA continue
+    exactly, and Lightning finishes the epoch with the batches that were left; a plain ``DataLoader`` cannot
+    restore its position, so those batches are drawn from a fresh shuffle (Lightning warns about this).
+
+    Args:
+        dirpath: the run folder.
+        every_minutes: the most minutes of training between two saves inside an epoch (0: every step).
+        filename: the checkpoint's name without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path, every_minutes: float = 5.0, filename: str = "last") -> None:
+        if every_minutes < 0:
+            raise ValueError(f"every_minutes must be >= 0, got {every_minutes}")
+        super().__init__(
+            dirpath=str(dirpath),
+            filename=filename,
+            monitor=None,
+            save_top_k=1,
+            save_last=False,
+            train_time_interval=timedelta(minutes=every_minutes),
+            save_on_train_epoch_end=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        self.every_minutes = every_minutes
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # ModelCheckpoint's own epoch-end save is off when train_time_interval is set (they are exclusive)
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_time_checked = time.monotonic()
+
+
+class CheckRunFolder(L.Callback):
+    """At the start of ``fit`` (rank 0), before anything is written: the run folder must be writable, else a
+    ``RunError`` naming it."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            check_run_dir_writable(self.run_dir)
 
 
 def _read_metrics_csv(path: Path) -> dict[str, list[tuple[float, float]]]:
