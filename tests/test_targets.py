@@ -28,3 +28,23 @@ def test_pad_targets_all_empty():
 def test_image_sizes_of():
     images = torch.zeros(2, 3, 64, 80)
     assert image_sizes_of([{"size": torch.tensor([60, 70])}, {}], images) == [(60, 70), (64, 80)]
+
+
+def test_to_original_size_matches_scale_boxes():
+    from detforge.boxes import scale_boxes
+    from detforge.targets import metric_targets, to_original_size
+
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 64.0, 48.0]])
+    t = {
+        "boxes": boxes,
+        "labels": torch.tensor([0, 1]),
+        "size": torch.tensor([48, 64]),
+        "orig_size": torch.tensor([300, 400]),
+    }
+    out = to_original_size([{"boxes": boxes, "scores": torch.ones(2)}], [t])[0]
+    torch.testing.assert_close(out["boxes"], scale_boxes(boxes, (48, 64), (300, 400)))
+    assert torch.equal(out["scores"], torch.ones(2))
+    t["area"] = torch.tensor([1600.0, 3072.0])
+    gt = metric_targets([t])[0]
+    torch.testing.assert_close(gt["boxes"], scale_boxes(boxes, (48, 64), (300, 400)))
+    torch.testing.assert_close(gt["area"], t["area"] * (300 / 48) * (400 / 64))

@@ -5,12 +5,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from detforge.boxes import scale_boxes
 from detforge.data.datamodule import detection_collate
 from detforge.data.synthetic import SyntheticShapes
 from detforge.engine.config import LoggingConfig, MetricConfig, TransformConfig
 from detforge.models.backbone import FeatureBackboneConfig
-from detforge.models.detector import ObjectDetector, metric_targets, to_original_size
+from detforge.models.detector import ObjectDetector
 
 TINY = dict(
     backbone="test_resnet",
@@ -108,18 +107,6 @@ def test_forward_loss_postprocess_zero_one_border_and_mixed_box_counts():
     assert len(model.val_metrics["map"].gt_counts) >= 1
 
 
-def test_to_original_size_matches_scale_boxes():
-    boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 64.0, 48.0]])
-    t = target(boxes.tolist(), [0, 1], size=(48, 64), orig=(300, 400))
-    out = to_original_size([{"boxes": boxes, "scores": torch.ones(2)}], [t])[0]
-    torch.testing.assert_close(out["boxes"], scale_boxes(boxes, (48, 64), (300, 400)))
-    assert torch.equal(out["scores"], torch.ones(2))
-    t["area"] = torch.tensor([1600.0, 3072.0])
-    gt = metric_targets([t])[0]
-    torch.testing.assert_close(gt["boxes"], scale_boxes(boxes, (48, 64), (300, 400)))
-    torch.testing.assert_close(gt["area"], t["area"] * (300 / 48) * (400 / 64))
-
-
 def test_hyperparameters_are_plain_and_checkpoint_loads_weights_only(tmp_path):
     model = tiny(
         backbone=FeatureBackboneConfig("test_resnet"),
@@ -167,40 +154,6 @@ def test_logged_names(tmp_path):
     }
     assert expected <= names, expected - names
     assert model.last_val_stats is not None and "map_per_class" in model.last_val_stats
-
-
-@pytest.mark.parametrize(
-    "name, cls",
-    [
-        ("adamw", torch.optim.AdamW),
-        ("adam", torch.optim.Adam),
-        ("sgd", torch.optim.SGD),
-        ("rmsprop", torch.optim.RMSprop),
-        ("lamb", None),
-        ({"class": "torch.optim.SGD", "params": {"momentum": 0.9}}, torch.optim.SGD),
-    ],
-)
-def test_optimizers(name, cls):
-    model = tiny(optimizer=name, scheduler=None, weight_decay=0.01)
-    opt = model.configure_optimizers()["optimizer"]
-    if cls is None:
-        import timm.optim
-
-        cls = timm.optim.Lamb
-    assert isinstance(opt, cls)
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
-    if isinstance(name, dict):
-        assert opt.param_groups[0]["momentum"] == 0.9
-    # torch's fused kernels for AdamW / Adam / SGD, by name or by class
-    assert bool(opt.defaults.get("fused")) == (cls in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD))
-
-
-def test_optimizer_kwargs_choose_foreach_over_fused():
-    model = tiny(optimizer="adamw", scheduler=None, optimizer_kwargs={"foreach": True})
-    opt = model.configure_optimizers()["optimizer"]
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
 
 
 def test_warmup_then_cosine_schedule(tmp_path):
@@ -257,7 +210,13 @@ def test_preprocess_and_data_config():
     image = torch.randint(0, 255, (3, 40, 80), dtype=torch.uint8)
     batch = model.preprocess(image)
     assert batch.shape == (1, 3, 64, 64)
-    assert batch[0, :, 32:, :].abs().sum() == 0  # letterbox padding at the bottom
+    # letterbox padding at the bottom, grey 114 as the validation transforms pad
+    torch.testing.assert_close(batch[0, :, 32:, :], torch.full((3, 32, 64), 114 / 255))
+    # the same tensor the validation transforms give (what `detforge val` / `detforge predict` feed)
+    from detforge.data.transforms import build_val_transforms
+
+    val_image, _ = build_val_transforms(64)(image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)})
+    torch.testing.assert_close(batch[0], val_image)
     with pytest.raises(RuntimeError, match="transform_config"):
         tiny().get_data_config()
 
@@ -279,16 +238,195 @@ def test_wraps_registered_models():
     assert thermal.model.in_chans == 1 and len(thermal.predict(torch.rand(1, 1, 64, 64))) == 1
 
 
-def test_registered_model_gets_the_arguments_changed_from_their_defaults():
+def test_registered_model_gets_every_option_set():
     assert ObjectDetector(model="detforge_n", num_classes=3).model.cls_quality  # its own default loss
-    model = ObjectDetector(model="detforge_n", num_classes=3, focal_gamma=1.5, score_thresh=0.3, cls_loss_fn="focal")
+    model = ObjectDetector(
+        model="detforge_n", num_classes=3, focal_gamma=1.5, score_thresh=0.3, cls_loss_fn="focal"
+    )
     assert model.model.score_thresh == 0.3
     assert not model.model.cls_quality and model.model.cls_loss_fn.gamma == 1.5
     assert model.model.head.cls_logits.in_channels == 64  # detforge_n's own FPN width stays
-    wins = ObjectDetector(model="detforge_n", num_classes=3, score_thresh=0.3, model_kwargs={"score_thresh": 0.2})
+    wins = ObjectDetector(
+        model="detforge_n", num_classes=3, score_thresh=0.3, model_kwargs={"score_thresh": 0.2}
+    )
     assert wins.model.score_thresh == 0.2  # model_kwargs wins
+    # 0.5 was ObjectDetector's own default, so it used to be dropped and FCOS kept 0.6
+    assert ObjectDetector(model="detforge_n", num_classes=3).model.nms_thresh == 0.6
+    assert ObjectDetector(model="detforge_n", num_classes=3, nms_thresh=0.5).model.nms_thresh == 0.5
+
+
+def test_cli_nms_thresh_reaches_the_default_model():
+    """`detforge train --model.nms_thresh 0.5` on the default detforge_n: 0.5 arrives (it kept 0.6)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ObjectDetector, "model", fail_untyped=False)
+    cfg = parser.parse_args(
+        [
+            "--model.model=detforge_n",
+            "--model.num_classes=3",
+            "--model.compile_model=false",
+            "--model.nms_thresh=0.5",
+        ]
+    )
+    assert parser.instantiate_classes(cfg).model.model.nms_thresh == 0.5
+
+
+def test_autotimm_form_builds_the_registered_model():
+    from detforge.models.registry import create_model
+
+    model = tiny(detection_arch="yolox", imgsz=64)
+    reference = create_model(
+        "yolox_test_resnet", num_classes=3, fpn_channels=16, head_num_convs=1, input_size=(64, 64)
+    )
+    assert type(model.model) is type(reference)
+    assert model.model.init_args == {**reference.init_args, "extra_levels": 0}
+    assert model.model.strides == (8, 16, 32)
+    five = tiny(strides=(8, 16, 32, 64, 128))  # FCOS P3-P7: extra levels from the built pyramid
+    assert five.model.strides == (8, 16, 32, 64, 128) and five.model.init_args["extra_levels"] == 2
+    assert tiny(backbone={"model_name": "test_resnet", "out_indices": [2, 3, 4]}).model.strides == (8, 16, 32)
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        tiny(backbone=FeatureBackboneConfig("test_resnet", drop_path_rate=0.1))
+    with pytest.raises(ValueError, match="autotimm"):
+        ObjectDetector(model="detforge_n", backbone="resnet18", compile_model=False, deterministic=False)
+
+
+def test_built_detector_and_its_checkpoint(tmp_path):
+    from detforge.models.registry import create_model
+
+    built = create_model("fcos_test_resnet", num_classes=3, fpn_channels=16, head_num_convs=1, extra_levels=0)
+    model = ObjectDetector(model=built, compile_model=False, deterministic=False)
+    assert model.model is built and model.num_classes == 3
+    assert model.hparams.model["class_path"] == "detforge.models.fcos.FCOS"
+    with pytest.raises(ValueError, match="fpn_channels"):
+        ObjectDetector(model=built, fpn_channels=8, compile_model=False, deterministic=False)
+    with pytest.raises(ValueError, match="classes"):
+        ObjectDetector(model=built, num_classes=5, compile_model=False, deterministic=False)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    t.fit(model, loader(n=4, size=32))
+    t.save_checkpoint(tmp_path / "built.ckpt")
+    loaded = ObjectDetector.load_from_checkpoint(tmp_path / "built.ckpt", weights_only=True)
+    assert type(loaded.model) is type(built) and loaded.model.init_args == built.init_args
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_cli_takes_a_built_detector_as_class_path():
+    """``--model.model.class_path`` / ``--model.model.init_args.*`` (YAML: ``model: {class_path, init_args}``)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ObjectDetector, "model", fail_untyped=False)
+    cfg = parser.parse_args(
+        [
+            "--model.model.class_path=detforge.models.fcos.FCOS",
+            "--model.model.init_args.backbone=test_resnet",
+            "--model.model.init_args.num_classes=3",
+            "--model.model.init_args.fpn_channels=16",
+            "--model.model.init_args.nms_thresh=0.4",
+            "--model.compile_model=false",
+        ]
+    )
+    model = parser.instantiate_classes(cfg).model
+    assert type(model.model).__name__ == "FCOS" and model.model.nms_thresh == 0.4 and model.num_classes == 3
 
 
 def test_registered_model_that_does_not_take_an_argument_raises():
     with pytest.raises(ValueError, match="'nexus' does not take .*fpn_channels"):
         ObjectDetector(model="nexus", num_classes=3, fpn_channels=32)
+
+
+# Hyper-parameters as `detforge train` saved them before checkpoint format 2 (no format_version; LightningCLI's
+# instantiator; ObjectDetector's own defaults for the model options, which a registered model never got).
+V1_DEFAULT_RUN = {
+    "backbone": None,
+    "detection_arch": "fcos",
+    "metrics": None,
+    "logging_config": None,
+    "transform_config": None,
+    "lr": 0.01,
+    "weight_decay": 0.0005,
+    "optimizer": "adamw",
+    "optimizer_kwargs": None,
+    "scheduler": "cosine",
+    "scheduler_kwargs": None,
+    "fpn_channels": 256,
+    "head_num_convs": 4,
+    "focal_alpha": 0.25,
+    "focal_gamma": 2.0,
+    "cls_loss_weight": 1.0,
+    "reg_loss_weight": 1.0,
+    "centerness_loss_weight": 1.0,
+    "score_thresh": 0.05,
+    "nms_thresh": 0.5,
+    "max_detections_per_image": 100,
+    "freeze_backbone": False,
+    "strides": [8, 16, 32, 64, 128],
+    "regress_ranges": None,
+    "compile_model": False,
+    "compile_kwargs": None,
+    "seed": None,
+    "deterministic": False,
+    "model": "detforge_n",
+    "model_kwargs": None,
+    "warmup_steps": 100,
+    "warmup_ratio": 0.001,
+    "ema_decay": 0.99,
+    "ema_warmup_steps": 50.0,
+    "imgsz": 128,
+    "in_chans": 3,
+    "num_classes": 5,
+    "class_names": ["circle", "rectangle", "triangle", "ellipse", "star"],
+    "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    "cls_loss_fn": None,
+    "reg_loss_fn": None,
+}
+
+
+def _v1_checkpoint(path, hparams, state_dict):
+    import lightning
+
+    torch.save(
+        {
+            "state_dict": state_dict,
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def test_checkpoint_written_before_format_2_keeps_its_settings(tmp_path):
+    current = ObjectDetector(model="detforge_n", num_classes=5, compile_model=False, deterministic=False)
+    assert current.hparams.format_version == 2
+    path = _v1_checkpoint(tmp_path / "v1.ckpt", V1_DEFAULT_RUN, current.state_dict())
+    loaded = ObjectDetector.load_from_checkpoint(path, weights_only=True)
+    # as before: detforge_n's own settings (FCOS NMS 0.6, 64-channel FPN, strides 8-64), not the old defaults
+    assert loaded.model.nms_thresh == 0.6 and loaded.model.strides == (8, 16, 32, 64)
+    assert loaded.model.head.cls_logits.in_channels == 64 and loaded.model.cls_quality
+    assert loaded.class_names[0] == "circle" and loaded.hparams.imgsz == 128
+    for key, value in current.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+    # the autotimm form got every option, ObjectDetector's 0.5 NMS included: it keeps them
+    autotimm = dict(V1_DEFAULT_RUN, model=None, backbone="test_resnet", fpn_channels=16, head_num_convs=1)
+    autotimm.update(strides=[8, 16, 32], num_classes=3, class_names=None, imgsz=64)
+    del autotimm["_instantiator"]
+    built = tiny(nms_thresh=0.5, imgsz=64)
+    loaded = ObjectDetector.load_from_checkpoint(
+        _v1_checkpoint(tmp_path / "v1_timm.ckpt", autotimm, built.state_dict()), weights_only=True
+    )
+    assert loaded.model.nms_thresh == 0.5 and loaded.model.strides == (8, 16, 32)
+    assert loaded.model.init_args == built.model.init_args
+
+
+def test_checkpoint_that_cannot_load_says_which_version_wrote_it(tmp_path):
+    broken = dict(V1_DEFAULT_RUN, model="no_such_model")
+    path = _v1_checkpoint(tmp_path / "broken.ckpt", broken, {})
+    with pytest.raises(ValueError, match="before checkpoint format 2.*retrain") as info:
+        ObjectDetector.load_from_checkpoint(path, weights_only=True)
+    assert "\n" not in str(info.value)  # one line
+    newer = _v1_checkpoint(tmp_path / "newer.ckpt", dict(V1_DEFAULT_RUN, format_version=99), {})
+    with pytest.raises(ValueError, match="newer detforge.*upgrade"):
+        ObjectDetector.load_from_checkpoint(newer, weights_only=True)

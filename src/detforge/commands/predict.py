@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     from detforge.engine.callbacks import atomic_write, draw_predictions
     from detforge.engine.validate import load_detector
     from detforge.io import load_image_uint8
-    from detforge.models.detector import to_original_size
+    from detforge.targets import to_original_size
 
     files = collect_images(args.sources)
     model = load_detector(args.ckpt, args.device)

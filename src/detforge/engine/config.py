@@ -1,12 +1,27 @@
 """Plain-data settings the ObjectDetector takes: which metrics to compute, what extra to log, and how to
-preprocess images at inference time. Dataclasses of plain types, so checkpoints and YAML configs hold them."""
+preprocess images at inference time. Dataclasses of plain types, so checkpoints and YAML configs hold them.
+
+Also what these settings resolve to (:func:`resolve_data_config`, :func:`preprocess_images`) and how they are
+saved: plain types (:func:`as_plain`, :func:`model_spec`) under a :data:`FORMAT_VERSION`, with
+:func:`upgrade_hparams` reading checkpoints written before it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["LoggingConfig", "MetricConfig", "TransformConfig"]
+__all__ = [
+    "FORMAT_VERSION",
+    "LoggingConfig",
+    "MetricConfig",
+    "TransformConfig",
+    "as_plain",
+    "model_spec",
+    "preprocess_images",
+    "resolve_data_config",
+    "upgrade_hparams",
+]
 
 _BACKENDS = ("torchmetrics", "custom")
 _STAGES = ("train", "val", "test")
@@ -102,3 +117,172 @@ class TransformConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_data_config(cfg: TransformConfig, in_chans: int, timm_name: str | None = None) -> dict[str, Any]:
+    """``mean``, ``std``, ``input_size`` (C, H, W) and ``interpolation`` for ``cfg``: the statistics of timm's
+    pretrained config for ``timm_name`` when ``cfg.use_timm_config`` (else ImageNet's), averaged over the
+    channels for 1-channel images, unless ``cfg.mean`` / ``cfg.std`` override them."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if cfg.use_timm_config and timm_name is not None:
+        import timm
+
+        pretrained = timm.get_pretrained_cfg(timm_name)
+        if pretrained is not None:
+            mean, std = tuple(pretrained.mean), tuple(pretrained.std)
+    if in_chans == 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return {
+        "mean": tuple(cfg.mean or mean),
+        "std": tuple(cfg.std or std),
+        "input_size": (in_chans, cfg.image_size, cfg.image_size),
+        "interpolation": cfg.interpolation,
+    }
+
+
+def preprocess_images(images: Any, data_config: dict[str, Any], normalize: bool = False):
+    """Letterbox images to the network input with the validation transforms
+    (:func:`detforge.data.transforms.build_val_transforms`): keep the aspect ratio, pad bottom / right to
+    the square ``input_size`` with grey 114, as ``detforge val`` and ``detforge predict`` feed the model.
+
+    Args:
+        images: a PIL image, a Tensor[C, H, W] (uint8, or float in [0, 1]: rounded to uint8 first, as images
+            read from disk), a Tensor[B, C, H, W] or a list of these.
+        data_config: :func:`resolve_data_config`'s dict (``input_size``, ``interpolation``, ``mean``, ``std``).
+        normalize: subtract ``mean`` and divide by ``std`` after scaling to [0, 1].
+
+    Returns:
+        (Tensor[B, C, S, S] float, list of each image's unpadded (h, w) in the input): boxes map back to
+        the original images with one scale per axis (``detforge.targets.to_original_size``).
+    """
+    import torch
+    from PIL import Image
+    from torchvision.transforms.v2 import InterpolationMode, Resize
+
+    from detforge.data.transforms import build_val_transforms
+
+    chans, size = data_config["input_size"][0], int(data_config["input_size"][-1])
+    transform = build_val_transforms(
+        size, normalize=normalize, mean=data_config["mean"], std=data_config["std"]
+    )
+    for step in transform.pipeline.transforms:
+        if isinstance(step, Resize):
+            step.interpolation = InterpolationMode(data_config["interpolation"])
+    if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+        images = [images]
+    batch, sizes = [], []
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    for image in images:
+        if isinstance(image, Image.Image):
+            image = torch.as_tensor(_pil_array(image.convert("RGB" if chans == 3 else "L")))
+        elif image.is_floating_point():
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        out, target = transform(image, dict(empty))
+        batch.append(out)  # [C, S, S]
+        sizes.append(tuple(int(v) for v in target["size"]))
+    return torch.stack(batch), sizes  # [B, C, S, S]
+
+
+def _pil_array(image):
+    """A PIL image as a uint8 array [C, H, W]."""
+    import numpy as np
+
+    array = np.asarray(image, dtype=np.uint8)
+    return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()
+
+
+# ---------------------------------------------------------------------- ObjectDetector checkpoints
+FORMAT_VERSION = 2
+"""``hyper_parameters["format_version"]`` of ``ObjectDetector`` checkpoints. 2: model options default to None
+(the model's own default) and a built model is saved as ``{"class_path", "init_args"}``. Checkpoints without
+it were written before (format 1) and are translated by :func:`upgrade_hparams`."""
+
+# Format 1 defaults of ObjectDetector's model options. A registered model (``model="detforge_n"``) got an
+# option only when it differed from these; the autotimm form (``backbone=``) got them all.
+_V1_DEFAULTS: dict[str, Any] = dict(
+    fpn_channels=256,
+    head_num_convs=4,
+    focal_alpha=0.25,
+    focal_gamma=2.0,
+    cls_loss_weight=1.0,
+    reg_loss_weight=1.0,
+    centerness_loss_weight=1.0,
+    score_thresh=0.05,
+    nms_thresh=0.5,
+    max_detections_per_image=100,
+    regress_ranges=None,
+)
+_V1_STRIDES = (8, 16, 32, 64, 128)
+
+
+def as_plain(value: Any) -> Any:
+    """Dataclasses -> dicts, recursively, so hyper-parameters load with ``torch.load(weights_only=True)``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(as_plain(v) for v in value)
+    return value
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def model_spec(model: Any, built: Any) -> str | dict[str, Any] | None:
+    """What a checkpoint keeps of ``ObjectDetector(model=...)``: the name (or None), or for a built module
+    ``{"class_path": ..., "init_args": ...}`` from its recorded ``init_args`` (plain types); None when they
+    are not plain (a module argument): load such a checkpoint with ``load_from_checkpoint(path, model=...)``."""
+    if model is None or isinstance(model, str):
+        return model
+    init_args = as_plain(getattr(built, "init_args", None))
+    if init_args is None or not _is_plain(init_args):
+        return None
+    cls = type(built)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def upgrade_hparams(hparams: dict[str, Any], source: Any = "checkpoint") -> dict[str, Any]:
+    """``ObjectDetector`` hyper-parameters of a checkpoint in the current format (without ``format_version``).
+
+    Format 1 (no ``format_version``): for a registered model, options at their format-1 defaults become None
+    (the model's own default, which is what it got then: a ``detforge_n`` checkpoint keeps FCOS's NMS 0.6),
+    and ``backbone``, ``strides`` and ``detection_arch`` (ignored then) become None; the autotimm form keeps
+    every option (they were all passed), YOLOX's ``head_num_convs`` capped at 2 and the options it did not
+    get dropped, as format 1 built it. A newer format raises a ValueError saying to upgrade detforge.
+    """
+    hparams = dict(hparams)
+    version = hparams.pop("format_version", None)
+    if version is not None:
+        if int(version) > FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: written by a newer detforge (checkpoint format {version}; this version reads up to "
+                f"{FORMAT_VERSION}): upgrade detforge to load it"
+            )
+        return hparams
+    if isinstance(hparams.get("model"), str):
+        for key, default in _V1_DEFAULTS.items():
+            if _same(hparams.get(key), default):
+                hparams[key] = None
+        hparams.update(backbone=None, strides=None, detection_arch=None)
+    elif hparams.get("model") is None:
+        hparams.update({k: v for k, v in _V1_DEFAULTS.items() if k not in hparams})
+        hparams.setdefault("strides", _V1_STRIDES)
+        hparams.setdefault("detection_arch", "fcos")
+        if hparams["detection_arch"] == "yolox":
+            hparams["head_num_convs"] = min(int(hparams["head_num_convs"]), 2)
+            hparams.update(
+                focal_alpha=None, focal_gamma=None, centerness_loss_weight=None, regress_ranges=None
+            )
+    return hparams

@@ -102,8 +102,7 @@ def validate_checkpoint(
     from detforge.data.datamodule import DetectionDataModule
     from detforge.engine.callbacks import format_table
     from detforge.metrics import DetectionMAP, write_coco_results
-    from detforge.models.detector import metric_targets, to_original_size
-    from detforge.targets import image_sizes_of
+    from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
     run = run_data_config(ckpt)
     if data is None:

@@ -70,6 +70,11 @@ class PyramidDetector(Detector):
         self.strides: tuple[int, ...] = self.features.strides
         self.channels_last = channels_last
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm feature extractor (``features.body``): what ``ObjectDetector.freeze_backbone`` freezes."""
+        return self.features.body
+
     def apply_memory_format(self) -> None:
         """Put the convolution weights in channels-last memory format when ``channels_last`` is set."""
         if self.channels_last:
