@@ -244,4 +244,6 @@ def test_default_callbacks_include_adaptive_threads(tmp_path):
     from detforge.engine.trainer import default_callbacks
 
     callbacks = default_callbacks(tmp_path, progress_bar=False, artifacts=False)
-    assert sum(isinstance(c, AdaptiveThreads) for c in callbacks) == 1
+    assert [c.threads for c in callbacks if isinstance(c, AdaptiveThreads)] == ["auto"]
+    callbacks = default_callbacks(tmp_path, progress_bar=False, artifacts=False, threads=1)
+    assert [c.threads for c in callbacks if isinstance(c, AdaptiveThreads)] == [1]

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
@@ -159,19 +159,20 @@ def default_callbacks(
     progress_bar: bool = True,
     artifacts: bool = True,
     checkpoint_every_minutes: float | None = None,
+    threads: int | Literal["auto"] = "auto",
 ) -> list:
     """Checkpoints (``best.ckpt`` by ``val/map``; ``last.ckpt`` at every epoch end and every
     ``checkpoint_every_minutes`` inside an epoch, default ``$DETFORGE_CHECKPOINT_MINUTES`` or
     ``CHECKPOINT_EVERY_MINUTES``; both written atomically), a check that the run folder is writable,
-    ``AdaptiveThreads``, a rich progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule
-    ends when ``max_time`` does)."""
+    ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count), a rich
+    progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
     from detforge.engine.schedule import FitScheduleToTime
     from detforge.engine.threads import AdaptiveThreads
 
     callbacks: list = [
         CheckRunFolder(run_dir),
-        AdaptiveThreads(),
+        AdaptiveThreads(threads=threads),
         FitScheduleToTime(),
         AtomicCheckpoint(
             dirpath=str(run_dir),
