@@ -146,3 +146,25 @@ def test_ddp_two_cpu_processes_agree_on_the_metric(tmp_path):
     assert ranks[0]["stats_map"] == ranks[1]["stats_map"] == pytest.approx(ranks[0]["val/map"])
     assert (tmp_path / "runs" / "ddp" / "last.ckpt").is_file()
     assert not (tmp_path / "runs" / "ddp2").exists()  # both ranks used one run folder
+
+
+def test_model_options_and_a_built_model_on_the_command_line(tmp_path):
+    from detforge.commands.train import build_cli
+
+    common = ["--data=synthetic:8", "--imgsz=64", "--batch=4", "--workers=0", f"--project={tmp_path}"]
+    # 0.5 was ObjectDetector's own default, so it used to be dropped and detforge_n kept FCOS's 0.6
+    cli = build_cli([*common, "--model.nms_thresh", "0.5", "--name=a"])
+    assert cli.model.hparams.model == "detforge_n" and cli.model.model.nms_thresh == 0.5
+    assert build_cli([*common, "--name=b"]).model.model.nms_thresh == 0.6
+    # a built Detector: class_path / init_args (YAML: model: {model: {class_path: ..., init_args: {...}}})
+    built = [
+        "--model.model.class_path=detforge.models.fcos.FCOS",
+        "--model.model.init_args.backbone=test_resnet",
+        "--model.model.init_args.num_classes=5",
+        "--model.model.init_args.fpn_channels=16",
+    ]
+    cli = build_cli([*common, *built, "--name=c"])
+    assert type(cli.model.model).__name__ == "FCOS" and cli.model.model.init_args["fpn_channels"] == 16
+    assert cli.model.hparams.model["class_path"] == "detforge.models.fcos.FCOS"
+    with pytest.raises(ValueError, match="fpn_channels"):  # model options belong to the built model's init_args
+        build_cli([*common, *built, "--model.fpn_channels=8", "--name=d"])

@@ -76,3 +76,49 @@ def test_checkpoint_path_without_engine_is_a_clear_error(monkeypatch, capsys) ->
     monkeypatch.setitem(sys.modules, "detforge.engine.validate", None)  # import fails as if not built
     assert val.main(["--ckpt", "x.ckpt", "--data", "synthetic:4"]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+def test_checkpoint_of_a_default_run_before_format_2_prints_the_same_table(tmp_path, capsys) -> None:
+    """`detforge val --ckpt runs/.../best.ckpt` of a default run written before checkpoint format 2: the model
+    gets the settings it had (detforge_n's NMS 0.6, not ObjectDetector's old 0.5), so the table is the one
+    of the same weights in a current checkpoint."""
+    import lightning
+    import torch
+
+    from detforge.models.detector import ObjectDetector
+
+    current = ObjectDetector(
+        model="detforge_n",
+        num_classes=5,
+        score_thresh=0.0,
+        imgsz=64,
+        compile_model=False,
+        deterministic=False,
+    )
+    v1 = {  # the hyper-parameters `detforge train` saved then (model options at ObjectDetector's old defaults)
+        **dict(fpn_channels=256, head_num_convs=4, focal_alpha=0.25, focal_gamma=2.0, cls_loss_weight=1.0),
+        **dict(reg_loss_weight=1.0, centerness_loss_weight=1.0, nms_thresh=0.5, max_detections_per_image=100),
+        **dict(backbone=None, detection_arch="fcos", strides=[8, 16, 32, 64, 128], regress_ranges=None),
+        **dict(
+            model="detforge_n", num_classes=5, imgsz=64, in_chans=3, compile_model=False, deterministic=False
+        ),
+        **dict(score_thresh=0.0, _instantiator="lightning.pytorch.cli.instantiate_module"),
+    }
+    runs = {}
+    for name, hparams in (("v1", v1), ("v2", dict(current.hparams))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text("data:\n  data: synthetic:8\n")
+        torch.save(
+            {
+                "state_dict": current.state_dict(),
+                "hyper_parameters": hparams,
+                "pytorch-lightning_version": lightning.__version__,
+            },
+            run / "best.ckpt",
+        )
+        assert val.main(["--ckpt", str(run / "best.ckpt"), "--batch", "4"]) == 0
+        runs[name] = capsys.readouterr().out.split("COCO results")[0]
+        runs[name + "_json"] = json.loads((run / "predictions.json").read_text())
+    assert "Average Precision" in runs["v1"] and runs["v1"] == runs["v2"]
+    assert runs["v1_json"] == runs["v2_json"] and runs["v1_json"]

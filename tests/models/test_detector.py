@@ -430,3 +430,78 @@ def test_checkpoint_that_cannot_load_says_which_version_wrote_it(tmp_path):
     newer = _v1_checkpoint(tmp_path / "newer.ckpt", dict(V1_DEFAULT_RUN, format_version=99), {})
     with pytest.raises(ValueError, match="newer detforge.*upgrade"):
         ObjectDetector.load_from_checkpoint(newer, weights_only=True)
+
+
+def test_two_phase_fine_tune_freeze_fit_unfreeze_new_lr_fit(tmp_path):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    model = tiny(lr=0.1, scheduler=None)
+    assert model.backbone is model.model.features.body  # PyramidDetector.backbone: the timm body
+    first_lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            first_lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model.freeze_backbone()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Record()])
+    t.fit(model, loader(n=8, size=32))
+    assert first_lrs == [0.1, 0.1]
+    for key, value in model.backbone.state_dict().items():  # weights and BatchNorm statistics untouched
+        torch.testing.assert_close(value, frozen[key])
+
+    model.unfreeze_backbone()
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    model.set_lr(1e-3)
+    first_lrs.clear()
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Record()])
+    t.fit(model, loader(n=8, size=32))
+    assert first_lrs == [1e-3, 1e-3]
+    assert bns[0].training and int(bns[0].num_batches_tracked) == 2  # BatchNorm trains again
+    optimized = {id(p) for group in t.optimizers[0].param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in model.backbone.parameters())
+    with pytest.raises(ValueError, match="lr"):
+        model.set_lr(0.0)
+    model.hparams.lr = 5e-4  # the hparams form works the same
+    first_lrs.clear()
+    trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Record()]).fit(model, loader(n=4, size=32))
+    assert first_lrs == [5e-4]
+
+
+def test_non_finite_loss_stops_training_naming_the_image_ids(tmp_path):
+    model = tiny()
+    model.model.loss = lambda outputs, targets: {"loss": torch.tensor(float("nan"), requires_grad=True)}
+    with pytest.raises(FloatingPointError, match=r"nan.*image ids \[0, 1\]"):
+        trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, loader(n=4, size=32, batch=2))
+
+
+def test_to_onnx_without_a_path_writes_a_temporary_file(tmp_path):
+    from pathlib import Path
+
+    pytest.importorskip("onnx")
+    model = tiny()
+    path = Path(model.to_onnx(example_input=torch.rand(1, 3, 64, 64)))
+    try:
+        assert path.suffix == ".onnx" and path.stat().st_size > 0
+    finally:
+        path.unlink()
+    assert model.to_onnx(tmp_path / "m.onnx", example_input=torch.rand(1, 3, 64, 64)) == str(
+        tmp_path / "m.onnx"
+    )
+
+
+def test_top_level_names_load_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, detforge; assert 'torch' not in sys.modules and 'lightning' not in sys.modules; "
+        "from detforge import ObjectDetector, DetectionDataModule, create_model, list_models; "
+        "assert ObjectDetector.__name__ == 'ObjectDetector' and 'detforge_n' in list_models()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from detforge.models.detector import ObjectDetector
+from detforge.models.detector import MODEL_OPTIONS, ObjectDetector
 from detforge.models.registry import list_models
 
 POSTPROCESS = {
@@ -35,6 +35,10 @@ OPTIONS = {
     "strides": None,  # per model: one level more than its own
     **POSTPROCESS,
 }
+
+
+def test_the_options_tested_are_all_the_model_options():
+    assert set(OPTIONS) == {*MODEL_OPTIONS, "strides"}
 
 
 def build(name: str, **options) -> ObjectDetector:

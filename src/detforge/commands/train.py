@@ -16,6 +16,12 @@ that is all there is, and ends with the COCO table. Every ``ObjectDetector``, ``
 
 Plus ``--name`` (run folder ``--project/NAME``, default ``runs/train/exp``, ``exp2``, ...) and
 ``--resume last|PATH`` (continue a run with its optimizer, scheduler and EMA state).
+
+``--model NAME`` picks a registered model (``detforge models``); its options (``--model.nms_thresh 0.5``,
+``--model.fpn_channels 32``) reach its builder when given and keep the model's own defaults otherwise, and
+an option the model does not take is an error. A model built from its class instead:
+``--model.model.class_path detforge.models.fcos.FCOS --model.model.init_args.backbone resnet18
+--model.model.init_args.num_classes 5`` (YAML: ``model: {model: {class_path: ..., init_args: {...}}}``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Training engine around Lightning: run folders, callbacks, weight EMA, checkpoint evaluation, settings.
 
-- ``detforge.engine.config``: ``MetricConfig``, ``LoggingConfig``, ``TransformConfig``.
+- ``detforge.engine.config``: ``MetricConfig``, ``LoggingConfig``, ``TransformConfig``; ``preprocess_images``;
+  checkpoint hyper-parameters (``FORMAT_VERSION``, ``upgrade_hparams``).
+- ``detforge.engine.optim``: ``create_optimizer``, ``configure_schedule`` (optimizer and scheduler factories).
+- ``detforge.engine.metrics``: ``build_metrics`` (``MetricConfig`` -> metric modules), ``compute_metrics``.
 - ``detforge.engine.ema``: ``ExponentialMovingAverage`` (validated and saved in place of the raw weights).
 - ``detforge.engine.callbacks``: ``RunArtifacts`` (curves, PR curves, prediction grid, COCO table).
 - ``detforge.engine.schedule``: ``WarmupCosine`` / ``WarmupCosineLR`` (the default schedule), ``FitScheduleToTime``.
@@ -19,6 +22,12 @@ _LAZY = {
     "MetricConfig": "detforge.engine.config",
     "LoggingConfig": "detforge.engine.config",
     "TransformConfig": "detforge.engine.config",
+    "preprocess_images": "detforge.engine.config",
+    "upgrade_hparams": "detforge.engine.config",
+    "create_optimizer": "detforge.engine.optim",
+    "configure_schedule": "detforge.engine.optim",
+    "build_metrics": "detforge.engine.metrics",
+    "compute_metrics": "detforge.engine.metrics",
     "ExponentialMovingAverage": "detforge.engine.ema",
     "RunArtifacts": "detforge.engine.callbacks",
     "WarmupCosine": "detforge.engine.schedule",

@@ -16,6 +16,7 @@ Logged names (as autotimm): ``train/loss``, ``train/cls_loss``, ``train/reg_loss
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Literal, get_args
 
@@ -37,9 +38,36 @@ from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.base import Detector, NMSMethod
 from detforge.targets import metric_targets, to_original_size
 
-__all__ = ["FORMAT_VERSION", "ObjectDetector", "metric_targets", "to_original_size"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_OPTIONS",
+    "ObjectDetector",
+    "build_model",
+    "metric_targets",
+    "to_original_size",
+]
 
 DetectionArch = Literal["fcos", "yolox"]
+
+MODEL_OPTIONS: tuple[str, ...] = (
+    "fpn_channels",
+    "head_num_convs",
+    "focal_alpha",
+    "focal_gamma",
+    "cls_loss_fn",
+    "reg_loss_fn",
+    "cls_loss_weight",
+    "reg_loss_weight",
+    "centerness_loss_weight",
+    "regress_ranges",
+    "score_thresh",
+    "nms_thresh",
+    "pre_nms_topk",
+    "max_detections_per_image",
+    "nms_method",
+    "soft_nms_sigma",
+)
+"""ObjectDetector's model options: None keeps the model's default, a value goes to the model's builder."""
 
 
 class ObjectDetector(L.LightningModule):
@@ -151,28 +179,8 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
 
         self.save_hyperparameters(ignore=["cls_loss_fn", "reg_loss_fn", "model"])
-        options = {
-            key: value
-            for key, value in dict(
-                fpn_channels=fpn_channels,
-                head_num_convs=head_num_convs,
-                focal_alpha=focal_alpha,
-                focal_gamma=focal_gamma,
-                cls_loss_fn=cls_loss_fn,
-                reg_loss_fn=reg_loss_fn,
-                cls_loss_weight=cls_loss_weight,
-                reg_loss_weight=reg_loss_weight,
-                centerness_loss_weight=centerness_loss_weight,
-                regress_ranges=regress_ranges,
-                score_thresh=score_thresh,
-                nms_thresh=nms_thresh,
-                pre_nms_topk=pre_nms_topk,
-                max_detections_per_image=max_detections_per_image,
-                nms_method=nms_method,
-                soft_nms_sigma=soft_nms_sigma,
-            ).items()
-            if value is not None
-        }
+        given = locals()
+        options = {key: given[key] for key in MODEL_OPTIONS if given[key] is not None}
         self.model = build_model(
             model,
             backbone=backbone,
@@ -436,7 +444,7 @@ class ObjectDetector(L.LightningModule):
 
     def to_onnx(
         self,
-        save_path: str | None = None,
+        save_path: str | os.PathLike | None = None,
         example_input: Tensor | None = None,
         opset_version: int = 17,
         dynamic_axes: dict[str, dict[int, str]] | None = None,
@@ -446,7 +454,6 @@ class ObjectDetector(L.LightningModule):
         """Export the detector to ONNX: raw head tensors, or with ``with_nms`` final ``boxes`` / ``scores`` /
         ``labels`` with decoding and NMS inside the graph. Returns the path written: ``save_path``, or a new
         temporary ``.onnx`` file when None (the caller removes it)."""
-        import os
         import tempfile
 
         from detforge.export import export_onnx
@@ -457,14 +464,16 @@ class ObjectDetector(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return export_onnx(
-                self.model,
-                save_path,
-                example_input=example_input,
-                opset_version=opset_version,
-                dynamic_axes=dynamic_axes,
-                with_nms=with_nms,
-                **kwargs,
+            return str(
+                export_onnx(
+                    self.model,
+                    save_path,
+                    example_input=example_input,
+                    opset_version=opset_version,
+                    dynamic_axes=dynamic_axes,
+                    with_nms=with_nms,
+                    **kwargs,
+                )
             )
         finally:
             self.train(was_training)
@@ -512,7 +521,6 @@ def build_model(
                     ("backbone", backbone),
                     ("detection_arch", detection_arch),
                     ("strides", strides),
-                    ("imgsz", imgsz),
                 )
                 if v is not None
             ]
