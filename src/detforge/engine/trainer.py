@@ -33,8 +33,9 @@ __all__ = [
 _RUN_DIR_ENV = "DETFORGE_RUN_DIR"
 
 # last.ckpt is written at the end of every epoch and, inside longer epochs, at least this often: a killed run
-# loses at most 5 minutes, and a save (well under a second for detforge's models) costs under 0.5% of them.
-# $DETFORGE_CHECKPOINT_MINUTES overrides it (0: after every step).
+# loses at most 5 minutes, while a save (detforge_n with optimizer and EMA state: ~20 MB; large models a few
+# hundred MB, seconds at most) stays a small fraction of them. $DETFORGE_CHECKPOINT_MINUTES overrides it (0: after
+# every step).
 CHECKPOINT_EVERY_MINUTES = 5.0
 _CHECKPOINT_MINUTES_ENV = "DETFORGE_CHECKPOINT_MINUTES"
 
