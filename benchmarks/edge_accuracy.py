@@ -1,7 +1,8 @@
 """COCO accuracy of trained edge detectors in PyTorch eager, onnxruntime float32 and onnxruntime INT8.
 
-For each model: its ``detforge train`` checkpoint is exported to ONNX (``export_edge_onnx``), quantized to
-static INT8 (``quantize_edge_int8``, calibrated on ``--calib`` training images) and scored on the validation
+For each model: its ``detforge train`` checkpoint is exported to ONNX (``detforge.export.export_onnx``, the
+one exporter ``detforge export`` uses), quantized to static INT8 (``detforge.export.quantize_int8``,
+calibrated on ``--calib`` training images) and scored on the validation
 split of its data. All three backends are decoded by the model's own ``postprocess`` and scored by the same
 ``DetectionMAP`` (COCO-exact), so the rows differ only in the network's numerics. The peer of each INT8 row
 is the float32 ONNX row of the same model, measured in the same run: the drop is quoted in mAP points.

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from detforge.export import quantize_int8
 from detforge.models import create_model
 from detforge.models.edge.common import count_parameters
-from detforge.models.edge.onnx import export_edge_onnx, ort_network, ort_session, quantize_edge_int8
+from detforge.models.edge.onnx import export_edge_onnx, ort_network, ort_session
 from detforge.models.edge.phantom_video import PhantomVideo
 
 
@@ -52,10 +53,9 @@ def _peer_net() -> nn.Module:
 
 
 def _inputs(model, h: int, w: int, rng: np.random.Generator) -> list[np.ndarray]:
-    x = rng.uniform(0, 1, (1, model.in_chans, h, w)).astype(np.float32)
-    if model.__class__.__name__ == "Nexus":
-        return [x, np.zeros((1, model.stem_channels, h // 4, w // 4), np.float32)]
-    return [x]
+    """One frame's graph inputs (``model.export_inputs``: Nexus adds its zero ``predicted_stem`` state)."""
+    x = torch.from_numpy(rng.uniform(0, 1, (1, model.in_chans, h, w)).astype(np.float32))
+    return [v.numpy() for v in model.export_inputs(x).values()]
 
 
 def _square_sequence(n: int, size: int = 128) -> list[np.ndarray]:
@@ -128,7 +128,7 @@ def main() -> int:
         h, w = model.default_input_size
         fp32 = export_edge_onnx(model, out_dir / f"{name}.onnx")
         calibration = [_inputs(model, h, w, rng) for _ in range(8)]
-        int8 = quantize_edge_int8(fp32, out_dir / f"{name}.int8.onnx", calibration)
+        int8 = quantize_int8(fp32, out_dir / f"{name}.int8.onnx", calibration)
         feeds_np = _inputs(model, h, w, rng)
         x = torch.from_numpy(feeds_np[0])
         rows = []

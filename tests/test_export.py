@@ -107,3 +107,103 @@ def test_int8_dynamic_quantisation_runs_close_to_float(images, raw_path, tmp_pat
 def test_export_needs_a_detector(tmp_path):
     with pytest.raises(TypeError, match="not a detforge Detector"):
         export_onnx(torch.nn.Conv2d(3, 3, 1), tmp_path / "conv.onnx", example_input=torch.rand(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["nexus", "phantom", "nightvision_edge", "nightvision_multi_domain"])
+@pytest.mark.parametrize("with_nms", [False, True])
+def test_edge_models_through_the_one_exporter_match_pytorch(name, with_nms, tmp_path):
+    from detforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    # untrained scores are near-ties: keep every candidate (no top-k or max-detections cut, no suppression)
+    # so the detection sets do not depend on how ties are ordered; FCOS's NMS test above suppresses for real
+    model.set_postprocess(
+        score_thresh=0.0, nms_thresh=1.0, pre_nms_topk=100_000, max_detections_per_image=5000
+    )
+    x = torch.rand(2, model.in_chans, SIZE, SIZE)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", example_input=x, with_nms=with_nms)
+    assert check_onnx(model, path, x) < 1e-4
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == list(model.export_inputs(x))  # Nexus: + predicted_stem
+    outputs = [o.name for o in session.get_outputs()]
+    if with_nms:
+        assert outputs[:4] == ["boxes", "scores", "labels", "num_detections"]
+    if name == "nexus":
+        assert outputs[-2:] == ["surprise", "next_predicted_stem"]
+
+
+def test_dynamic_auto_follows_the_models_raw_outputs(tmp_path):
+    """``dynamic_axes="auto"``: any height and width where the raw outputs hold no grid (Phantom), only the
+    batch where they hold decoded boxes (NightVision)."""
+    from detforge.models import create_model
+
+    torch.manual_seed(0)
+    phantom = create_model("phantom").eval()
+    path = export_onnx(phantom, tmp_path / "p.onnx", image_size=(SIZE, SIZE), dynamic_axes="auto")
+    assert check_onnx(phantom, path, torch.rand(3, 3, 40, 24)) < 1e-4
+    nv = create_model("nightvision_edge").eval()
+    path = export_onnx(nv, tmp_path / "nv.onnx", image_size=(SIZE, SIZE), dynamic_axes="auto")
+    assert check_onnx(nv, path, torch.rand(3, 1, SIZE, SIZE)) < 1e-4
+    with pytest.raises(ValueError, match="cannot be dynamic"):
+        export_onnx(nv, tmp_path / "no.onnx", dynamic_axes={"images": {2: "h"}})
+
+
+def test_fold_batchnorm_folds_conv_bn_pairs_only():
+    from timm.layers import BatchNormAct2d
+
+    from detforge.export import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Conv2d(8, 4, 1), torch.nn.BatchNorm2d(4)),
+        torch.nn.Conv2d(4, 4, 1),
+        BatchNormAct2d(4),  # has its own activation: not a plain norm to fold
+    )
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+    model.train()
+    folded = fold_batchnorm(model)
+    kinds = [type(m).__name__ for m in folded.modules()]
+    assert kinds.count("BatchNorm2d") == 0 and kinds.count("BatchNormAct2d") == 1
+    assert isinstance(folded[1], torch.nn.Identity) and isinstance(folded[3][1], torch.nn.Identity)
+    assert model.training and isinstance(model[1], torch.nn.BatchNorm2d)  # the original is untouched
+    x = torch.rand(2, 3, 16, 16)
+    model.eval()
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compact_names_shrinks_and_keeps_io_names(fcos, images, tmp_path):
+    from detforge.export import compact_names
+
+    long = export_onnx(fcos, tmp_path / "long.onnx", example_input=images, with_nms=True, compact=False)
+    short = compact_names(long, tmp_path / "short.onnx")
+    assert short.stat().st_size < long.stat().st_size
+    graph = onnx.load(str(short)).graph
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", "num_detections"]
+    assert all(len(i.name) <= 4 for i in graph.initializer)
+    assert check_onnx(fcos, short, images) < 1e-4  # NMS subgraphs renamed consistently
+
+
+def test_static_int8_with_calibration_is_smaller_than_dynamic(tmp_path):
+    from detforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("nexus", num_classes=3).eval()
+    path = export_onnx(model, tmp_path / "n.onnx", image_size=(SIZE, SIZE))
+    frames = [torch.rand(1, 3, SIZE, SIZE) for _ in range(3)]
+    static = quantize_int8(path, tmp_path / "s.onnx", [model.export_inputs(f) for f in frames])
+    zeros_state = quantize_int8(path, tmp_path / "z.onnx", frames)  # the state input gets zeros
+    dynamic = quantize_int8(path, tmp_path / "d.onnx")
+    assert static.stat().st_size < 0.4 * path.stat().st_size
+    assert "QuantizeLinear" in op_types(onnx.load(str(static)).graph)  # QDQ: activations quantised too
+    assert "DynamicQuantizeLinear" in op_types(onnx.load(str(dynamic)).graph)
+    assert abs(zeros_state.stat().st_size - static.stat().st_size) < 1024
+    with pytest.raises(ValueError, match="lacks the graph inputs"):
+        quantize_int8(path, tmp_path / "x.onnx", [{"images": frames[0]}])

@@ -39,7 +39,8 @@ def select_candidates(
     level_sizes: Sequence[int],
     score_thresh: float,
     pre_nms_topk: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return_points: bool = False,
+) -> tuple[Tensor, ...]:
     """Per image and level, the ``pre_nms_topk`` best (location, class) pairs scoring above ``score_thresh``.
 
     Args:
@@ -49,7 +50,8 @@ def select_candidates(
 
     Returns:
         image index (Tensor[N] int64), box (Tensor[N, 4]), score (Tensor[N]) and label (Tensor[N] int64) of
-        the N candidates of the batch.
+        the N candidates of the batch; with ``return_points`` also their location index (Tensor[N] int64,
+        into P), to gather per-location extras alongside.
     """
     num_images, num_points, num_classes = scores.shape
     if sum(level_sizes) != num_points:
@@ -69,7 +71,8 @@ def select_candidates(
     flat = top_i[image_idx, k_idx]  # [N]
     point_idx = torch.div(flat, num_classes, rounding_mode="floor")  # [N]
     labels = flat % num_classes  # [N]
-    return image_idx, boxes[image_idx, point_idx], top_s[image_idx, k_idx], labels
+    selected = (image_idx, boxes[image_idx, point_idx], top_s[image_idx, k_idx], labels)
+    return (*selected, point_idx) if return_points else selected
 
 
 def batched_soft_nms(
@@ -192,13 +195,14 @@ def _detect_flat(
     max_detections_per_image,
     nms_method,
     soft_nms_sigma,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Shared pipeline: (image_idx, boxes, scores, labels, rank) of the kept detections, best first."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Shared pipeline: (image_idx, boxes, scores, labels, rank, location index) of the kept detections,
+    best first."""
     check_nms_method(nms_method)
     num_images, _, num_classes = scores.shape
     sizes = _sizes_tensor(image_sizes, num_images, scores.device)
-    image_idx, cand_boxes, cand_scores, labels = select_candidates(
-        scores, boxes, level_sizes, score_thresh, pre_nms_topk
+    image_idx, cand_boxes, cand_scores, labels, point_idx = select_candidates(
+        scores, boxes, level_sizes, score_thresh, pre_nms_topk, return_points=True
     )
     cand_boxes = _clip(cand_boxes.float(), image_idx, sizes)  # [N, 4]
     groups = image_idx * num_classes + labels  # [N] one NMS group per (image, class)
@@ -208,7 +212,14 @@ def _detect_flat(
     image_idx = image_idx[keep]
     rank = _rank_in_image(image_idx, num_images)  # [K]
     top = rank < max_detections_per_image
-    return image_idx[top], cand_boxes[keep][top], kept_scores[top], labels[keep][top], rank[top]
+    return (
+        image_idx[top],
+        cand_boxes[keep][top],
+        kept_scores[top],
+        labels[keep][top],
+        rank[top],
+        point_idx[keep][top],
+    )
 
 
 def detect(
@@ -222,6 +233,7 @@ def detect(
     max_detections_per_image: int = 100,
     nms_method: NMSMethod = "hard",
     soft_nms_sigma: float = 0.5,
+    extras: dict[str, Tensor] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections of a batch from dense per-location scores and boxes.
 
@@ -234,13 +246,20 @@ def detect(
         boxes: Tensor[B, P, 4] decoded xyxy boxes, pixels of the network input.
         level_sizes: locations per level (sum = P), for the per-level top-k.
         image_sizes: (h, w) of each unpadded image (list or Tensor[B, 2]); boxes are clipped to it.
+        extras: more per-location outputs to return per detection, by name (Tensor[B, P, *] each, e.g. a box
+            variance): gathered at each kept detection's location.
 
     Returns:
         one dict per image: ``boxes`` (Tensor[K, 4]), ``scores`` (Tensor[K]), ``labels`` (Tensor[K] int64),
-        best first.
+        and each extra (Tensor[K, *]), best first.
     """
-    num_images = scores.shape[0]
-    image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
+    num_images, num_points = scores.shape[:2]
+    for name, value in (extras or {}).items():
+        if tuple(value.shape[:2]) != (num_images, num_points):
+            raise ValueError(
+                f"extra {name!r} must be Tensor[B={num_images}, P={num_points}, *], got {tuple(value.shape)}"
+            )
+    image_idx, det_boxes, det_scores, labels, rank, point_idx = _detect_flat(
         scores,
         boxes,
         level_sizes,
@@ -254,10 +273,11 @@ def detect(
     )
     order = (image_idx * (rank.max() + 1 if rank.numel() else 1) + rank).argsort()  # by image, then rank
     counts = torch.bincount(image_idx, minlength=num_images).tolist()
-    per_image = zip(
-        det_boxes[order].split(counts), det_scores[order].split(counts), labels[order].split(counts)
-    )
-    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in per_image]
+    fields = {"boxes": det_boxes, "scores": det_scores, "labels": labels}
+    for name, value in (extras or {}).items():
+        fields[name] = value[image_idx, point_idx]  # [K, *]
+    split = {name: value[order].split(counts) for name, value in fields.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(num_images)]
 
 
 def detect_padded(
@@ -279,7 +299,7 @@ def detect_padded(
         zero boxes, score 0 and label -1.
     """
     num_images = scores.shape[0]
-    image_idx, det_boxes, det_scores, labels, rank = _detect_flat(
+    image_idx, det_boxes, det_scores, labels, rank, _ = _detect_flat(
         scores,
         boxes,
         level_sizes,

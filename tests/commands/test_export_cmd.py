@@ -44,3 +44,30 @@ def test_export_with_nms_matches_predict(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(np.sort(scores[keep])[::-1][:k], pred["scores"][:k].numpy(), atol=1e-4, rtol=0)
     boxes = named["boxes"].reshape(-1, 4)[keep][:k]
     np.testing.assert_allclose(boxes, pred["boxes"][:k].numpy(), atol=1e-4, rtol=0)
+
+
+def test_int8_without_data_falls_back_to_dynamic_quantization(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    assert main(["--ckpt", str(tiny_checkpoint), "--out", str(out), "--format", "int8"]) == 0
+    assert "dynamic quantization" in capsys.readouterr().out
+    assert out.with_suffix(".int8.onnx").stat().st_size < out.stat().st_size
+
+
+def test_int8_with_nms_calibrated_on_data_runs(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "nms.onnx"
+    argv = [
+        "--ckpt",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--format",
+        "int8",
+        "--nms",
+        "--data",
+        "synthetic:4",
+    ]
+    assert main([*argv, "--calib", "2"]) == 0
+    assert "calibrated on 2 batches" in capsys.readouterr().out
+    q = out.with_suffix(".int8.onnx")
+    _, (boxes, scores, labels, counts) = _run(q, torch.rand(1, 3, 64, 64))
+    assert boxes.shape[-1] == 4 and counts.shape == (1,)

@@ -1,8 +1,12 @@
-"""``detforge export --ckpt C --format onnx [--nms] [--dynamic]``: write a checkpoint's detector as ONNX.
+"""``detforge export --ckpt C --format onnx|int8 [--nms] [--dynamic] [--data SPEC]``: write a checkpoint's
+detector as ONNX, the one exporter for every model (``detforge.export``; edge detectors included).
 
-Without ``--nms`` the graph returns the raw head tensors; with it, final ``boxes`` / ``scores`` / ``labels``
-(decoding and NMS inside the graph). ``--dynamic`` makes the batch, height and width dynamic.
-``--format int8`` writes the ONNX model and an INT8-quantised copy next to it.
+Without ``--nms`` the graph returns the raw head tensors (``model.export_raw``, plus a video model's state
+outputs); with it, final ``boxes`` / ``scores`` / ``labels`` / ``num_detections`` (decoding and NMS inside the
+graph). ``--dynamic`` makes the batch dynamic, and the height and width too where the raw graph allows it.
+``--format int8`` also writes a static INT8 copy (QDQ, per-channel weights) calibrated on ``--calib`` training
+images of ``--data`` (default: the run's data, from the config.yaml beside the checkpoint); without any data
+it falls back to dynamic quantization and says so.
 """
 
 from __future__ import annotations
@@ -21,26 +25,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or int8")
     parser.add_argument("--out", default=None, help="output .onnx path (default: next to the checkpoint)")
     parser.add_argument("--nms", action="store_true", help="decode and run NMS inside the graph")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument(
+        "--dynamic", action="store_true", help="dynamic batch (and height / width if possible)"
+    )
     parser.add_argument(
         "--imgsz", type=int, default=None, help="example input size (default: the training size)"
     )
     parser.add_argument("--batch", type=int, default=1, help="example input batch size")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    parser.add_argument(
+        "--data", default=None, help="INT8 calibration data spec (default: the run's, from its config.yaml)"
+    )
+    parser.add_argument("--calib", type=int, default=32, help="INT8 calibration images (default 32)")
     return parser
 
 
-def dynamic_axes_for(spatial: bool, input_name: str = "images") -> dict[str, dict[int, str]]:
-    """Dynamic batch on the input, plus height / width when ``spatial`` (raw FCOS heads only: graphs that
-    decode boxes bake the example's location grid in). The exporter names the outputs' dynamic axes."""
-    return {input_name: {0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}}
+def calibration_batches(args: argparse.Namespace, imgsz: int, batch: int) -> list:
+    """Calibration images for ``--format int8``: ``--calib`` training images of ``--data`` or the run's data
+    spec, letterboxed to ``imgsz`` and stacked into batches of ``batch`` (arrays [batch, C, imgsz, imgsz]);
+    [] when no data spec is known."""
+    import numpy as np
 
+    from detforge.engine.validate import run_data_config
+    from detforge.models.edge.evaluate import calibration_frames
 
-def _decodes_boxes(model) -> bool:
-    """True when the bare model's raw outputs already hold decoded boxes (YOLOX, the edge models)."""
-    from detforge.models.fcos import FCOS
-
-    return not isinstance(model, FCOS)
+    run = run_data_config(args.ckpt)
+    data = args.data or run.get("data")
+    if not isinstance(data, str):
+        return []
+    kwargs = (run.get("dataset_kwargs") or {}) if data == run.get("data") else {}
+    frames = calibration_frames(data, imgsz, count=max(args.calib, batch), **kwargs)  # [1, C, S, S] each
+    return [np.concatenate(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
 
 
 def main(argv: list[str]) -> int:
@@ -48,26 +63,30 @@ def main(argv: list[str]) -> int:
     import torch
 
     from detforge.engine.validate import load_detector
+    from detforge.export import quantize_int8
 
-    model = load_detector(args.ckpt, "cpu")
-    imgsz = (
-        args.imgsz or model.hparams.get("imgsz") or max(getattr(model.model, "default_input_size", (640,)))
+    detector = load_detector(args.ckpt, "cpu")
+    model = detector.model
+    imgsz = int(
+        args.imgsz or detector.hparams.get("imgsz") or max(getattr(model, "default_input_size", (640,)))
     )
     out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(".nms.onnx" if args.nms else ".onnx")
-    example = torch.rand(args.batch, model.hparams.in_chans, int(imgsz), int(imgsz))
-    path = model.to_onnx(
+    example = torch.rand(args.batch, detector.hparams.in_chans, imgsz, imgsz)
+    path = detector.to_onnx(
         str(out),
         example_input=example,
         opset_version=args.opset,
-        dynamic_axes=dynamic_axes_for(spatial=not args.nms and not _decodes_boxes(model.model))
-        if args.dynamic
-        else None,
+        dynamic_axes="auto" if args.dynamic else None,
         with_nms=args.nms,
     )
-    print(f"ONNX: {path}")
+    print(f"ONNX: {path} ({Path(path).stat().st_size} bytes)")
     if args.format == "int8":
-        from detforge.export import quantize_int8
-
-        q_path = quantize_int8(str(path), str(Path(path).with_suffix(".int8.onnx")))
-        print(f"INT8: {q_path}")
+        batches = calibration_batches(args, imgsz, 1 if args.dynamic else args.batch)
+        if not batches:
+            print(
+                "INT8: no calibration data (no --data and no config.yaml beside the checkpoint): dynamic quantization"
+            )
+        calibration = [model.export_inputs(torch.from_numpy(b)) for b in batches]
+        q_path = quantize_int8(str(path), str(Path(path).with_suffix(".int8.onnx")), calibration)
+        print(f"INT8: {q_path} ({q_path.stat().st_size} bytes, calibrated on {len(batches)} batches)")
     return 0

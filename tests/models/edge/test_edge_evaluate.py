@@ -14,7 +14,6 @@ from detforge.models.edge.evaluate import (
     edge_accuracy,
     evaluate_networks,
     graph_outputs_to_forward,
-    nightvision_levels_from_flat,
 )
 from detforge.models.edge.onnx import export_edge_onnx
 
@@ -27,12 +26,9 @@ def _lenient(model, nms: bool = True):
     """Keep every candidate above a zero score, so an untrained model has many detections to compare; with
     ``nms=False`` keep overlapping ones too, all of them (an untrained model scores many cells almost alike,
     and NMS or a top-k cut would pick among near-ties differently under float32 rounding)."""
-    for attr in ("score_threshold", "proposal_threshold"):
-        if hasattr(model, attr):
-            setattr(model, attr, 0.0)
+    model.score_thresh = 0.0
     if not nms:
-        model.nms_threshold = 1.0
-        model.max_detections = 10_000  # no cut among near-ties either
+        model.set_postprocess(nms_thresh=1.0, pre_nms_topk=100_000, max_detections_per_image=100_000)
     return model
 
 
@@ -69,22 +65,26 @@ def _assert_matching_detections(got, expected, atol):
             assert twin.float().mean() >= 0.9, twin.float().mean()
 
 
-def test_nightvision_flat_outputs_invert_to_forward_maps():
+@pytest.mark.parametrize("name", ["nightvision_edge", "nightvision_multi_domain"])
+def test_nightvision_flat_outputs_invert_to_forward_maps(name):
     torch.manual_seed(0)
-    model = _lenient(create_model("nightvision_edge", num_classes=3)).eval()
+    model = _lenient(create_model(name, num_classes=3)).eval()
     images = torch.rand(2, 1, SIZE, 96)  # not square: the level sizes follow (h, w)
     with torch.no_grad():
         expected = model(images)
-        levels = nightvision_levels_from_flat(model, *model.forward_flat(images), input_size=(SIZE, 96))
+        raw = model.export_raw(**model.export_inputs(images))
+        levels = graph_outputs_to_forward(model, raw, (SIZE, 96))
     _assert_same_maps(levels, expected, atol=1e-4)
     sizes = [(SIZE, 96), (40, 96)]  # the second image padded: boxes clip to its own size
-    _assert_same_detections(model.postprocess(levels, sizes), model.postprocess(expected, sizes), atol=1e-5)
+    got, want = model.postprocess(levels, sizes), model.postprocess(expected, sizes)
+    _assert_same_detections(got, want, atol=1e-5)
+    assert [g.get("domain") for g in got] == [w.get("domain") for w in want]
     with pytest.raises(ValueError, match="same input size"):
-        nightvision_levels_from_flat(model, *model.forward_flat(images), input_size=(SIZE, SIZE))
+        model.outputs_from_export(raw, (SIZE, SIZE))
 
 
 def test_graph_outputs_to_forward_rejects_other_models():
-    with pytest.raises(TypeError, match="Nexus, Phantom or NightVision"):
+    with pytest.raises(TypeError, match="not a detforge Detector"):
         graph_outputs_to_forward(torch.nn.Conv2d(1, 1, 1), {}, (SIZE, SIZE))
 
 

@@ -56,7 +56,7 @@ def test_phantom_graph_takes_any_multiple_of_four_and_drives_the_video_runner(tm
     model = create_model("phantom").eval()
     session = ort_session(export_edge_onnx(model, tmp_path / "phantom.onnx"), threads=1)
     crop = torch.rand(1, 3, 40, 24)
-    cls, deltas = session.run(None, {"frame": crop.numpy()})
+    cls, deltas = session.run(None, {"images": crop.numpy()})
     assert cls.shape == (1, 1, 10, 6) and deltas.shape == (1, 4, 10, 6)
     video = PhantomVideo(ort_network(session), memory=model.memory)
     frame = np.random.default_rng(0).uniform(0, 1, (3, 128, 128)).astype(np.float32)
@@ -68,7 +68,7 @@ def test_phantom_graph_takes_any_multiple_of_four_and_drives_the_video_runner(tm
 
 
 def test_export_rejects_other_models(tmp_path):
-    with pytest.raises(TypeError, match="Nexus, Phantom or NightVision"):
+    with pytest.raises(TypeError, match="not a detforge Detector"):
         export_edge_onnx(torch.nn.Conv2d(1, 1, 1), tmp_path / "x.onnx", input_size=(8, 8))
 
 
@@ -118,3 +118,31 @@ def test_int8_keeps_one_copy_of_a_shared_layer(tmp_path):
         want = model(x)
     for g, w in zip(got, want, strict=True):
         assert np.corrcoef(g.ravel(), w.numpy().ravel())[0, 1] > 0.99
+
+
+def test_detforge_export_int8_phantom_is_under_130_kb(tmp_path, one_step_checkpoint, capsys):
+    """The one exporter (``detforge export --format int8``, static INT8 calibrated on the run's frames) writes
+    Phantom's INT8 file under the 130 KB budget, and its fp32 graph matches PyTorch."""
+    from detforge.commands.export import main
+    from detforge.data.synthetic import SyntheticShapes
+    from detforge.data.writers import write_widerface
+    from detforge.engine.validate import load_detector
+    from detforge.export import check_onnx
+
+    root = tmp_path / "wider"
+    for split, seed, n in (("train", 0, 6), ("val", 1, 2)):
+        faces = SyntheticShapes(n, image_size=64, num_classes=1, seed=seed, min_size=8, max_objects=3)
+        write_widerface(faces, root, split=split)
+    ckpt = one_step_checkpoint(tmp_path / "phantom.ckpt", "phantom", f"widerface:{root}")
+    out = tmp_path / "phantom.onnx"
+    argv = ["--ckpt", str(ckpt), "--out", str(out), "--format", "int8", "--data", f"widerface:{root}"]
+    assert main([*argv, "--calib", "4", "--imgsz", "128"]) == 0
+    assert "calibrated on 4 batches" in capsys.readouterr().out
+    int8 = out.with_suffix(".int8.onnx")
+    assert int8.stat().st_size < 130_000 < out.stat().st_size
+    model = load_detector(ckpt, "cpu").model
+    assert check_onnx(model, out, torch.rand(1, 3, 128, 128)) < 1e-4
+    got = ort_session(int8, threads=1).run(
+        None, {"images": np.random.default_rng(0).random((1, 3, 128, 128), np.float32)}
+    )
+    assert [g.shape for g in got] == [(1, 1, 32, 32), (1, 4, 32, 32)]

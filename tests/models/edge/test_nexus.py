@@ -37,7 +37,19 @@ def test_default_config():
     cfg = NexusConfig()
     m = Nexus.with_config(cfg)
     assert (cfg.input_width, cfg.input_height, cfg.num_classes) == (320, 320, 20)
-    assert m.default_input_size == (320, 320) and m.proposal_threshold == 0.3 and m.nms_threshold == 0.5
+    assert m.default_input_size == (320, 320) and m.score_thresh == 0.3 and m.nms_thresh == 0.5
+    assert m.max_detections_per_image == 100 and m.pre_nms_topk == 1000 and m.nms_method == "hard"
+
+
+def test_config_as_first_argument():
+    cfg = NexusConfig(num_classes=3, input_width=128, input_height=96, score_thresh=0.2, nms_thresh=0.4)
+    m = Nexus(cfg)
+    assert (m.num_classes, m.default_input_size, m.score_thresh, m.nms_thresh) == (3, (96, 128), 0.2, 0.4)
+    assert m.init_args["num_classes"] == 3 and m.init_args["input_size"] == (96, 128)
+    with pytest.raises(ValueError, match="not both"):
+        Nexus(cfg, num_classes=4)
+    with pytest.raises(TypeError, match="NexusConfig"):
+        Nexus({"num_classes": 3})
 
 
 @pytest.mark.parametrize(
@@ -105,7 +117,7 @@ def test_postprocess_format_and_clipping(model):
 
 def test_detect_static_video_skips_work_and_keeps_track_ids():
     torch.manual_seed(0)
-    m = Nexus(num_classes=2, proposal_threshold=0.0)  # report every box of the untrained model
+    m = Nexus(num_classes=2, score_thresh=0.0)  # report every box of the untrained model
     frame = torch.rand(3, 64, 64)
     first = m.detect(frame)
     second = m.detect(frame)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from detforge.models.edge import NightVision, NightVisionConfig, ThermalDomain
-from detforge.models.edge.nightvision import ThermalStem, decode_yolox_boxes
+from detforge.models.edge.nightvision import ThermalStem
 
 
 def _t(boxes, labels, **extra):
@@ -63,11 +63,26 @@ def test_thermal_stem_is_invariant_to_camera_gain_and_offset():
     assert torch.isfinite(stem(torch.full((1, 1, 16, 16), 0.3))).all()  # a flat image stays finite
 
 
-def test_decode_matches_hand_computation():
-    raw = torch.tensor([[[0.5, -0.25, 0.0, 1.0]]])  # [1, 1, 4]
-    boxes = decode_yolox_boxes(raw, torch.tensor([[12.0, 20.0]]), torch.tensor([8.0]))
+def test_decode_matches_hand_computation(model):
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 32, 32))  # levels 4 x 4, 2 x 2, 1 x 1
+    out["bbox_pred"][0][0, :, 2, 1] = torch.tensor(
+        [0.5, -0.25, 0.0, 1.0]
+    )  # cell (row 2, col 1): centre (12, 20)
+    _, boxes = model.decode(out)
     e = torch.e
-    torch.testing.assert_close(boxes[0, 0], torch.tensor([16 - 4, 18 - 4 * e, 16 + 4, 18 + 4 * e]))
+    torch.testing.assert_close(boxes[0, 2 * 4 + 1], torch.tensor([16 - 4, 18 - 4 * e, 16 + 4, 18 + 4 * e]))
+
+
+def test_config_as_first_argument():
+    cfg = NightVisionConfig.edge(num_classes=2)
+    m = NightVision(cfg)
+    assert m.num_classes == 2 and m.heads[0].cls_out.in_channels == 64
+    assert (m.score_thresh, m.nms_thresh, m.max_detections_per_image) == (0.05, 0.5, 100)
+    assert m.init_args["fpn_channels"] == 64
+    with pytest.raises(ValueError, match="not both"):
+        NightVision(cfg, fpn_channels=32)
 
 
 @pytest.mark.parametrize(
@@ -103,13 +118,13 @@ def test_training_reduces_loss():
     x[..., 16:40, 8:36] = 0.9
     targets = [_t([[8, 16, 36, 40]], [0])]
     losses = []
-    for _ in range(12):
+    for _ in range(30):  # SimOTA re-assigns as the boxes move, so single steps are noisy
         loss = m.loss(m(x), targets)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.6 * losses[0]
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
 
 
 def test_postprocess_clips_and_filters(model):

@@ -24,6 +24,16 @@ def test_default_config():
     assert (cfg.tracker_hidden_size, cfg.detection_threshold) == (64, 0.5)
     m = Phantom.with_config(cfg)
     assert m.num_classes == 1 and m.default_input_size == (128, 128) and m.memory.hidden_size == 64
+    assert (m.score_thresh, m.nms_thresh, m.max_detections_per_image) == (0.05, 0.3, 50)
+
+
+def test_config_as_first_argument():
+    cfg = PhantomConfig(input_width=96, input_height=64, nms_thresh=0.4, max_detections_per_image=7)
+    m = Phantom(cfg)
+    assert m.default_input_size == (64, 96) and m.nms_thresh == 0.4 and m.max_detections_per_image == 7
+    assert m.video_runner().nms_thresh == 0.4
+    with pytest.raises(ValueError, match="not both"):
+        Phantom(cfg, event_threshold=0.2)
 
 
 def test_bad_config_is_a_clear_error():
@@ -118,7 +128,7 @@ def test_onnx_graph_handles_sides_off_the_stride_8_grid(tmp_path):
     m = Phantom().eval()
     session = ort_session(export_edge_onnx(m, tmp_path / "phantom.onnx", input_size=(64, 64)), threads=1)
     x = torch.rand(1, 3, 60, 44)
-    cls, deltas = session.run(None, {"frame": x.numpy()})
+    cls, deltas = session.run(None, {"images": x.numpy()})
     with torch.no_grad():
         want_cls, want_deltas = m.net(x)
     np.testing.assert_allclose(cls, want_cls.numpy(), rtol=1e-3, atol=1e-3)

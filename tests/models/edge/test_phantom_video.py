@@ -205,7 +205,7 @@ def test_decode_face_maps_threshold_and_nms():
     cls[0, 1, 1], cls[0, 1, 2], cls[0, 3, 3] = 4.0, 3.0, 2.0
     deltas = np.zeros((4, 4, 4), np.float32)
     deltas[2:] = np.log(2.0)  # 8 x 8 pixel boxes
-    boxes, scores = decode_face_maps(cls, deltas, stride=4, score_threshold=0.5, nms_threshold=0.3)
+    boxes, scores = decode_face_maps(cls, deltas, stride=4, score_thresh=0.5, nms_thresh=0.3)
     assert len(boxes) == 2  # cell (1, 2)'s box overlaps cell (1, 1)'s by IoU 1/3 > 0.3: suppressed
     np.testing.assert_allclose(boxes, [[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0]])
     assert scores[0] == pytest.approx(1 / (1 + np.exp(-4.0)))

@@ -1,12 +1,14 @@
 """Building blocks shared by the edge detectors: conv-BN-activation, depthwise-separable convs, CSP blocks,
-per-level scales and location grids.
+per-level scales, and the ``Model(cfg)`` check of the config dataclasses. Location grids and box decoding are
+``detforge.boxes``.
 
 Everything here is a plain layer or a pure function; no block keeps state between calls.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +18,10 @@ __all__ = [
     "CSPBlock",
     "DepthwiseSeparable",
     "LearnedScale",
+    "check_config_call",
+    "config_kwargs",
     "count_parameters",
-    "level_points",
+    "init_from_config",
 ]
 
 Activation = Literal["relu", "silu", "none"]
@@ -138,29 +142,44 @@ class LearnedScale(nn.Module):
         return x * self.scale
 
 
-def level_points(
-    feat_sizes: list[tuple[int, int]], strides: list[int], device: torch.device | None = None
-) -> tuple[Tensor, Tensor]:
-    """Centres of every feature-map cell of every level, in input pixels.
-
-    Args:
-        feat_sizes: (h, w) per level.
-        strides: input pixels per cell, per level.
-
-    Returns:
-        points (Tensor[P, 2] float32, (x, y) = ((col + 0.5) * stride, (row + 0.5) * stride)), and
-        point_strides (Tensor[P] float32); P = sum(h * w), levels concatenated, row-major inside a level.
-    """
-    all_points, all_strides = [], []
-    for (h, w), s in zip(feat_sizes, strides, strict=True):
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        all_points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))  # [h*w, 2]
-        all_strides.append(torch.full((h * w,), float(s), device=device))
-    return torch.cat(all_points), torch.cat(all_strides)
-
-
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def check_config_call(init: Any, cfg: Any, config_type: type, arguments: dict[str, Any]) -> None:
+    """Check a ``Model(cfg)`` call: ``cfg`` is a ``config_type`` and no keyword argument of ``init`` differs
+    from its default (the config alone says what to build; change it with ``dataclasses.replace``)."""
+    if not isinstance(cfg, config_type):
+        raise TypeError(f"the first argument must be a {config_type.__name__}, got {type(cfg).__name__}")
+    params = inspect.signature(init).parameters
+    changed = sorted(
+        name
+        for name, value in arguments.items()
+        if name in params
+        and params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        and value != params[name].default
+    )
+    if changed:
+        raise ValueError(
+            f"give either a {config_type.__name__} or keyword arguments, not both (got the config and {changed}); "
+            "change the config with dataclasses.replace instead"
+        )
+
+
+def config_kwargs(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments that build an edge config's model: its fields, ``input_width`` and
+    ``input_height`` as ``input_size=(h, w)``."""
+    fields = {k: v for k, v in vars(cfg).items() if k not in ("input_width", "input_height")}
+    return {**fields, "input_size": (cfg.input_height, cfg.input_width)}
+
+
+def init_from_config(
+    model: nn.Module, init: Any, cfg: Any, config_type: type, arguments: dict[str, Any]
+) -> None:
+    """``Model(cfg)``: check the call (:func:`check_config_call`), run ``init`` with the config's keyword
+    arguments and record those as the model's ``init_args``."""
+    check_config_call(init, cfg, config_type, arguments)
+    kwargs = config_kwargs(cfg)
+    init(model, **kwargs)
+    model.init_args = kwargs

@@ -1,9 +1,10 @@
 """COCO accuracy of an edge detector in PyTorch eager, onnxruntime float32 and onnxruntime INT8.
 
-The exported graphs (``detforge.models.edge.onnx``) return raw head tensors. ``graph_outputs_to_forward`` turns
-them back into the dict the model's ``forward`` returns, so all three backends go through the model's own
-``postprocess``, the same mapping to original image sizes and the same ``DetectionMAP``: the rows differ only
-in the network's numerics. INT8 is ``quantize_edge_int8`` calibrated on training images.
+The exported graphs (``detforge.export``, the model's ``export_raw``) return raw head tensors; the model's
+``outputs_from_export`` turns them back into the dict its ``forward`` returns, so all three backends go
+through the model's own ``postprocess``, the same mapping to original image sizes and the same
+``DetectionMAP``: the rows differ only in the network's numerics. INT8 is ``detforge.export.quantize_int8``
+calibrated on training images (``calibration_frames``). Nothing here depends on the model's type.
 
 ``edge_accuracy(ckpt, data, work_dir)`` does it all for one ``detforge train`` checkpoint;
 ``benchmarks/edge_accuracy.py`` prints the table for several models.
@@ -12,8 +13,6 @@ in the network's numerics. INT8 is ``quantize_edge_int8`` calibrated on training
 from __future__ import annotations
 
 import io
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from detforge.models.edge.common import level_points
-
 __all__ = [
     "BACKENDS",
     "EdgeAccuracyRow",
@@ -32,9 +29,7 @@ __all__ = [
     "calibration_frames",
     "edge_accuracy",
     "evaluate_networks",
-    "graph_feeds",
     "graph_outputs_to_forward",
-    "nightvision_levels_from_flat",
 ]
 
 BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
@@ -55,115 +50,21 @@ class EdgeAccuracyRow:
     path: str | None = None
 
 
-def nightvision_levels_from_flat(
-    model: nn.Module, cls: Tensor, boxes: Tensor, obj: Tensor, input_size: tuple[int, int]
-) -> dict[str, Any]:
-    """NightVision's graph outputs back to ``forward``'s per-level maps.
-
-    Args:
-        model: the ``NightVision`` the graph was exported from (its ``strides``).
-        cls: Tensor[B, A, C] class logits; boxes: Tensor[B, A, 4] decoded xyxy pixels; obj: Tensor[B, A, 1]
-            objectness logits; A = all levels' cells, row-major inside a level (what ``forward_flat`` returns).
-        input_size: (h, w) of the graph's input image.
-
-    Returns:
-        ``cls_logits`` / ``bbox_pred`` / ``obj_logits``: lists over the levels of Tensor[B, C | 4 | 1, H_l, W_l],
-        ``bbox_pred`` re-encoded as YOLOX's (dx, dy, log w, log h) in stride units (the inverse of
-        ``centre = point + d * stride, size = exp(log size) * stride``).
-    """
-    strides = list(model.strides)
-    feat_sizes = _feature_sizes(strides, input_size, cls.shape[1])
-    points, point_strides = level_points(feat_sizes, strides, device=boxes.device)  # [A, 2], [A]
-    s = point_strides[None, :, None]  # [1, A, 1]
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, A, 2]
-    size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(1e-6)  # [B, A, 2]; INT8 rounding can flip a corner
-    raw = torch.cat([(centre - points[None]) / s, (size / s).log()], dim=-1)  # [B, A, 4]
-    out: dict[str, Any] = {"cls_logits": [], "bbox_pred": [], "obj_logits": []}
-    start = 0
-    for h, w in feat_sizes:
-        end = start + h * w
-        for key, flat in (("cls_logits", cls), ("bbox_pred", raw), ("obj_logits", obj)):
-            level = flat[:, start:end].transpose(1, 2)  # [B, K, h * w]
-            out[key].append(level.reshape(level.shape[0], level.shape[1], h, w))  # [B, K, h, w]
-        start = end
-    if getattr(model, "domain_head", None) is not None:
-        # the graph has no domain head; postprocess only copies its argmax into a ``domain`` field
-        from detforge.models.edge.nightvision import ThermalDomain
-
-        out["domain_logits"] = cls.new_zeros(cls.shape[0], len(ThermalDomain))  # [B, 5]
-    return out
-
-
-def _feature_sizes(strides: list[int], input_size: tuple[int, int], num_cells: int) -> list[tuple[int, int]]:
-    """Level sizes (h, w) for an ``input_size`` (h, w) input, checked against the flattened cell count."""
-    h, w = input_size
-    sizes = [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
-    if sum(a * b for a, b in sizes) != num_cells:
-        raise ValueError(
-            f"graph output has {num_cells} cells, but an input of {h} x {w} gives levels {sizes}; "
-            "export and evaluate at the same input size"
-        )
-    return sizes
-
-
 def graph_outputs_to_forward(
     model: nn.Module, named: dict[str, np.ndarray | Tensor], input_size: tuple[int, int]
 ) -> dict[str, Any]:
     """One exported graph's outputs (by output name) as the dict ``model.forward`` returns for an input of
-    ``input_size`` (h, w).
-
-    - Phantom: ``face_cls`` and ``face_bbox`` are ``forward``'s tensors as they are.
-    - Nexus: ``<key>_p3 .. <key>_p5`` become ``forward``'s per-level lists of ``cls_logits``, ``bbox_pred``,
-      ``bbox_log_var`` and ``centerness`` (``surprise`` and ``next_predicted_stem`` are video state).
-    - NightVision: ``cls`` / ``boxes`` / ``obj`` (flat, decoded) go through ``nightvision_levels_from_flat``.
-    """
-    from detforge.models.edge.nexus import Nexus
-    from detforge.models.edge.nightvision import NightVision
-    from detforge.models.edge.phantom import Phantom
-
-    tensors = {
-        k: torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v for k, v in named.items()
-    }
-    if isinstance(model, Phantom):
-        return {"face_cls": tensors["face_cls"], "face_bbox": tensors["face_bbox"]}
-    if isinstance(model, Nexus):
-        out: dict[str, Any] = {}
-        for key in ("cls_logits", "bbox_pred", "bbox_log_var", "centerness"):
-            levels = sorted(
-                (int(m.group(1)), name)
-                for name in tensors
-                if (m := re.fullmatch(rf"{key}_p(\d+)", name)) is not None
-            )
-            if len(levels) != len(model.strides):
-                raise ValueError(
-                    f"Nexus graph: expected {len(model.strides)} '{key}_p*' outputs, got {levels}"
-                )
-            out[key] = [tensors[name] for _, name in levels]
-        return out
-    if isinstance(model, NightVision):
-        return nightvision_levels_from_flat(
-            model, tensors["cls"], tensors["boxes"], tensors["obj"], input_size
-        )
-    raise TypeError(f"expected a Nexus, Phantom or NightVision model, got {type(model).__name__}")
-
-
-def graph_feeds(session, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs for one run of an exported graph: ``image`` (array [1, C, H, W] float32) as the first input, zeros
-    for the others (Nexus's ``predicted_stem``: a first frame, which the detection heads do not depend on)."""
-    inputs = session.get_inputs()
-    feeds = {inputs[0].name: np.ascontiguousarray(image, dtype=np.float32)}
-    for extra in inputs[1:]:
-        if not all(isinstance(d, int) for d in extra.shape):
-            raise ValueError(
-                f"graph input {extra.name!r} has a dynamic shape {extra.shape}; cannot make zeros"
-            )
-        feeds[extra.name] = np.zeros(extra.shape, dtype=np.float32)
-    return feeds
+    ``input_size`` (h, w): the model's ``outputs_from_export`` hook."""
+    if not hasattr(model, "outputs_from_export"):
+        raise TypeError(f"{type(model).__name__} is not a detforge Detector (no outputs_from_export)")
+    tensors = {k: v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v)) for k, v in named.items()}
+    return model.outputs_from_export(tensors, (int(input_size[0]), int(input_size[1])))
 
 
 class OrtDetectorNetwork:
-    """An onnxruntime session of an exported edge graph, called like the model: ``images`` Tensor[B, C, H, W]
-    -> ``forward``'s raw outputs (the graphs take one frame, so a batch runs image by image)."""
+    """An onnxruntime session of a model's raw graph, called like the model: ``images`` Tensor[B, C, H, W] ->
+    ``forward``'s raw outputs. The graph's inputs for each image are ``model.export_inputs`` (a video model's
+    state: a first frame); a batch runs image by image."""
 
     def __init__(self, model: nn.Module, path: str | Path, threads: int = 2) -> None:
         from detforge.models.edge.onnx import ort_session
@@ -175,8 +76,9 @@ class OrtDetectorNetwork:
 
     def __call__(self, images: Tensor) -> dict[str, Any]:
         per_image = []
-        for image in images.detach().cpu().float().numpy():  # [C, H, W] each
-            arrays = self.session.run(None, graph_feeds(self.session, image[None]))
+        for image in images.detach().cpu().float():  # [C, H, W] each
+            feeds = {k: v.numpy() for k, v in self.model.export_inputs(image[None]).items()}
+            arrays = self.session.run(None, feeds)
             per_image.append(dict(zip(self.output_names, arrays, strict=True)))
         named = {k: np.concatenate([r[k] for r in per_image]) for k in self.output_names}  # batch on dim 0
         return graph_outputs_to_forward(self.model, named, tuple(images.shape[-2:]))
@@ -244,7 +146,7 @@ def edge_accuracy(
     backends on ``data``'s validation split.
 
     Args:
-        ckpt: an ``ObjectDetector`` checkpoint whose model is Nexus, Phantom or NightVision.
+        ckpt: an ``ObjectDetector`` checkpoint (any detforge Detector; made for Nexus, Phantom, NightVision).
         data: dataset spec string (``widerface:ROOT``, ``synthetic-thermal:256``, ...); the val split is scored,
             the train split gives the INT8 calibration images.
         work_dir: where ``<name>.onnx`` and ``<name>.int8.onnx`` are written.
@@ -259,7 +161,7 @@ def edge_accuracy(
     """
     from detforge.data.datamodule import DetectionDataModule
     from detforge.engine.validate import load_detector
-    from detforge.models.edge.onnx import export_edge_onnx, quantize_edge_int8
+    from detforge.export import export_onnx, quantize_int8
 
     detector = load_detector(ckpt, "cpu")
     model = detector.model
@@ -276,11 +178,11 @@ def edge_accuracy(
             f"{ckpt}: the model has {model.num_classes} classes but data {data!r} has {dm.num_classes}"
         )
     work = Path(work_dir)
-    fp32_path = export_edge_onnx(model, work / f"{name}.onnx", input_size=(imgsz, imgsz))
+    fp32_path = export_onnx(model, work / f"{name}.onnx", image_size=(imgsz, imgsz))
     fp32 = OrtDetectorNetwork(model, fp32_path, threads=threads)
     frames = calibration_frames(data, imgsz, calibration_images, **(dataset_kwargs or {}))
-    calibration = [list(graph_feeds(fp32.session, f).values()) for f in frames]
-    int8_path = quantize_edge_int8(fp32_path, work / f"{name}.int8.onnx", calibration)
+    calibration = [model.export_inputs(torch.from_numpy(f)) for f in frames]
+    int8_path = quantize_int8(fp32_path, work / f"{name}.int8.onnx", calibration)
     networks: dict[str, Network] = {
         "pytorch": model,
         "onnx_fp32": fp32,

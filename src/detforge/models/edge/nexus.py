@@ -10,42 +10,47 @@
   and the heads are skipped (see ``NexusVideo``).
 - Object memory: a GRU state per tracked object (``detforge.models.edge.tracker``) keeps identity over frames.
 
-``forward`` / ``loss`` / ``postprocess`` are pure and identical in train and eval mode; video state lives in
-``NexusVideo`` (used by ``Nexus.detect``).
+``forward`` / ``loss`` / ``postprocess`` (the shared one, plus ``box_log_var``) are pure and identical in train
+and eval mode; video state lives in ``NexusVideo``, and in ONNX graphs in ``predicted_stem`` in / out.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
+from detforge.boxes import feature_sizes, grid_points, ltrb_to_xyxy
+from detforge.models.base import Detector, NMSMethod
 from detforge.models.criteria import FCOSCriterion
-from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, level_points
+from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, init_from_config
+from detforge.models.edge.nexus_video import FeaturePredictor, NexusVideo, surprise_map
 from detforge.models.edge.tracker import TrackMemory
 from detforge.targets import pad_targets
 
-__all__ = ["Nexus", "NexusConfig", "decode_ltrb", "nexus_training_step", "surprise_map"]
+__all__ = ["Nexus", "NexusConfig", "nexus_training_step", "surprise_map"]
+
+HEAD_KEYS = ("cls_logits", "bbox_pred", "bbox_log_var", "centerness")
 
 
 @dataclass(frozen=True)
 class NexusConfig:
-    """What to build; ``Nexus.with_config(cfg)`` turns it into a model.
+    """What to build; ``Nexus(cfg)`` (or ``Nexus.with_config(cfg)``) turns it into a model.
 
     Attributes:
         input_width, input_height: default network input size in pixels (multiples of 32).
         num_classes: object classes (no background).
         in_chans: image channels.
         memory_hidden_size: GRU hidden size of each tracked object's memory.
-        proposal_threshold: score a detection needs to be reported.
-        nms_threshold: IoU above which same-class detections are suppressed.
         surprise_threshold: stem-feature prediction error (relative to the features' mean magnitude, worst
             8 x 8 cell) under which a video frame reuses the previous frame's head outputs.
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
+            settings (``detforge.models.base.PostprocessSettings``).
     """
 
     input_width: int = 320
@@ -53,10 +58,12 @@ class NexusConfig:
     num_classes: int = 20
     in_chans: int = 3
     memory_hidden_size: int = 64
-    proposal_threshold: float = 0.3
-    nms_threshold: float = 0.5
     surprise_threshold: float = 0.1
-    max_detections: int = 100
+    score_thresh: float = 0.3
+    nms_thresh: float = 0.5
+    pre_nms_topk: int = 1000
+    max_detections_per_image: int = 100
+    nms_method: NMSMethod = "hard"
 
 
 class NexusStreams(nn.Module):
@@ -74,31 +81,17 @@ class NexusStreams(nn.Module):
     ) -> None:
         super().__init__()
         v, d = ventral_widths, dorsal_widths  # channels at strides 8, 16, 32
-        self.ventral = nn.ModuleList(
-            [
-                nn.Sequential(
-                    DepthwiseSeparable(stem_channels, v[0], stride=2), DepthwiseSeparable(v[0], v[0])
-                ),
-                nn.Sequential(
-                    DepthwiseSeparable(v[0], v[1], stride=2),
-                    DepthwiseSeparable(v[1], v[1]),
-                    DepthwiseSeparable(v[1], v[1]),
-                ),
-                nn.Sequential(DepthwiseSeparable(v[1], v[2], stride=2), DepthwiseSeparable(v[2], v[2])),
-            ]
-        )
-        self.dorsal = nn.ModuleList(
-            [
-                nn.Sequential(
-                    DepthwiseSeparable(stem_channels + 2, d[0], stride=2),
-                    DepthwiseSeparable(d[0], d[0], dilation=2),
-                ),
-                nn.Sequential(
-                    DepthwiseSeparable(d[0], d[1], stride=2), DepthwiseSeparable(d[1], d[1], dilation=2)
-                ),
-                nn.Sequential(DepthwiseSeparable(d[1], d[2], stride=2)),
-            ]
-        )
+        ds = DepthwiseSeparable
+        self.ventral = nn.ModuleList([
+            nn.Sequential(ds(stem_channels, v[0], stride=2), ds(v[0], v[0])),
+            nn.Sequential(ds(v[0], v[1], stride=2), ds(v[1], v[1]), ds(v[1], v[1])),
+            nn.Sequential(ds(v[1], v[2], stride=2), ds(v[2], v[2])),
+        ])  # fmt: skip
+        self.dorsal = nn.ModuleList([
+            nn.Sequential(ds(stem_channels + 2, d[0], stride=2), ds(d[0], d[0], dilation=2)),
+            nn.Sequential(ds(d[0], d[1], stride=2), ds(d[1], d[1], dilation=2)),
+            nn.Sequential(ds(d[1], d[2], stride=2)),
+        ])  # fmt: skip
         self.fuse = nn.ModuleList(
             ConvBNAct(vc + dc, channels, kernel_size=1) for vc, dc in zip(v, d, strict=True)
         )
@@ -170,62 +163,50 @@ class NexusHead(nn.Module):
         return self.cls_out(self.cls_tower(feat)), ltrb, self.log_var_out(reg), self.centerness_out(reg)
 
 
-class FeaturePredictor(nn.Module):
-    """Predicts the next frame's stem features from the current ones: ``f + delta(f)``.
-
-    The delta's last layer starts at zero, so an untrained predictor expects a static scene; trained on
-    frame pairs (``Nexus.predictive_loss``) it learns typical motion. ``forward(Tensor[B, S, h, w])`` keeps
-    the shape.
-    """
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.delta = nn.Sequential(
-            ConvBNAct(channels, channels, kernel_size=3, groups=channels),
-            nn.Conv2d(channels, channels, kernel_size=1),
-        )
-        nn.init.zeros_(self.delta[-1].weight)
-        nn.init.zeros_(self.delta[-1].bias)
-
-    def forward(self, stem: Tensor) -> Tensor:
-        return stem + self.delta(stem)
-
-
-class Nexus(nn.Module):
+class Nexus(Detector):
     """Dual-pathway FCOS detector with uncertainty, predictive coding and per-object GRU memory.
 
     Protocol: ``forward(images Tensor[B, in_chans, H, W])`` -> dict with lists over the three levels of
     ``cls_logits`` Tensor[B, C, H_l, W_l], ``bbox_pred`` Tensor[B, 4, H_l, W_l] (l, t, r, b pixels),
     ``bbox_log_var`` Tensor[B, 4, H_l, W_l], ``centerness`` Tensor[B, 1, H_l, W_l]; ``loss``; ``postprocess``.
-    Video: ``detect(frame)`` (stateful, see ``NexusVideo``), ``reset()``.
+    Video: ``detect(frame)`` (``NexusVideo``), ``reset()``. ``Nexus(cfg)`` builds from a ``NexusConfig``.
     """
 
     strides = (8, 16, 32)
+    _levels = ("p3", "p4", "p5")  # export names of the levels
     stem_channels = 24
+    raw_outputs_on_grid = False  # export hook: raw maps, no location grid inside
 
     def __init__(
         self,
+        cfg: NexusConfig | None = None,
+        /,
         *,
         num_classes: int = 20,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels: int = 96,
         memory_hidden_size: int = 64,
-        proposal_threshold: float = 0.3,
-        nms_threshold: float = 0.5,
         surprise_threshold: float = 0.1,
-        max_detections: int = 100,
+        score_thresh: float = 0.3,
+        nms_thresh: float = 0.5,
+        pre_nms_topk: int = 1000,
+        max_detections_per_image: int = 100,
+        nms_method: NMSMethod = "hard",
     ) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.default_input_size = tuple(input_size)
-        self.proposal_threshold = proposal_threshold
-        self.nms_threshold = nms_threshold
+        if cfg is not None:
+            return init_from_config(self, Nexus.__init__, cfg, NexusConfig, locals())
+        super().__init__(
+            num_classes,
+            in_chans=in_chans,
+            input_size=input_size,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_topk=pre_nms_topk,
+            max_detections_per_image=max_detections_per_image,
+            nms_method=nms_method,
+        )
         self.surprise_threshold = surprise_threshold
-        self.max_detections = max_detections
         self.stem = nn.Sequential(
             ConvBNAct(in_chans, 16, stride=2), DepthwiseSeparable(16, self.stem_channels, stride=2)
         )  # stride 4
@@ -238,16 +219,7 @@ class Nexus(nn.Module):
 
     @classmethod
     def with_config(cls, cfg: NexusConfig) -> Nexus:
-        return cls(
-            num_classes=cfg.num_classes,
-            in_chans=cfg.in_chans,
-            input_size=(cfg.input_height, cfg.input_width),
-            memory_hidden_size=cfg.memory_hidden_size,
-            proposal_threshold=cfg.proposal_threshold,
-            nms_threshold=cfg.nms_threshold,
-            surprise_threshold=cfg.surprise_threshold,
-            max_detections=cfg.max_detections,
-        )
+        return cls(cfg)
 
     # ---- network -------------------------------------------------------------------------------------
     def _check(self, images: Tensor) -> None:
@@ -257,15 +229,12 @@ class Nexus(nn.Module):
             )
 
     def heads_from_stem(self, stem: Tensor) -> dict[str, Any]:
-        """Everything after the stem: the streams, fusion and heads (the part predictive coding may skip)."""
-        out: dict[str, Any] = {"cls_logits": [], "bbox_pred": [], "bbox_log_var": [], "centerness": []}
+        """Everything after the stem: streams, fusion and heads (what predictive coding may skip)."""
+        out: dict[str, Any] = {k: [] for k in HEAD_KEYS}
         feats = self.streams(stem)
         for level, (feat, stride) in enumerate(zip(feats, self.strides, strict=True)):
-            cls, ltrb, log_var, ctr = self.head(feat, level, stride)
-            out["cls_logits"].append(cls)
-            out["bbox_pred"].append(ltrb)
-            out["bbox_log_var"].append(log_var)
-            out["centerness"].append(ctr)
+            for key, value in zip(HEAD_KEYS, self.head(feat, level, stride), strict=True):
+                out[key].append(value)  # cls_logits, bbox_pred, bbox_log_var, centerness
         out["p3"] = feats[0]  # [B, channels, H/8, W/8], appearance features for the object memory
         return out
 
@@ -274,12 +243,10 @@ class Nexus(nn.Module):
         return self.heads_from_stem(self.stem(images))
 
     def forward_train(self, frame: Tensor) -> list[dict[str, Tensor]]:
-        """Per scale (strides 8, 16, 32): ``cls_logits`` [B, C, H, W], ``bbox_pred`` [B, 4, H, W],
-        ``centerness`` [B, 1, H, W], ``bbox_log_var`` [B, 4, H, W]; ``frame`` is Tensor[B, C, H, W] or
-        [C, H, W]."""
+        """Per scale (strides 8, 16, 32): ``cls_logits`` [B, C, H, W], ``bbox_pred`` [B, 4, H, W], ``bbox_log_var``
+        [B, 4, H, W], ``centerness`` [B, 1, H, W]; ``frame`` is Tensor[B, C, H, W] or [C, H, W]."""
         out = self.forward(frame if frame.ndim == 4 else frame[None])
-        keys = ("cls_logits", "bbox_pred", "centerness", "bbox_log_var")
-        return [{k: out[k][i] for k in keys} for i in range(len(self.strides))]
+        return [{k: out[k][i] for k in HEAD_KEYS} for i in range(len(self.strides))]
 
     def predictive_loss(self, frames: Tensor, next_frames: Tensor) -> Tensor:
         """Mean squared error of the predicted next stem features (Tensor[B, C, H, W] frame pairs)."""
@@ -293,12 +260,12 @@ class Nexus(nn.Module):
         points [P, 2], point_strides [P]."""
         flat = {
             k: torch.cat([t.flatten(2).transpose(1, 2) for t in outputs[k]], dim=1)  # [B, P, *]
-            for k in ("cls_logits", "bbox_pred", "bbox_log_var", "centerness")
+            for k in HEAD_KEYS
         }
         feat_sizes = [tuple(c.shape[-2:]) for c in outputs["cls_logits"]]
         flat["centerness"] = flat["centerness"].squeeze(-1)  # [B, P]
-        flat["points"], flat["point_strides"] = level_points(
-            feat_sizes, list(self.strides), device=flat["cls_logits"].device
+        flat["points"], flat["point_strides"] = grid_points(
+            feat_sizes, self.strides, device=flat["cls_logits"].device
         )
         flat["feat_sizes"] = feat_sizes
         return flat
@@ -320,29 +287,68 @@ class Nexus(nn.Module):
             box_log_var=flat["bbox_log_var"],  # [B, P, 4]
         )
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Per image ``boxes`` [K, 4] xyxy pixels, ``scores`` [K], ``labels`` [K], and ``box_log_var``
-        [K, 4] (log-variance of l, t, r, b in stride units)."""
+    def decode(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Scores ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (Tensor[B, P, C]) and xyxy boxes (Tensor[B, P, 4])
+        of every location of the three levels."""
         flat = self.flatten_outputs(outputs)
-        scores_all = (
-            flat["cls_logits"].sigmoid() * flat["centerness"].sigmoid()[..., None]
-        ).sqrt()  # [B, P, C]
-        boxes_all = decode_ltrb(flat["points"], flat["bbox_pred"])  # [B, P, 4]
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            scores, labels = scores_all[i].max(dim=1)  # [P], [P]
-            keep = scores > self.proposal_threshold
-            b = boxes_all[i][keep]
-            b = torch.stack(
-                [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1
-            )
-            s, lab, lv = scores[keep], labels[keep], flat["bbox_log_var"][i][keep]
-            kept = batched_nms(b, s, lab, self.nms_threshold)[: self.max_detections]
-            results.append(
-                {"boxes": b[kept], "scores": s[kept], "labels": lab[kept], "box_log_var": lv[kept]}
-            )
-        return results
+        scores = (
+            flat["cls_logits"].float().sigmoid() * flat["centerness"].float().sigmoid()[..., None]
+        ).sqrt()
+        return scores, ltrb_to_xyxy(flat["points"], flat["bbox_pred"].float())  # [B, P, C], [B, P, 4]
+
+    def level_sizes(self, outputs: dict[str, Any]) -> list[int]:
+        return [int(c.shape[-2]) * int(c.shape[-1]) for c in outputs["cls_logits"]]
+
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Any], image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """The shared post-processing (``Detector.postprocess``) plus ``box_log_var`` [K, 4] per detection
+        (log-variance of l, t, r, b in stride units)."""
+        from detforge.postprocess import detect
+
+        scores, boxes = self.decode(outputs)
+        log_var = torch.cat(
+            [t.flatten(2).transpose(1, 2) for t in outputs["bbox_log_var"]], dim=1
+        )  # [B, P, 4]
+        settings = asdict(self.postprocess_settings)
+        sizes = self.level_sizes(outputs)
+        return detect(scores, boxes, sizes, image_sizes, **settings, extras={"box_log_var": log_var})
+
+    # ---- export hooks ---------------------------------------------------------------------------------
+    def export_inputs(self, images: Tensor) -> dict[str, Tensor]:
+        """``images`` [B, C, H, W] and the state ``predicted_stem`` [B, 24, H/4, W/4] (zeros: a first frame)."""
+        (h, w) = feature_sizes(tuple(images.shape[-2:]), [4])[0]
+        return {
+            "images": images,
+            "predicted_stem": images.new_zeros(images.shape[0], self.stem_channels, h, w),
+        }
+
+    def _export_forward(self, images: Tensor, state_in: Tensor | None) -> tuple[dict, dict[str, Tensor]]:
+        stem = self.stem(images)  # [B, 24, H/4, W/4]
+        if state_in is None:
+            return self.heads_from_stem(stem), {}
+        state = {"surprise": surprise_map(stem, state_in), "next_predicted_stem": self.predictor(stem)}
+        return self.heads_from_stem(stem), state
+
+    def export_raw(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """``<key>_p3 .. <key>_p5`` for the four head maps, then ``surprise`` [B, 1, H/32, W/32] and
+        ``next_predicted_stem`` when ``predicted_stem`` is an input."""
+        outputs, state = self._export_forward(inputs["images"], inputs.get("predicted_stem"))
+        maps = {f"{k}_{lv}": t for k in HEAD_KEYS for lv, t in zip(self._levels, outputs[k], strict=True)}
+        return {**maps, **state}
+
+    def export_detections(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """Padded detections (as ``Detector.export_detections``), then the state outputs of ``export_raw``."""
+        from detforge.export import padded_detections
+
+        outputs, state = self._export_forward(inputs["images"], inputs.get("predicted_stem"))
+        return {**padded_detections(self, outputs, inputs["images"]), **state}
+
+    def outputs_from_export(self, raw: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
+        """``forward``'s per-level lists from a raw graph's ``<key>_p<level>`` outputs."""
+        missing = [f"{k}_{lv}" for k in HEAD_KEYS for lv in self._levels if f"{k}_{lv}" not in raw]
+        if missing:
+            raise ValueError(f"Nexus graph outputs lack {missing}")
+        return {k: [torch.as_tensor(raw[f"{k}_{lv}"]) for lv in self._levels] for k in HEAD_KEYS}
 
     # ---- video ----------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -356,8 +362,6 @@ class Nexus(nn.Module):
         Returns one dict per detection: ``bbox`` (x1, y1, x2, y2 pixels), ``confidence``, ``class_id``,
         ``track_id``, ``bbox_log_var`` (4 floats). Uses eval mode for the call.
         """
-        from detforge.models.edge.nexus_video import NexusVideo
-
         if self._video is None:
             self._video = NexusVideo(self)
         return self._video.step(frame)
@@ -366,25 +370,6 @@ class Nexus(nn.Module):
     def video(self):
         """The current ``NexusVideo`` (profile counters, tracker), or None before the first ``detect``."""
         return self._video
-
-
-def surprise_map(stem: Tensor, predicted: Tensor) -> Tensor:
-    """Prediction error of the stem features, relative to their mean magnitude, pooled over 8 x 8 stem cells.
-
-    Args:
-        stem, predicted: Tensor[B, S, H/4, W/4].
-
-    Returns:
-        Tensor[B, 1, H/32, W/32]; 0 for a perfectly predicted frame, about 1 for an unrelated one.
-    """
-    error = (stem - predicted).abs().mean(dim=1, keepdim=True)  # [B, 1, H/4, W/4]
-    scale = stem.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-6  # [B, 1, 1, 1]
-    return F.avg_pool2d(error, 8, ceil_mode=True) / scale
-
-
-def decode_ltrb(points: Tensor, ltrb: Tensor) -> Tensor:
-    """Side distances to boxes: points Tensor[P, 2] (x, y), ltrb Tensor[B, P, 4] -> xyxy Tensor[B, P, 4]."""
-    return torch.cat([points[None] - ltrb[..., :2], points[None] + ltrb[..., 2:]], dim=-1)
 
 
 def nexus_training_step(

@@ -1,8 +1,8 @@
 """Nexus on video: predictive-coding gate, cached head outputs, object memory and tracking.
 
-Each frame runs the cheap stem. Its features are compared with what the predictor expected from the last
-frame; the surprise (``nexus.surprise_map``, worst cell) decides whether the
-streams and heads run again or the previous frame's outputs are reused. Work per frame is counted in FLOPs
+Predictive coding: ``FeaturePredictor`` (part of ``Nexus``) guesses the next frame's stem features and
+``surprise_map`` measures how wrong the guess was. Each frame runs the cheap stem; the surprise of its
+features (worst cell) decides whether the streams and heads run again or the previous frame's outputs are reused. Work per frame is counted in FLOPs
 (``torch.utils.flop_counter``, measured once per input size) so the saving on a static scene is a number.
 """
 
@@ -11,14 +11,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import roi_align
 
-from detforge.models.edge.nexus import surprise_map
+from detforge.models.edge.common import ConvBNAct
 from detforge.models.edge.tracker import ObjectTracker
 
-__all__ = ["NexusVideo", "VideoProfile"]
+__all__ = ["FeaturePredictor", "NexusVideo", "VideoProfile", "surprise_map"]
+
+
+class FeaturePredictor(nn.Module):
+    """Predicts the next frame's stem features from the current ones: ``f + delta(f)``.
+
+    The delta's last layer starts at zero, so an untrained predictor expects a static scene; trained on
+    frame pairs (``Nexus.predictive_loss``) it learns typical motion. ``forward(Tensor[B, S, h, w])`` keeps
+    the shape.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.delta = nn.Sequential(
+            ConvBNAct(channels, channels, kernel_size=3, groups=channels),
+            nn.Conv2d(channels, channels, kernel_size=1),
+        )
+        nn.init.zeros_(self.delta[-1].weight)
+        nn.init.zeros_(self.delta[-1].bias)
+
+    def forward(self, stem: Tensor) -> Tensor:
+        return stem + self.delta(stem)
+
+
+def surprise_map(stem: Tensor, predicted: Tensor) -> Tensor:
+    """Prediction error of the stem features, relative to their mean magnitude, pooled over 8 x 8 stem cells.
+
+    Args:
+        stem, predicted: Tensor[B, S, H/4, W/4].
+
+    Returns:
+        Tensor[B, 1, H/32, W/32]; 0 for a perfectly predicted frame, about 1 for an unrelated one.
+    """
+    error = (stem - predicted).abs().mean(dim=1, keepdim=True)  # [B, 1, H/4, W/4]
+    scale = stem.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-6  # [B, 1, 1, 1]
+    return F.avg_pool2d(error, 8, ceil_mode=True) / scale
 
 
 @dataclass

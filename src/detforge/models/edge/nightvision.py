@@ -7,24 +7,32 @@ backbone (strides 4..32) -> thermal FPN (top-down + lateral, P3/P4/P5) -> one de
 Training uses SimOTA assignment (``detforge.assigners.SimOTAAssigner``). Presets on ``NightVisionConfig``
 pick widths and class counts for wildlife, humans, vehicles, multi-band (interstellar) imagery and a
 multi-domain model with domain tags; ``edge`` is the smallest.
+
+Post-processing is the shared one (``Detector.postprocess`` on ``decode``), plus the ``domain`` of each image
+when the domain head is on. The raw ONNX graph returns YOLOX's flat ``cls_logits`` / ``boxes`` (decoded) /
+``obj_logits`` (and ``domain_logits``); ``outputs_from_export`` turns them back into ``forward``'s maps.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
+from detforge.boxes import centre_size_to_xyxy, feature_sizes, grid_points, xyxy_to_centre_size
+from detforge.models.base import Detector, NMSMethod
 from detforge.models.criteria import YOLOXCriterion
-from detforge.models.edge.common import ConvBNAct, CSPBlock, DepthwiseSeparable, level_points
+from detforge.models.edge.common import ConvBNAct, CSPBlock, DepthwiseSeparable, init_from_config
 from detforge.targets import pad_targets
 
 __all__ = ["NightVision", "NightVisionConfig", "ThermalDomain", "ThermalStem"]
+
+MAX_LOG_SIZE = 8.0  # clamp on YOLOX's decoded log box size (in strides)
 
 
 class ThermalDomain(enum.IntEnum):
@@ -39,7 +47,7 @@ class ThermalDomain(enum.IntEnum):
 
 @dataclass(frozen=True)
 class NightVisionConfig:
-    """What to build. ``NightVision.with_config(cfg)`` turns it into a model.
+    """What to build. ``NightVision(cfg)`` (or ``NightVision.with_config(cfg)``) turns it into a model.
 
     Attributes:
         num_classes: object classes (no background).
@@ -50,7 +58,8 @@ class NightVisionConfig:
         csp_depth: bottlenecks per CSP block.
         domain_head: add the domain-classification head (``ThermalDomain``).
         domain: the domain this model is meant for (informational; tags predictions).
-        score_threshold, nms_threshold, max_detections: postprocess settings.
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
+            settings (``detforge.models.base.PostprocessSettings``).
     """
 
     num_classes: int = 1
@@ -62,9 +71,11 @@ class NightVisionConfig:
     csp_depth: int = 1
     domain_head: bool = False
     domain: ThermalDomain = ThermalDomain.General
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    max_detections: int = 100
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    pre_nms_topk: int = 1000
+    max_detections_per_image: int = 100
+    nms_method: NMSMethod = "hard"
 
     @classmethod
     def edge(cls, num_classes: int = 1) -> NightVisionConfig:
@@ -145,18 +156,22 @@ class _DecoupledHead(nn.Module):
         return self.cls_out(self.cls_branch(x)), self.bbox_out(reg), self.obj_out(reg)
 
 
-class NightVision(nn.Module):
+class NightVision(Detector):
     """Multi-domain thermal detector with the detforge model protocol.
 
     ``forward(images Tensor[B, in_chans, H, W])`` returns ``cls_logits`` / ``bbox_pred`` / ``obj_logits``
     (lists over P3, P4, P5 of Tensor[B, C | 4 | 1, H_l, W_l]) and ``domain_logits`` (Tensor[B, 5]) when the
     domain head is on. ``bbox_pred`` is YOLOX's (dx, dy, log w, log h) in units of the level's stride.
+    ``NightVision(cfg)`` builds from a ``NightVisionConfig``; otherwise the keyword arguments are its fields.
     """
 
     strides = (8, 16, 32)
+    raw_outputs_on_grid = True  # export hook: the raw graph's boxes are decoded on the example's grid
 
     def __init__(
         self,
+        cfg: NightVisionConfig | None = None,
+        /,
         *,
         num_classes: int = 1,
         in_chans: int = 1,
@@ -166,22 +181,25 @@ class NightVision(nn.Module):
         csp_depth: int = 1,
         domain_head: bool = False,
         domain: ThermalDomain = ThermalDomain.General,
-        score_threshold: float = 0.05,
-        nms_threshold: float = 0.5,
-        max_detections: int = 100,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        pre_nms_topk: int = 1000,
+        max_detections_per_image: int = 100,
+        nms_method: NMSMethod = "hard",
     ) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.default_input_size = tuple(input_size)
+        if cfg is not None:
+            return init_from_config(self, NightVision.__init__, cfg, NightVisionConfig, locals())
+        super().__init__(
+            num_classes,
+            in_chans=in_chans,
+            input_size=input_size,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_topk=pre_nms_topk,
+            max_detections_per_image=max_detections_per_image,
+            nms_method=nms_method,
+        )
         self.domain = ThermalDomain(domain)
-        self.score_threshold = score_threshold
-        self.nms_threshold = nms_threshold
-        self.max_detections = max_detections
         c2, c3, c4, c5 = widths
         self.stem = ThermalStem(in_chans, c2 // 2)  # stride 2
         self.stage2 = nn.Sequential(  # stride 4
@@ -213,19 +231,7 @@ class NightVision(nn.Module):
 
     @classmethod
     def with_config(cls, cfg: NightVisionConfig) -> NightVision:
-        return cls(
-            num_classes=cfg.num_classes,
-            in_chans=cfg.in_chans,
-            input_size=(cfg.input_height, cfg.input_width),
-            widths=cfg.widths,
-            fpn_channels=cfg.fpn_channels,
-            csp_depth=cfg.csp_depth,
-            domain_head=cfg.domain_head,
-            domain=cfg.domain,
-            score_threshold=cfg.score_threshold,
-            nms_threshold=cfg.nms_threshold,
-            max_detections=cfg.max_detections,
-        )
+        return cls(cfg)
 
     # ---- network -------------------------------------------------------------------------------------
     def _pyramid(self, images: Tensor) -> list[Tensor]:
@@ -268,8 +274,8 @@ class NightVision(nn.Module):
         raw = torch.cat([b.flatten(2).transpose(1, 2) for b in outputs["bbox_pred"]], dim=1)  # [B, A, 4]
         obj = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs["obj_logits"]], dim=1)  # [B, A, 1]
         feat_sizes = [tuple(c.shape[-2:]) for c in outputs["cls_logits"]]
-        points, point_strides = level_points(feat_sizes, list(self.strides), device=cls.device)  # [A, 2], [A]
-        return cls, decode_yolox_boxes(raw, points, point_strides), obj
+        points, point_strides = grid_points(feat_sizes, self.strides, device=cls.device)  # [A, 2], [A]
+        return cls, centre_size_to_xyxy(points, point_strides, raw, max_log_size=MAX_LOG_SIZE), obj
 
     def forward_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``forward`` then ``flatten_outputs``: cls Tensor[B, A, C], bbox Tensor[B, A, 4] xyxy pixels,
@@ -291,38 +297,52 @@ class NightVision(nn.Module):
             losses["loss"] = losses["loss"] + losses["domain_loss"]
         return losses
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, Any], image_sizes: list[tuple[int, int]]) -> list[dict]:
+    def decode(self, outputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Scores ``sigmoid(cls) * sigmoid(obj)`` (Tensor[B, A, C]) and xyxy boxes (Tensor[B, A, 4])."""
         cls, boxes, obj = self.flatten_outputs(outputs)
-        scores_all = cls.sigmoid() * obj.sigmoid()  # [B, A, C]
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            scores, labels = scores_all[i].max(dim=1)  # [A], [A]
-            keep = scores > self.score_threshold
-            b = boxes[i][keep].clone()  # [K, 4]
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            s, lab = scores[keep], labels[keep]
-            kept = batched_nms(b, s, lab, self.nms_threshold)[: self.max_detections]
-            det = {"boxes": b[kept], "scores": s[kept], "labels": lab[kept]}
-            if self.domain_head is not None:
-                det["domain"] = int(outputs["domain_logits"][i].argmax())
-            results.append(det)
-        return results
+        return cls.float().sigmoid() * obj.float().sigmoid(), boxes.float()
 
+    def level_sizes(self, outputs: dict[str, Any]) -> list[int]:
+        return [int(c.shape[-2]) * int(c.shape[-1]) for c in outputs["cls_logits"]]
 
-def decode_yolox_boxes(raw: Tensor, points: Tensor, point_strides: Tensor) -> Tensor:
-    """YOLOX box decoding.
+    @torch.no_grad()
+    def postprocess(self, outputs: dict[str, Any], image_sizes: Sequence[tuple[int, int]]) -> list[dict]:
+        """The shared post-processing, plus ``domain`` (int, a ``ThermalDomain``) per image with the domain
+        head."""
+        detections = super().postprocess(outputs, image_sizes)
+        if self.domain_head is not None:
+            for det, logits in zip(detections, outputs["domain_logits"], strict=True):
+                det["domain"] = int(logits.argmax())
+        return detections
 
-    Args:
-        raw: Tensor[B, A, 4], (dx, dy, log w, log h) in units of each location's stride.
-        points: Tensor[A, 2], cell centres in pixels.
-        point_strides: Tensor[A].
+    # ---- export hooks ---------------------------------------------------------------------------------
+    def export_raw(self, **inputs: Tensor) -> dict[str, Tensor]:
+        """Flat ``cls_logits`` [B, A, C], decoded ``boxes`` [B, A, 4] (xyxy pixels), ``obj_logits`` [B, A, 1]
+        and, with the domain head, ``domain_logits`` [B, 5]."""
+        outputs = self(inputs["images"])
+        cls, boxes, obj = self.flatten_outputs(outputs)
+        raw = {"cls_logits": cls, "boxes": boxes, "obj_logits": obj}
+        return {**raw, "domain_logits": outputs["domain_logits"]} if self.domain_head is not None else raw
 
-    Returns:
-        Tensor[B, A, 4] xyxy pixels: centre = point + d * stride, size = exp(log size) * stride.
-    """
-    s = point_strides[None, :, None]  # [1, A, 1]
-    centre = points[None] + raw[..., :2] * s  # [B, A, 2]
-    size = raw[..., 2:].clamp(max=8.0).exp() * s  # [B, A, 2]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+    def outputs_from_export(self, raw: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
+        """``forward``'s per-level maps from the raw graph's flat outputs at input ``image_size`` (h, w):
+        ``boxes`` re-encoded as (dx, dy, log w, log h) in strides (``xyxy_to_centre_size``)."""
+        cls, boxes, obj = (torch.as_tensor(raw[k]) for k in ("cls_logits", "boxes", "obj_logits"))
+        sizes = feature_sizes(image_size, self.strides)
+        if sum(h * w for h, w in sizes) != cls.shape[1]:
+            raise ValueError(
+                f"graph output has {cls.shape[1]} cells, but an input of {tuple(image_size)} gives levels {sizes}; "
+                "export and evaluate at the same input size"
+            )
+        points, point_strides = grid_points(sizes, self.strides, device=boxes.device)  # [A, 2], [A]
+        # INT8 rounding can flip a box's corners: xyxy_to_centre_size clamps the size at 1e-6
+        deltas = xyxy_to_centre_size(points, point_strides, boxes.float())  # [B, A, 4]
+        out: dict[str, Any] = {"cls_logits": [], "bbox_pred": [], "obj_logits": []}
+        for key, flat in zip(out, (cls, deltas, obj), strict=True):
+            for level, (h, w) in zip(flat.split([h * w for h, w in sizes], dim=1), sizes, strict=True):
+                out[key].append(
+                    level.transpose(1, 2).reshape(level.shape[0], level.shape[2], h, w)
+                )  # [B, K, h, w]
+        if self.domain_head is not None:
+            out["domain_logits"] = torch.as_tensor(raw["domain_logits"])  # [B, 5]
+        return out

@@ -8,7 +8,9 @@ network only on event-active regions and pastes the result into cached output ma
 every ``backbone_refresh_interval`` frames. Faces are tracked with a GRU state per face (motion prediction),
 get track ids from temporal continuity, and gain confidence the longer they are tracked.
 
-``forward`` / ``loss`` / ``postprocess`` are pure and identical in train and eval mode.
+``forward`` / ``loss`` / ``postprocess`` are pure and identical in train and eval mode; ``postprocess`` is the
+shared one (``Detector.postprocess`` on ``decode``). The raw ONNX graph (``detforge.export``) takes any input
+height and width (multiples of 4): its outputs are the two maps, with no location grid inside.
 """
 
 from __future__ import annotations
@@ -17,29 +19,32 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
-from detforge.assigners.single_scale import decode_single_scale_boxes
+from detforge.boxes import centre_size_to_xyxy, grid_points
+from detforge.models.base import Detector, NMSMethod
 from detforge.models.criteria import SingleScaleCriterion
-from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable
+from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, init_from_config
 from detforge.models.edge.tracker import TrackMemory
 from detforge.targets import pad_targets
 
-__all__ = ["Phantom", "PhantomConfig", "phantom_training_step"]
+__all__ = ["Phantom", "PhantomConfig", "decode_face_boxes", "phantom_training_step"]
+
+MAX_LOG_SIZE = 8.0  # clamp on the decoded log box size (in cells): e^8 cells is far past any frame
 
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """What to build; ``Phantom.with_config(cfg)`` turns it into a model.
+    """What to build; ``Phantom(cfg)`` (or ``Phantom.with_config(cfg)``) turns it into a model.
 
     Attributes:
         input_width, input_height: default network input size (multiples of 4).
         backbone_refresh_interval: in video, every this many frames the whole frame is recomputed.
         tracker_hidden_size: GRU hidden size of each face track.
-        detection_threshold: accumulated confidence a face needs to be reported.
+        detection_threshold: accumulated track confidence a face needs to be reported in video.
         in_chans: image channels.
         event_threshold: per-pixel absolute frame difference (0..1) that counts as an event.
-        nms_threshold: IoU above which overlapping faces are suppressed.
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
+            settings (``detforge.models.base.PostprocessSettings``); video uses ``nms_thresh`` too.
     """
 
     input_width: int = 128
@@ -49,7 +54,11 @@ class PhantomConfig:
     detection_threshold: float = 0.5
     in_chans: int = 3
     event_threshold: float = 0.08
-    nms_threshold: float = 0.3
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    pre_nms_topk: int = 1000
+    max_detections_per_image: int = 50
+    nms_method: NMSMethod = "hard"
 
 
 class PhantomNet(nn.Module):
@@ -80,17 +89,21 @@ class PhantomNet(nn.Module):
         return self.cls_out(self.cls_branch(feat)), self.bbox_out(self.reg_branch(feat))
 
 
-class Phantom(nn.Module):
+class Phantom(Detector):
     """Single-class ("face") detector with the detforge model protocol plus a sparse video API.
 
     ``forward(images Tensor[B, C, H, W])`` -> ``face_cls`` Tensor[B, 1, H/4, W/4] (logits) and ``face_bbox``
     Tensor[B, 4, H/4, W/4] (dx, dy, log w, log h): centre = (cell + d) * 4, size = exp(log size) * 4.
+    ``Phantom(cfg)`` builds from a ``PhantomConfig``; otherwise the keyword arguments are its fields.
     """
 
     stride = 4
+    raw_outputs_on_grid = False  # export hook: the raw graph takes any H, W (video crops)
 
     def __init__(
         self,
+        cfg: PhantomConfig | None = None,
+        /,
         *,
         in_chans: int = 3,
         input_size: tuple[int, int] = (128, 128),
@@ -98,26 +111,32 @@ class Phantom(nn.Module):
         tracker_hidden_size: int = 64,
         detection_threshold: float = 0.5,
         event_threshold: float = 0.08,
-        nms_threshold: float = 0.3,
-        max_detections: int = 50,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.3,
+        pre_nms_topk: int = 1000,
+        max_detections_per_image: int = 50,
+        nms_method: NMSMethod = "hard",
     ) -> None:
-        super().__init__()
+        if cfg is not None:
+            return init_from_config(self, Phantom.__init__, cfg, PhantomConfig, locals())
+        super().__init__(
+            1,
+            in_chans=in_chans,
+            input_size=input_size,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            pre_nms_topk=pre_nms_topk,
+            max_detections_per_image=max_detections_per_image,
+            nms_method=nms_method,
+        )
         if backbone_refresh_interval < 1:
             raise ValueError(f"backbone_refresh_interval must be >= 1, got {backbone_refresh_interval}")
         if not 0.0 < detection_threshold < 1.0:
             raise ValueError(f"detection_threshold must be in (0, 1), got {detection_threshold}")
-        self.num_classes = 1
         self.class_names = ("face",)
-        self.in_chans = in_chans
-        self.default_input_size = tuple(input_size)
         self.backbone_refresh_interval = backbone_refresh_interval
         self.detection_threshold = detection_threshold
         self.event_threshold = event_threshold
-        self.nms_threshold = nms_threshold
-        self.max_detections = max_detections
-        self.score_threshold = (
-            0.05  # postprocess keeps candidates above this (for mAP); video uses the tracker
-        )
         self.net = PhantomNet(in_chans)
         self.memory = TrackMemory(appearance_size=0, hidden_size=tracker_hidden_size)
         self.criterion = SingleScaleCriterion(self.stride)  # parameter-free
@@ -125,15 +144,7 @@ class Phantom(nn.Module):
 
     @classmethod
     def with_config(cls, cfg: PhantomConfig) -> Phantom:
-        return cls(
-            in_chans=cfg.in_chans,
-            input_size=(cfg.input_height, cfg.input_width),
-            backbone_refresh_interval=cfg.backbone_refresh_interval,
-            tracker_hidden_size=cfg.tracker_hidden_size,
-            detection_threshold=cfg.detection_threshold,
-            event_threshold=cfg.event_threshold,
-            nms_threshold=cfg.nms_threshold,
-        )
+        return cls(cfg)
 
     # ---- protocol -------------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -157,23 +168,15 @@ class Phantom(nn.Module):
         gt_boxes, _, gt_mask = pad_targets(targets, device=outputs["face_cls"].device)
         return self.criterion(outputs["face_cls"], outputs["face_bbox"], gt_boxes, gt_mask)
 
-    @torch.no_grad()
-    def postprocess(self, outputs: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:
-        cls, deltas = outputs["face_cls"], outputs["face_bbox"]
-        scores_all = cls.flatten(1).sigmoid()  # [B, P]
-        deltas = deltas.permute(0, 2, 3, 1).clamp(max=8.0)  # [B, H, W, 4]
-        boxes_all = decode_single_scale_boxes(deltas, self.stride).flatten(1, 2)  # [B, P, 4] xyxy
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            keep = scores_all[i] > self.score_threshold
-            b, s = boxes_all[i][keep], scores_all[i][keep]
-            b = torch.stack(
-                [b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1
-            )
-            labels = torch.zeros_like(s, dtype=torch.int64)
-            kept = batched_nms(b, s, labels, self.nms_threshold)[: self.max_detections]
-            results.append({"boxes": b[kept], "scores": s[kept], "labels": labels[kept]})
-        return results
+    def decode(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Face scores (Tensor[B, P, 1], P = H/4 * W/4) and xyxy boxes (Tensor[B, P, 4]) of every cell."""
+        cls = outputs["face_cls"]  # [B, 1, h, w]
+        scores = cls.float().flatten(2).transpose(1, 2).sigmoid()  # [B, P, 1]
+        return scores, decode_face_boxes(outputs["face_bbox"].float(), self.stride)
+
+    def level_sizes(self, outputs: dict[str, Tensor]) -> list[int]:
+        h, w = outputs["face_cls"].shape[-2:]
+        return [int(h) * int(w)]
 
     # ---- video ----------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -196,7 +199,7 @@ class Phantom(nn.Module):
             refresh_interval=self.backbone_refresh_interval,
             event_threshold=self.event_threshold,
             detection_threshold=self.detection_threshold,
-            nms_threshold=self.nms_threshold,
+            nms_thresh=self.nms_thresh,
         )
 
     @torch.no_grad()
@@ -207,6 +210,15 @@ class Phantom(nn.Module):
             self._video = self.video_runner()
         x = frame[0] if frame.ndim == 4 else frame
         return self._video.step(x.detach().cpu().float().numpy())
+
+
+def decode_face_boxes(deltas: Tensor, stride: int) -> Tensor:
+    """Phantom's ``face_bbox`` map (Tensor[B, 4, h, w], (dx, dy, log w, log h) from each cell's top-left
+    corner, in cells) -> xyxy pixels of every cell (Tensor[B, h * w, 4], row-major)."""
+    h, w = deltas.shape[-2:]
+    corners, strides = grid_points([(h, w)], [stride], device=deltas.device, dtype=deltas.dtype, offset=0.0)
+    flat = deltas.flatten(2).transpose(1, 2)  # [B, P, 4]
+    return centre_size_to_xyxy(corners, strides, flat, max_log_size=MAX_LOG_SIZE)
 
 
 def phantom_training_step(

@@ -12,7 +12,8 @@ Per frame:
    those of the cached output maps. Tiles and halo are multiples of the network's total stride (``align``,
    4 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
    frame's cells. A frame without active tiles runs no network at all.
-3. Decoding on the cached maps (sigmoid, threshold, centre-cell boxes, NMS).
+3. Decoding on the cached maps: ``Phantom``'s own box decoding (``decode_face_boxes``) and the shared
+   ``detforge.postprocess.detect`` (threshold, NMS).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
    ``detection_threshold``.
@@ -30,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import ndimage
-from torchvision.ops import nms
 
 from detforge.models.edge.tracker import ObjectTracker, TrackMemory
+from detforge.postprocess import detect
 
 __all__ = ["FrameProfile", "PhantomVideo", "decode_face_maps", "merge_crops", "torch_network"]
 
@@ -99,9 +100,10 @@ def merge_crops(crops: list[Crop], call_cost: int = 0) -> list[Crop]:
 
 
 def decode_face_maps(
-    cls: np.ndarray, deltas: np.ndarray, stride: int, score_threshold: float, nms_threshold: float
+    cls: np.ndarray, deltas: np.ndarray, stride: int, score_thresh: float, nms_thresh: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes and scores from Phantom's maps.
+    """Boxes and scores from Phantom's maps: ``decode_face_boxes`` and the shared ``detect`` (scores above
+    ``score_thresh``, NMS at ``nms_thresh``, boxes clipped to the frame the maps cover).
 
     Args:
         cls: [1, H, W] logits. deltas: [4, H, W] (dx, dy, log w, log h).
@@ -109,23 +111,15 @@ def decode_face_maps(
     Returns:
         boxes [K, 4] xyxy pixels (float32) and scores [K], after NMS, best first.
     """
-    logit_threshold = float(np.log(score_threshold / (1 - score_threshold)))
-    rows, cols = np.nonzero(cls[0] > logit_threshold)
-    if rows.size == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    scores = 1.0 / (1.0 + np.exp(-cls[0, rows, cols]))  # [K]
-    d = deltas[:, rows, cols]  # [4, K]
-    cx, cy = (cols + d[0]) * stride, (rows + d[1]) * stride
-    half_w, half_h = np.exp(np.minimum(d[2], 8.0)) * stride / 2, np.exp(np.minimum(d[3], 8.0)) * stride / 2
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(
-        np.float32
-    )  # [K, 4]
-    if len(scores) > 1:
-        keep = nms(
-            torch.from_numpy(boxes), torch.from_numpy(scores.astype(np.float32)), nms_threshold
-        ).numpy()
-        boxes, scores = boxes[keep], scores[keep]
-    return boxes, scores.astype(np.float32)
+    from detforge.models.edge.phantom import decode_face_boxes
+
+    h, w = cls.shape[-2:]
+    scores = torch.from_numpy(np.ascontiguousarray(cls, dtype=np.float32)).reshape(1, h * w, 1).sigmoid()
+    boxes = decode_face_boxes(torch.from_numpy(np.ascontiguousarray(deltas, dtype=np.float32))[None], stride)
+    cells = max(h * w, 1)  # no top-k or max-detections cut
+    sizes = [(h * stride, w * stride)]
+    det = detect(scores, boxes, [h * w], sizes, score_thresh, nms_thresh, cells, cells)[0]
+    return det["boxes"].numpy(), det["scores"].numpy()
 
 
 class PhantomVideo:
@@ -162,7 +156,7 @@ class PhantomVideo:
         refresh_interval: int = 30,
         event_threshold: float = 0.08,
         detection_threshold: float = 0.5,
-        nms_threshold: float = 0.3,
+        nms_thresh: float = 0.3,
         tile: int = 8,
         halo: int = 8,
         max_sparse_fraction: float = 0.7,
@@ -182,7 +176,7 @@ class PhantomVideo:
         self.event_threshold = event_threshold
         self.detection_threshold = detection_threshold
         self.candidate_threshold = detection_threshold / 2  # tracked faces may continue below the threshold
-        self.nms_threshold = nms_threshold
+        self.nms_thresh = nms_thresh
         self.tile = tile
         self.halo = halo
         self.max_sparse_fraction = max_sparse_fraction
@@ -282,7 +276,7 @@ class PhantomVideo:
         self.profile.calls.append(calls)
         if mode != "skip" or self.last_candidates is None:
             self.last_candidates = decode_face_maps(
-                self.cls, self.deltas, self.stride, self.candidate_threshold, self.nms_threshold
+                self.cls, self.deltas, self.stride, self.candidate_threshold, self.nms_thresh
             )
         return self.last_candidates
 
