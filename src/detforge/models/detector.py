@@ -224,7 +224,7 @@ class ObjectDetector(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> ObjectDetector:
         """Lightning's ``load_from_checkpoint``; checkpoints written before ``format_version`` 2 have their
-        hyper-parameters translated first (:func:`detforge.models.checkpoint.upgrade_hparams`), and one that
+        hyper-parameters translated first (:func:`detforge.engine.config.upgrade_hparams`), and one that
         cannot be loaded raises a ValueError saying which version wrote it and what to do."""
         import io
 
