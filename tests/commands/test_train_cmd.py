@@ -166,5 +166,6 @@ def test_model_options_and_a_built_model_on_the_command_line(tmp_path):
     cli = build_cli([*common, *built, "--name=c"])
     assert type(cli.model.model).__name__ == "FCOS" and cli.model.model.init_args["fpn_channels"] == 16
     assert cli.model.hparams.model["class_path"] == "detforge.models.fcos.FCOS"
-    with pytest.raises(ValueError, match="fpn_channels"):  # model options belong to the built model's init_args
+    # model options belong to the built model's init_args
+    with pytest.raises(ValueError, match="fpn_channels"):
         build_cli([*common, *built, "--model.fpn_channels=8", "--name=d"])
