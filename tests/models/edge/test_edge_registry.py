@@ -59,3 +59,17 @@ def test_outputs_identical_in_train_and_eval_mode_structure():
     train_keys = set(model(x))
     model.eval()
     assert set(model(x)) == train_keys
+
+
+@pytest.mark.parametrize("name", ["nexus", "phantom", "nightvision_edge"])
+def test_builders_take_the_shared_postprocess_settings(name):
+    """The library's one name per setting reaches every edge model (``ObjectDetector`` hands changed ones on)."""
+    from detforge.models.base import Detector
+
+    model = create_model(name, score_thresh=0.2, nms_thresh=0.45, max_detections_per_image=7, pre_nms_topk=50)
+    assert isinstance(model, Detector)
+    settings = model.postprocess_settings
+    assert (settings.score_thresh, settings.nms_thresh, settings.max_detections_per_image) == (0.2, 0.45, 7)
+    assert settings.pre_nms_topk == 50
+    with pytest.raises(ValueError, match="nms_method must be one of"):
+        create_model(name, nms_method="fast")
