@@ -7,8 +7,14 @@ from detforge.models.backbone import (
     PretrainedWeightsError,
     PyramidBackbone,
     build_backbone,
+    fixed_input_size,
     freeze_backbone,
 )
+from detforge.models.registry import create_model
+
+# Small versions of the transformer families (timm passes these to the model's constructor).
+TINY_SWIN = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))  # stage channels 16, 32, 64, 128
+TINY_VIT = dict(embed_dim=32, depth=3, num_heads=2)
 
 
 def test_build_backbone_feature_info_matches_outputs():
@@ -84,3 +90,107 @@ def test_pyramid_backbone_normalises_and_checks_channels():
     gray.body.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     gray(torch.full((2, 1, 32, 32), float(gray.pixel_mean)))
     assert seen["x"].abs().max() < 1e-6
+
+
+def _fpn_inputs(pyramid: PyramidBackbone) -> dict:
+    seen: dict = {}
+    pyramid.fpn.register_forward_pre_hook(lambda m, args: seen.setdefault("x", list(args[0])))
+    return seen
+
+
+def test_default_out_indices_are_the_last_three_levels():
+    # ConvNeXt has 4 feature levels (strides 4-32): the earlier fixed (2, 3, 4) raised an IndexError.
+    full = timm.create_model("convnext_atto", features_only=True).feature_info
+    backbone = build_backbone("convnext_atto")
+    assert backbone.feature_info.reduction() == full.reduction()[-3:] == [8, 16, 32]
+    assert backbone.feature_info.channels() == full.channels()[-3:]
+    feats = backbone(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == full.channels()[-3:]
+    explicit = build_backbone(FeatureBackboneConfig("convnext_atto", out_indices=(1, 2)))
+    assert explicit.feature_info.reduction() == [8, 16]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "mobilenetv4_conv_small"])
+def test_default_is_the_earlier_2_3_4_on_five_level_cnns(name):
+    default = build_backbone(name).eval()
+    explicit = build_backbone(FeatureBackboneConfig(name, out_indices=(2, 3, 4))).eval()
+    assert default.feature_info.reduction() == explicit.feature_info.reduction() == [8, 16, 32]
+    assert default.feature_info.channels() == explicit.feature_info.channels()
+    assert {k: v.shape for k, v in default.state_dict().items()} == {
+        k: v.shape for k, v in explicit.state_dict().items()
+    }
+    explicit.load_state_dict(default.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    for ours, theirs in zip(default(x), explicit(x)):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["detforge_n", "detforge_s"])
+def test_default_models_keep_their_checkpoint_layout(name):
+    new = create_model(name).state_dict()
+    old = create_model(name, out_indices=(2, 3, 4)).state_dict()  # the default before out_indices=None
+    assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in old.items()}
+
+
+def test_nhwc_features_are_permuted_for_the_fpn():
+    pyramid = PyramidBackbone(
+        FeatureBackboneConfig("swin_tiny_patch4_window7_224", extra_kwargs=TINY_SWIN), 16, extra_levels=1
+    ).eval()
+    assert pyramid.channels_last_features
+    assert pyramid.strides == (8, 16, 32, 64)
+    assert fixed_input_size(pyramid.body) is None  # built with dynamic_img_size: any size
+    x = torch.rand(2, 3, 64, 96)
+    raw = pyramid.body((x - pyramid.pixel_mean) / pyramid.pixel_std)
+    assert tuple(raw[0].shape) == (2, 8, 12, 32)  # Swin gives [B, H, W, C]
+    seen = _fpn_inputs(pyramid)
+    out = pyramid(x)
+    assert [tuple(f.shape) for f in seen["x"]] == [(2, 32, 8, 12), (2, 64, 4, 6), (2, 128, 2, 3)]
+    torch.testing.assert_close(seen["x"][0], raw[0].permute(0, 3, 1, 2))
+    assert [tuple(f.shape) for f in out] == [(2, 16, 8, 12), (2, 16, 4, 6), (2, 16, 2, 3), (2, 16, 1, 2)]
+
+
+def test_single_stride_vit_gets_a_simple_pyramid_from_its_last_map():
+    pyramid = PyramidBackbone(
+        FeatureBackboneConfig("vit_tiny_patch16_224", extra_kwargs=TINY_VIT), 16, extra_levels=2
+    ).eval()
+    assert pyramid.body.feature_info.reduction() == [16, 16, 16]
+    assert pyramid.simple is not None and pyramid.simple.strides == (8, 16, 32)
+    assert pyramid.strides == (8, 16, 32, 64, 128)
+    x = torch.rand(2, 3, 64, 96)  # not the timm config's 224: built with dynamic_img_size
+    last = pyramid.body((x - pyramid.pixel_mean) / pyramid.pixel_std)[-1]
+    seen = _fpn_inputs(pyramid)
+    out = pyramid(x)
+    torch.testing.assert_close(seen["x"][1], last)  # stride 16: the ViT's last map itself
+    assert [tuple(f.shape) for f in seen["x"]] == [(2, 16, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3)]
+    assert [tuple(f.shape[-2:]) for f in out] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
+    assert PyramidBackbone("resnet10t", 16).simple is None
+
+
+def test_input_size_sets_the_vit_position_grid_and_other_sizes_still_run():
+    body = build_backbone(
+        FeatureBackboneConfig("vit_tiny_patch16_224", extra_kwargs=TINY_VIT), input_size=(64, 96)
+    )
+    assert tuple(body.model.pos_embed.shape) == (1, 1 + 4 * 6, 32)  # class token + the 4 x 6 patch grid
+    assert fixed_input_size(body) is None
+    assert tuple(body(torch.rand(1, 3, 32, 32))[-1].shape) == (1, 32, 2, 2)
+
+
+def test_fixed_size_backbone_names_the_size_in_its_error():
+    cfg = FeatureBackboneConfig("vit_tiny_patch16_224", extra_kwargs=dict(TINY_VIT, img_size=64))
+    pyramid = PyramidBackbone(cfg, 16, extra_levels=0)
+    assert fixed_input_size(pyramid.body) == (64, 64)
+    assert len(pyramid(torch.rand(1, 3, 64, 64))) == 3
+    with pytest.raises(
+        ValueError, match=r"'vit_tiny_patch16_224' has a fixed input size .*96x96.*\(96, 96\)"
+    ):
+        pyramid(torch.rand(1, 3, 96, 96))
+
+
+def test_options_a_model_does_not_take_are_left_out():
+    # MLP-Mixer has a fixed-size timm config but no dynamic_img_size option: it is built at its 224.
+    mixer = build_backbone(FeatureBackboneConfig("mixer_s16_224", extra_kwargs=dict(mlp_ratio=(0.5, 0.5))))
+    assert fixed_input_size(mixer) == (224, 224)
+    # EfficientViT (MSRA) takes no drop_path_rate: left out at its default 0, passed on (and rejected) if set.
+    assert build_backbone("efficientvit_m0").feature_info.reduction() == [16, 32, 64]
+    with pytest.raises(TypeError, match="drop_path_rate"):
+        build_backbone(FeatureBackboneConfig("efficientvit_m0", drop_path_rate=0.1))

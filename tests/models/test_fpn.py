@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
-from detforge.models.necks import FPN
+from detforge.models.necks import FPN, SimplePyramid
 
 
 def test_output_strides_shapes_and_extra_levels():
@@ -44,3 +45,39 @@ def test_bad_arguments():
         FPN([8, 16], [16, 8])
     with pytest.raises(ValueError, match="expects 2 feature maps"):
         FPN([8, 16], [8, 16], out_channels=8)([torch.rand(1, 8, 4, 4)])
+
+
+def test_simple_pyramid_strides_channels_and_shapes():
+    pyramid = SimplePyramid(32, 16)
+    assert pyramid.strides == (8, 16, 32)
+    assert pyramid.channels == (16, 32, 32)
+    x = torch.rand(2, 32, 5, 7)
+    up, same, down = pyramid(x)
+    assert tuple(up.shape) == (2, 16, 10, 14)
+    assert torch.equal(same, x)
+    torch.testing.assert_close(down, F.max_pool2d(x, 2))  # odd sizes floor: 5 x 7 -> 2 x 3
+    # The 2x level is one 2x2 stride-2 transposed conv: each output pixel sees one input pixel.
+    deconv = pyramid.branches[0]
+    assert isinstance(deconv, torch.nn.ConvTranspose2d) and deconv.stride == (2, 2)
+    torch.testing.assert_close(up[:, :, 2:4, 4:6], deconv(x[:, :, 1:2, 2:3]))
+
+
+def test_simple_pyramid_four_x_level_and_fpn_on_top():
+    pyramid = SimplePyramid(32, 16, scale_factors=(4, 2, 1, 0.5))
+    assert pyramid.strides == (4, 8, 16, 32)
+    assert pyramid.channels == (8, 16, 32, 32)
+    fpn = FPN(pyramid.channels, pyramid.strides, out_channels=8, extra_levels=1)
+    assert fpn.strides == (4, 8, 16, 32, 64)
+    out = fpn(pyramid(torch.rand(1, 32, 4, 4)))
+    assert [tuple(o.shape[-2:]) for o in out] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+def test_simple_pyramid_bad_arguments():
+    with pytest.raises(ValueError, match="one of 4, 2, 1, 0.5"):
+        SimplePyramid(32, 16, scale_factors=(3, 1))
+    with pytest.raises(ValueError, match="must decrease"):
+        SimplePyramid(32, 16, scale_factors=(0.5, 1, 2))
+    with pytest.raises(ValueError, match="divisible"):
+        SimplePyramid(32, 6, scale_factors=(4, 1))
+    with pytest.raises(ValueError, match=r"Tensor\[B, 32, H, W\]"):
+        SimplePyramid(32, 16)(torch.rand(1, 16, 4, 4))

@@ -1,7 +1,23 @@
 """Feature backbones from timm (``features_only=True``) for the FPN detectors.
 
 ``build_backbone("resnet18")`` returns timm's feature extractor: ``backbone(images)`` gives a list of feature
-maps, ``backbone.feature_info.channels()`` / ``.reduction()`` their channels and strides.
+maps, ``backbone.feature_info.channels()`` / ``.reduction()`` their channels and strides. By default it returns
+the last three feature levels of any timm model (strides 8, 16, 32 on ResNets, ConvNeXt, Swin, ...).
+
+Any timm backbone feeds the FPN through :class:`PyramidBackbone`:
+
+- feature maps a model gives channels-last (``output_fmt == "NHWC"``, e.g. Swin) are permuted to NCHW;
+- single-stride backbones (ViT, DeiT: every level at stride 16) get a ViTDet simple feature pyramid
+  (:class:`~detforge.models.necks.SimplePyramid`) built from their last feature map;
+- models whose timm config has a fixed input size (ViT, DeiT, Swin) are built with ``dynamic_img_size=True``
+  so they run at any input size: ViT / DeiT at heights and widths divisible by the patch size (16; multiples
+  of 32 keep the stride-32 level exact), Swin at any size (its windows are padded; tested down to 32 px,
+  multiples of 32 keep every level exact). ``build_backbone(..., input_size=(h, w))`` builds them for
+  (h, w) (timm's ``img_size``): a ViT / DeiT exports to ONNX only at that size, 224 by default.
+  ``extra_kwargs={"img_size": (h, w)}`` builds a fixed-size model instead; feeding it another size raises a
+  ValueError naming the sizes;
+- options a timm model's constructor rejects (``dynamic_img_size``, a zero ``drop_rate`` / ``drop_path_rate``)
+  are left out for it, e.g. for MLP-Mixer (then built at its fixed size) or EfficientViT (MSRA).
 
 Pretrained weights: ``pretrained=False`` (the default) never touches the network; ``pretrained=True`` loads
 timm's hub weights (needs internet); ``pretrained="PATH"`` loads a local weight file through timm's
@@ -20,12 +36,14 @@ from timm.utils.model import freeze
 from torch import Tensor, nn
 
 from detforge.models.necks.fpn import FPN
+from detforge.models.necks.simple_pyramid import SimplePyramid
 
 __all__ = [
     "FeatureBackboneConfig",
     "PretrainedWeightsError",
     "PyramidBackbone",
     "build_backbone",
+    "fixed_input_size",
     "freeze_backbone",
 ]
 
@@ -42,7 +60,10 @@ class FeatureBackboneConfig:
         model_name: any timm model name that supports ``features_only`` (``timm.list_models()``).
         pretrained: False (random init), True (timm hub download) or a path to a local weight file
             (``.safetensors``, ``.pth``, ``.bin``) in timm's layout for ``model_name``.
-        out_indices: which feature levels to return; (2, 3, 4) gives strides 8, 16, 32 on most CNNs.
+        out_indices: which feature levels to return (indices into the model's ``feature_info``). None (the
+            default): the last three, read from timm's ``feature_info`` (timm's ``out_indices=3``): strides 8,
+            16, 32 on ResNets / MobileNets (the same levels as (2, 3, 4)), ConvNeXt and Swin (4 stages), the
+            last three blocks (all stride 16) of a ViT, of which the pyramid uses the last.
         drop_rate: dropout rate passed to timm.
         drop_path_rate: stochastic depth rate passed to timm.
         extra_kwargs: further keyword arguments for ``timm.create_model``.
@@ -50,18 +71,25 @@ class FeatureBackboneConfig:
 
     model_name: str
     pretrained: bool | str = False
-    out_indices: tuple[int, ...] = (2, 3, 4)
+    out_indices: tuple[int, ...] | None = None
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def build_backbone(backbone: str | FeatureBackboneConfig, in_chans: int = 3) -> nn.Module:
+def build_backbone(
+    backbone: str | FeatureBackboneConfig, in_chans: int = 3, input_size: tuple[int, int] | None = None
+) -> nn.Module:
     """Build a timm feature extractor.
 
     Args:
-        backbone: a timm model name (random init, out_indices (2, 3, 4)) or a ``FeatureBackboneConfig``.
+        backbone: a timm model name (random init, the last three feature levels) or a ``FeatureBackboneConfig``.
         in_chans: input image channels (3 for RGB, 1 for grayscale / thermal).
+        input_size: (h, w) a model with a fixed-size timm config (ViT, DeiT, Swin) is built for (timm's
+            ``img_size``: the position-embedding grid, Swin's window sizes); it still takes other sizes
+            (``dynamic_img_size``), but exports to ONNX only at this one (resampling the position embedding
+            uses antialiased bicubic interpolation, which ONNX opset 17 lacks). None: timm's default (224).
+            Ignored when ``extra_kwargs`` sets ``img_size``, ``dynamic_img_size`` or ``strict_img_size``.
 
     Returns:
         The timm module: ``forward(images Tensor[B, in_chans, H, W]) -> list[Tensor[B, C_i, H / s_i, W / s_i]]``,
@@ -80,12 +108,16 @@ def build_backbone(backbone: str | FeatureBackboneConfig, in_chans: int = 3) -> 
         )
     kwargs: dict[str, Any] = dict(
         features_only=True,
-        out_indices=tuple(cfg.out_indices),
+        out_indices=_LAST_THREE if cfg.out_indices is None else tuple(cfg.out_indices),
         in_chans=in_chans,
-        drop_rate=cfg.drop_rate,
-        drop_path_rate=cfg.drop_path_rate,
         **cfg.extra_kwargs,
     )
+    # Options a timm model may not take: left out for the models that reject them (zero drop rates, and the
+    # size options chosen here, not by the user).
+    optional = _size_kwargs(cfg, input_size)
+    for key in ("drop_rate", "drop_path_rate"):
+        value = getattr(cfg, key)
+        (optional if value == 0 else kwargs)[key] = value
     pretrained = cfg.pretrained
     if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
         path = os.fspath(pretrained)
@@ -93,18 +125,72 @@ def build_backbone(backbone: str | FeatureBackboneConfig, in_chans: int = 3) -> 
             raise FileNotFoundError(
                 f"pretrained weight file for backbone {cfg.model_name!r} not found: {path}"
             )
-        return timm.create_model(
-            cfg.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=path), **kwargs
-        )
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
+        return _create(cfg.model_name, kwargs, optional)
     if not pretrained:
-        return timm.create_model(cfg.model_name, pretrained=False, **kwargs)
+        return _create(cfg.model_name, dict(kwargs, pretrained=False), optional)
     try:
-        return timm.create_model(cfg.model_name, pretrained=True, **kwargs)
+        return _create(cfg.model_name, dict(kwargs, pretrained=True), optional)
     except (OSError, RuntimeError, ValueError, ConnectionError, ImportError) as err:
         raise PretrainedWeightsError(
             f"could not download pretrained weights for backbone {cfg.model_name!r} ({type(err).__name__}: "
             f"{err}); without internet, pass pretrained='PATH' with a local weight file instead"
         ) from err
+
+
+# timm's ``out_indices=<int n>`` selects the last n levels of ``feature_info`` (timm >= 1.0).
+_LAST_THREE = 3
+_SIZE_KEYS = ("img_size", "dynamic_img_size", "strict_img_size")
+
+
+def _size_kwargs(cfg: FeatureBackboneConfig, input_size: tuple[int, int] | None) -> dict[str, Any]:
+    """``dynamic_img_size=True`` (and ``img_size=input_size``) for models whose timm config fixes the input
+    size (ViT, DeiT, Swin), unless the user chose a size option in ``cfg.extra_kwargs``."""
+    if any(key in cfg.extra_kwargs for key in _SIZE_KEYS):
+        return {}
+    try:
+        pretrained_cfg = timm.get_pretrained_cfg(cfg.model_name)
+    except RuntimeError:  # an unknown pretrained tag: timm.create_model names it
+        return {}
+    if not getattr(pretrained_cfg, "fixed_input_size", False):
+        return {}
+    size = {} if input_size is None else {"img_size": tuple(int(v) for v in input_size)}
+    return {"dynamic_img_size": True, **size}
+
+
+def _create(model_name: str, kwargs: dict[str, Any], optional: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(model_name, **kwargs, **optional)``, leaving out each ``optional`` argument the
+    model's constructor rejects (a TypeError naming it, raised before anything is built)."""
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(model_name, **kwargs, **optional)
+        except TypeError as err:
+            rejected = [key for key in optional if f"'{key}'" in str(err)]
+            if not rejected:
+                raise
+            for key in rejected:
+                del optional[key]
+
+
+def _model_name(backbone: str | FeatureBackboneConfig | nn.Module, body: nn.Module) -> str:
+    if isinstance(backbone, str):
+        return backbone
+    if isinstance(backbone, FeatureBackboneConfig):
+        return backbone.model_name
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture", type(body).__name__))
+
+
+def fixed_input_size(body: nn.Module) -> tuple[int, int] | None:
+    """``img_size`` (h, w) of the first patch embedding of ``body`` built with ``strict_img_size`` (the input
+    size of a ViT, DeiT, Swin or MLP-Mixer built without ``dynamic_img_size``), or None when it has none."""
+    for module in body.modules():
+        size = getattr(module, "img_size", None)
+        if getattr(module, "strict_img_size", False) and size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            return int(h), int(w)
+    return None
 
 
 def freeze_backbone(backbone: nn.Module) -> nn.Module:
@@ -119,12 +205,19 @@ class PyramidBackbone(nn.Module):
 
     Args:
         backbone: a timm model name, a ``FeatureBackboneConfig`` or an already built timm feature extractor
-            (anything with ``feature_info.channels()`` / ``.reduction()`` returning a list of feature maps).
+            (anything with ``feature_info.channels()`` / ``.reduction()`` returning a list of feature maps,
+            channels-last when its ``output_fmt`` is "NHWC").
         fpn_channels: channels of every pyramid level.
-        extra_levels: stride-2 levels added above the backbone's coarsest one (2 gives FCOS's P6, P7).
+        extra_levels: stride-2 levels added above the pyramid's coarsest one (2 gives FCOS's P6, P7).
         in_chans: image channels; 1-channel images are normalised with the mean of the RGB statistics.
         normalize: subtract the backbone's pretraining mean and divide by its std inside ``forward``
             (timm's ``pretrained_cfg``, ImageNet statistics by default).
+        input_size: (h, w) fixed-size transformer backbones are built for (see :func:`build_backbone`); pass
+            the detector's input size so that its ONNX export works for ViT / DeiT.
+
+    The FPN gets the backbone's levels as they are when their strides increase. When every level has the
+    same stride (ViT, DeiT: 16), ``self.simple`` (a :class:`SimplePyramid`) turns the last one into strides
+    s / 2, s, 2 s (8, 16, 32) first. ``self.strides`` holds the strides of the output levels.
 
     ``forward(images Tensor[B, in_chans, H, W] in [0, 1]) -> list[Tensor[B, fpn_channels, H / s, W / s]]``
     for every stride ``s`` in ``self.strides``.
@@ -137,11 +230,25 @@ class PyramidBackbone(nn.Module):
         extra_levels: int = 2,
         in_chans: int = 3,
         normalize: bool = True,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.body = backbone if isinstance(backbone, nn.Module) else build_backbone(backbone, in_chans)
+        if isinstance(backbone, nn.Module):
+            self.body = backbone
+        else:
+            self.body = build_backbone(backbone, in_chans, input_size)
+        self.name = _model_name(backbone, self.body)
         info = self.body.feature_info
-        self.fpn = FPN(info.channels(), info.reduction(), fpn_channels, extra_levels)
+        channels, strides = [int(c) for c in info.channels()], [int(s) for s in info.reduction()]
+        fmt = getattr(self.body, "output_fmt", "NCHW")
+        self.channels_last_features = str(getattr(fmt, "value", fmt)) == "NHWC"
+        self.fixed_input_size = fixed_input_size(self.body)
+        if len(set(strides)) == 1:
+            self.simple: SimplePyramid | None = SimplePyramid(channels[-1], strides[-1])
+            channels, strides = list(self.simple.channels), list(self.simple.strides)
+        else:
+            self.simple = None
+        self.fpn = FPN(channels, strides, fpn_channels, extra_levels)
         self.strides: tuple[int, ...] = self.fpn.strides
         self.in_chans = int(in_chans)
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
@@ -160,4 +267,23 @@ class PyramidBackbone(nn.Module):
             )
         if self.normalize:
             images = (images - self.pixel_mean) / self.pixel_std
-        return self.fpn(self.body(images))
+        features = self._run_body(images)  # list of Tensor[B, C_i, H_i, W_i] ([B, H_i, W_i, C_i] if NHWC)
+        if self.channels_last_features:
+            features = [f.permute(0, 3, 1, 2) for f in features]  # [B, C_i, H_i, W_i]
+        if self.simple is not None:
+            features = self.simple(features[-1])
+        return self.fpn(features)
+
+    def _run_body(self, images: Tensor) -> list[Tensor]:
+        if self.fixed_input_size is None:
+            return self.body(images)
+        try:
+            return self.body(images)
+        except AssertionError as err:  # timm's patch embedding asserts the size it was built for
+            h, w = images.shape[-2:]
+            raise ValueError(
+                f"backbone {self.name!r} has a fixed input size (its patch embedding takes "
+                f"{self.fixed_input_size}) and failed on {h}x{w} images ({err}); resize the images, or build it "
+                f"for this size with FeatureBackboneConfig(..., extra_kwargs={{'img_size': ({h}, {w})}}) or, "
+                f"if the timm model has that option, for any size with extra_kwargs={{'dynamic_img_size': True}}"
+            ) from err

@@ -24,8 +24,11 @@ from detforge.models.yolox import YOLOX
 __all__ = ["build_fcos", "build_yolox", "detforge_n", "detforge_s"]
 
 
-def _backbone(name: str, pretrained: bool | str, out_indices: tuple[int, ...]) -> FeatureBackboneConfig:
-    return FeatureBackboneConfig(name, pretrained=pretrained, out_indices=tuple(out_indices))
+def _backbone(
+    name: str, pretrained: bool | str, out_indices: tuple[int, ...] | None
+) -> FeatureBackboneConfig:
+    indices = None if out_indices is None else tuple(out_indices)
+    return FeatureBackboneConfig(name, pretrained=pretrained, out_indices=indices)
 
 
 @register_prefix("fcos_")
@@ -33,7 +36,7 @@ def build_fcos(
     timm_name: str,
     num_classes: int = 80,
     pretrained: bool | str = False,
-    out_indices: tuple[int, ...] = (2, 3, 4),
+    out_indices: tuple[int, ...] | None = None,
     **kwargs: Any,
 ) -> FCOS:
     """FCOS on the timm backbone ``timm_name`` (strides 8-128 with the default P6/P7 levels)."""
@@ -45,7 +48,7 @@ def build_yolox(
     timm_name: str,
     num_classes: int = 80,
     pretrained: bool | str = False,
-    out_indices: tuple[int, ...] = (2, 3, 4),
+    out_indices: tuple[int, ...] | None = None,
     **kwargs: Any,
 ) -> YOLOX:
     """YOLOX-style detector on the timm backbone ``timm_name`` (strides 8, 16, 32)."""
