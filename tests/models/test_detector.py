@@ -285,8 +285,11 @@ def test_autotimm_form_builds_the_registered_model():
     five = tiny(strides=(8, 16, 32, 64, 128))  # FCOS P3-P7: extra levels from the built pyramid
     assert five.model.strides == (8, 16, 32, 64, 128) and five.model.init_args["extra_levels"] == 2
     assert tiny(backbone={"model_name": "test_resnet", "out_indices": [2, 3, 4]}).model.strides == (8, 16, 32)
-    with pytest.raises(ValueError, match="drop_path_rate"):
-        tiny(backbone=FeatureBackboneConfig("test_resnet", drop_path_rate=0.1))
+    dropped = tiny(backbone=FeatureBackboneConfig("test_resnet", drop_path_rate=0.1, drop_rate=0.2)).model
+    assert dropped.init_args["backbone"] == FeatureBackboneConfig(
+        "test_resnet", drop_path_rate=0.1, drop_rate=0.2
+    )
+    assert any(getattr(m, "drop_prob", 0.0) > 0 for m in dropped.backbone.modules())  # reached timm
     with pytest.raises(ValueError, match="autotimm"):
         ObjectDetector(model="detforge_n", backbone="resnet18", compile_model=False, deterministic=False)
 

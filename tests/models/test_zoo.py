@@ -24,7 +24,10 @@ def test_prefix_builds_any_timm_backbone():
 
 @pytest.mark.parametrize(
     "name, backbone, params, quality",
-    [("detforge_n", "mobilenetv3_small_100", 1_268_972, True), ("detforge_s", "mobilenetv4_conv_small", 1_633_836, False)],
+    [
+        ("detforge_n", "mobilenetv3_small_100", 1_268_972, True),
+        ("detforge_s", "mobilenetv4_conv_small", 1_633_836, False),
+    ],
 )
 def test_small_defaults_run_the_model_protocol(name, backbone, params, quality):
     """detforge_n (the default) and detforge_s (the earlier default, kept so its checkpoints load) keep their
@@ -48,3 +51,19 @@ def test_unknown_backbone_and_local_weights(tmp_path):
         create_model("fcos_not_a_net", num_classes=2)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         create_model("fcos_resnet10t", num_classes=2, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_prefix_builders_take_backbone_kwargs():
+    from detforge.models.backbone import FeatureBackboneConfig
+
+    model = create_model(
+        "yolox_resnet10t",
+        num_classes=2,
+        fpn_channels=16,
+        head_width=16,
+        backbone_kwargs={"drop_path_rate": 0.1},
+    )
+    assert model.init_args["backbone"] == FeatureBackboneConfig("resnet10t", drop_path_rate=0.1)
+    assert any(getattr(m, "drop_prob", 0.0) > 0 for m in model.backbone.modules())  # reached timm
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("fcos_resnet10t", num_classes=2, backbone_kwargs={"out_indices": (2, 3, 4)})

@@ -17,9 +17,15 @@ __all__ = [
     "MetricConfig",
     "TransformConfig",
     "as_plain",
+    "from_plain",
+    "legacy_checkpoint_error",
+    "load_checkpoint",
     "model_spec",
+    "nonfinite_loss_error",
+    "plain_hparams",
     "preprocess_images",
     "resolve_data_config",
+    "scalar_losses",
     "upgrade_hparams",
 ]
 
@@ -84,6 +90,43 @@ class LoggingConfig:
     log_gradient_norm: bool = False
     log_weight_norm: bool = False
 
+    def norms(self, module: Any) -> dict[str, Any]:
+        """The norms this config asks for, of ``module``'s parameters: ``grad_norm`` (the gradients present;
+        0 when none) and ``weight_norm``, each a scalar Tensor."""
+        import torch
+
+        out: dict[str, Any] = {}
+        if self.log_gradient_norm:
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            out["grad_norm"] = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if self.log_weight_norm:
+            out["weight_norm"] = torch.nn.utils.get_total_norm([p.detach() for p in module.parameters()])
+        return out
+
+
+def scalar_losses(losses: dict[str, Any]) -> dict[str, Any]:
+    """The one-element Tensors of a model's ``loss`` dict (``loss``, ``cls_loss``, ..., ``num_pos``): what is
+    logged as ``train/<key>``, ``val/<key>``."""
+    from torch import Tensor
+
+    return {k: v for k, v in losses.items() if isinstance(v, Tensor) and v.numel() == 1}
+
+
+def nonfinite_loss_error(
+    losses: dict[str, Any], targets: list[dict], step: int, batch_idx: int
+) -> FloatingPointError:
+    """The error for a NaN / inf training loss at optimizer ``step`` / ``batch_idx``, naming the batch's image
+    ids and the loss parts."""
+    from torch import Tensor
+
+    ids = [t.get("image_id") for t in targets]
+    ids = [int(i) if isinstance(i, Tensor) and i.numel() == 1 else i for i in ids]
+    parts = {k: float(v.detach()) for k, v in scalar_losses(losses).items()}
+    return FloatingPointError(
+        f"training loss is {float(losses['loss'])} at step {step} (batch {batch_idx}, image ids {ids}; "
+        f"losses {parts}): check these images' boxes, or lower the learning rate"
+    )
+
 
 @dataclass
 class TransformConfig:
@@ -119,10 +162,15 @@ class TransformConfig:
         return asdict(self)
 
 
-def resolve_data_config(cfg: TransformConfig, in_chans: int, timm_name: str | None = None) -> dict[str, Any]:
+def resolve_data_config(
+    cfg: TransformConfig, in_chans: int, timm_name: str | dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``mean``, ``std``, ``input_size`` (C, H, W) and ``interpolation`` for ``cfg``: the statistics of timm's
     pretrained config for ``timm_name`` when ``cfg.use_timm_config`` (else ImageNet's), averaged over the
-    channels for 1-channel images, unless ``cfg.mean`` / ``cfg.std`` override them."""
+    channels for 1-channel images, unless ``cfg.mean`` / ``cfg.std`` override them. ``timm_name`` may be a
+    saved ``FeatureBackboneConfig`` dict (its ``model_name``)."""
+    if isinstance(timm_name, dict):
+        timm_name = timm_name.get("model_name")
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     if cfg.use_timm_config and timm_name is not None:
         import timm
@@ -226,6 +274,11 @@ def as_plain(value: Any) -> Any:
     return value
 
 
+def from_plain(cls: type, value: Any) -> Any:
+    """``cls(**value)`` for a dict (a dataclass saved by :func:`as_plain`), else ``value`` unchanged."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
 def _is_plain(value: Any) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
@@ -245,6 +298,18 @@ def model_spec(model: Any, built: Any) -> str | dict[str, Any] | None:
         return None
     cls = type(built)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def plain_hparams(hparams: Any, model: Any, built: Any, **losses: Any) -> None:
+    """Make ``ObjectDetector``'s saved ``hparams`` plain types (in place), so checkpoints load with
+    ``torch.load(weights_only=True)``: dataclasses as dicts, a loss module (``losses``: ``cls_loss_fn``,
+    ``reg_loss_fn``) as None, ``model`` as :func:`model_spec`, and the :data:`FORMAT_VERSION`."""
+    for key in ("backbone", "metrics", "logging_config", "transform_config"):
+        hparams[key] = as_plain(hparams[key])
+    for key, value in losses.items():
+        hparams[key] = value if isinstance(value, str) or value is None else None
+    hparams["model"] = model_spec(model, built)
+    hparams["format_version"] = FORMAT_VERSION
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -286,3 +351,31 @@ def upgrade_hparams(hparams: dict[str, Any], source: Any = "checkpoint") -> dict
                 focal_alpha=None, focal_gamma=None, centerness_loss_weight=None, regress_ranges=None
             )
     return hparams
+
+
+def load_checkpoint(checkpoint_path: Any, weights_only: bool | None = None) -> tuple[Any, int | None]:
+    """An ``ObjectDetector`` checkpoint with its hyper-parameters in the current format (:func:`upgrade_hparams`),
+    as an in-memory file for Lightning's ``load_from_checkpoint``, and the format version it was written in
+    (None: before ``format_version``)."""
+    import io
+
+    import torch
+    from lightning.fabric.utilities.cloud_io import _load as pl_load
+
+    checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+    hparams = checkpoint.get("hyper_parameters", {})
+    version = hparams.get("format_version")
+    checkpoint["hyper_parameters"] = upgrade_hparams(hparams, checkpoint_path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer, version
+
+
+def legacy_checkpoint_error(checkpoint_path: Any, err: Exception) -> ValueError:
+    """The error for a format-1 checkpoint that fails to load even after :func:`upgrade_hparams`."""
+    return ValueError(
+        f"{checkpoint_path}: written by detforge before checkpoint format {FORMAT_VERSION} (no "
+        f"format_version in its hyper-parameters) and cannot be loaded ({type(err).__name__}: {err}); "
+        "retrain with this version, or build ObjectDetector(model=...) and load_state_dict(strict=False)"
+    )

@@ -1,10 +1,8 @@
 """``ObjectDetector``: the Lightning module that trains, validates and exports any detforge detector.
 
-One construction path: the model is a registered name (``model="detforge_n"``, ``detforge models``) or a built
-:class:`~detforge.models.base.Detector` (``class_path`` / ``init_args`` in a YAML config). The autotimm form
-``ObjectDetector(backbone="resnet50", detection_arch="fcos", fpn_channels=256, ...)`` builds the registered
-``fcos_resnet50`` the same way. Model options left at None keep the model's own defaults; every option set is
-handed to the model's builder, and one the builder does not take raises a ValueError naming it and the model.
+The model is a registered name (``model="detforge_n"``), a built :class:`~detforge.models.base.Detector`, or
+the autotimm form ``ObjectDetector(backbone="resnet50", detection_arch="fcos", ...)``; options left at None
+keep the model's defaults (:func:`detforge.models.build.build_model` builds it).
 The module itself only trains: optimizer and scheduler (:mod:`detforge.engine.optim`), warmup, EMA, metrics
 (:mod:`detforge.engine.metrics`), logging and freezing. Training and validation call the model's
 ``forward_loss(images, targets)``, so one forward serves the loss and the detections.
@@ -18,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Literal, get_args
+from typing import Any
 
 import lightning as L
 import torch
@@ -29,45 +27,20 @@ from detforge.engine.config import (
     LoggingConfig,
     MetricConfig,
     TransformConfig,
-    as_plain,
-    model_spec,
-    upgrade_hparams,
+    from_plain,
+    legacy_checkpoint_error,
+    load_checkpoint,
+    nonfinite_loss_error,
+    plain_hparams,
+    scalar_losses,
 )
 from detforge.engine.optim import OptimizerName, SchedulerName, check_optimizer, check_scheduler
 from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.base import Detector, NMSMethod
+from detforge.models.build import MODEL_OPTIONS, DetectionArch, build_model, check_detection_arch
 from detforge.targets import metric_targets, to_original_size
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MODEL_OPTIONS",
-    "ObjectDetector",
-    "build_model",
-    "metric_targets",
-    "to_original_size",
-]
-
-DetectionArch = Literal["fcos", "yolox"]
-
-MODEL_OPTIONS: tuple[str, ...] = (
-    "fpn_channels",
-    "head_num_convs",
-    "focal_alpha",
-    "focal_gamma",
-    "cls_loss_fn",
-    "reg_loss_fn",
-    "cls_loss_weight",
-    "reg_loss_weight",
-    "centerness_loss_weight",
-    "regress_ranges",
-    "score_thresh",
-    "nms_thresh",
-    "pre_nms_topk",
-    "max_detections_per_image",
-    "nms_method",
-    "soft_nms_sigma",
-)
-"""ObjectDetector's model options: None keeps the model's default, a value goes to the model's builder."""
+__all__ = ["FORMAT_VERSION", "MODEL_OPTIONS", "ObjectDetector", "build_model"]
 
 
 class ObjectDetector(L.LightningModule):
@@ -85,8 +58,8 @@ class ObjectDetector(L.LightningModule):
         fpn_channels, head_num_convs, focal_alpha, focal_gamma, cls_loss_fn, reg_loss_fn, cls_loss_weight,
         reg_loss_weight, centerness_loss_weight, regress_ranges, score_thresh, nms_thresh, pre_nms_topk,
         max_detections_per_image, nms_method, soft_nms_sigma: model options; None keeps the model's default,
-            a value is handed to the builder (a ValueError when it does not take it). A post-processing
-            setting the builder does not take is set on the built ``Detector`` (``set_postprocess``).
+            a value is handed to the builder (a ValueError when it does not take it); see
+            :func:`detforge.models.build.build_model`.
         strides: the pyramid's strides; the model is built with the matching ``extra_levels``, and a model
             whose strides cannot be set so raises. None: the model's own.
         model_kwargs: further keyword arguments for the builder (they win over the options above).
@@ -165,10 +138,7 @@ class ObjectDetector(L.LightningModule):
         elif deterministic:
             warnings.warn("ObjectDetector: deterministic=True has no effect without a seed", stacklevel=2)
         super().__init__()
-        if detection_arch is not None and detection_arch not in get_args(DetectionArch):
-            raise ValueError(
-                f"detection_arch must be one of {get_args(DetectionArch)}, got {detection_arch!r}"
-            )
+        check_detection_arch(detection_arch)
         check_optimizer(optimizer)
         check_scheduler(scheduler)
         if num_classes is not None and num_classes < 1:
@@ -197,24 +167,18 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(
                 f"class_names has {len(class_names)} names but the model has {self.num_classes} classes"
             )
-        # Plain types only, so checkpoints load with torch.load(weights_only=True).
-        for key in ("backbone", "metrics", "logging_config", "transform_config"):
-            self.hparams[key] = as_plain(self.hparams[key])
-        for key, value in (("cls_loss_fn", cls_loss_fn), ("reg_loss_fn", reg_loss_fn)):
-            self.hparams[key] = value if isinstance(value, str) or value is None else None
-        self.hparams["model"] = model_spec(model, self.model)
-        self.hparams["format_version"] = FORMAT_VERSION
+        plain_hparams(self.hparams, model, self.model, cls_loss_fn=cls_loss_fn, reg_loss_fn=reg_loss_fn)
         self.class_names = list(class_names) if class_names is not None else None
         if freeze_backbone:
             self.freeze_backbone()
 
-        self.logging_config = _from_plain(LoggingConfig, logging_config) or LoggingConfig()
+        self.logging_config = from_plain(LoggingConfig, logging_config) or LoggingConfig()
         from detforge.engine.metrics import build_metrics
 
         self.val_metrics = build_metrics(metrics, "val")
         self.test_metrics = build_metrics(metrics, "test")
         self.last_val_stats: dict[str, Any] | None = None
-        self.transform_config = _from_plain(TransformConfig, transform_config)
+        self.transform_config = from_plain(TransformConfig, transform_config)
 
         if compile_model:
             self.model.compile(**(compile_kwargs or {}))
@@ -226,29 +190,13 @@ class ObjectDetector(L.LightningModule):
         """Lightning's ``load_from_checkpoint``; checkpoints written before ``format_version`` 2 have their
         hyper-parameters translated first (:func:`detforge.engine.config.upgrade_hparams`), and one that
         cannot be loaded raises a ValueError saying which version wrote it and what to do."""
-        import io
-
-        from lightning.fabric.utilities.cloud_io import _load as pl_load
-
-        weights_only = kwargs.get("weights_only")
-        checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=weights_only)
-        old = checkpoint.get("hyper_parameters", {}).get("format_version")
-        checkpoint["hyper_parameters"] = upgrade_hparams(
-            checkpoint.get("hyper_parameters", {}), checkpoint_path
-        )
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        buffer.seek(0)
+        buffer, version = load_checkpoint(checkpoint_path, kwargs.get("weights_only"))
         try:
             return super().load_from_checkpoint(buffer, *args, **kwargs)
         except (TypeError, ValueError, KeyError, RuntimeError) as err:
-            if old is not None:
+            if version is not None:
                 raise
-            raise ValueError(
-                f"{checkpoint_path}: written by detforge before checkpoint format {FORMAT_VERSION} (no "
-                f"format_version in its hyper-parameters) and cannot be loaded ({type(err).__name__}: {err}); "
-                "retrain with this version, or build ObjectDetector(model=...) and load_state_dict(strict=False)"
-            ) from err
+            raise legacy_checkpoint_error(checkpoint_path, err) from err
 
     # ------------------------------------------------------------------ the backbone
     @property
@@ -301,32 +249,17 @@ class ObjectDetector(L.LightningModule):
         return image_sizes_of(targets, images)
 
     def _log_losses(self, stage: str, losses: dict[str, Tensor], batch_size: int) -> None:
-        on_step = stage == "train"
-        for key, value in losses.items():
-            if not isinstance(value, Tensor) or value.numel() != 1:
-                continue
-            self.log(
-                f"{stage}/{key}",
-                value.detach().float(),
-                prog_bar=key == "loss",
-                on_step=on_step,
-                on_epoch=not on_step,
-                batch_size=batch_size,
-                sync_dist=not on_step,
-            )
+        step = stage == "train"
+        options = dict(on_step=step, on_epoch=not step, batch_size=batch_size, sync_dist=not step)
+        for key, value in scalar_losses(losses).items():
+            self.log(f"{stage}/{key}", value.detach().float(), prog_bar=key == "loss", **options)
 
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor:
         images, targets = batch
         _, losses = self._forward_loss(images, targets)  # normalised by positives averaged over DDP ranks
         loss = losses["loss"]
         if not bool(torch.isfinite(loss.detach()).all()):
-            ids = [t.get("image_id") for t in targets]
-            ids = [int(i) if isinstance(i, Tensor) and i.numel() == 1 else i for i in ids]
-            parts = {k: float(v) for k, v in losses.items() if isinstance(v, Tensor) and v.numel() == 1}
-            raise FloatingPointError(
-                f"training loss is {float(loss)} at step {self.global_step} (batch {batch_idx}, image ids {ids}; "
-                f"losses {parts}): check these images' boxes, or lower the learning rate"
-            )
+            raise nonfinite_loss_error(losses, targets, self.global_step, batch_idx)
         self._log_losses("train", losses, images.shape[0])
         if self.logging_config.log_learning_rate:
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
@@ -412,14 +345,8 @@ class ObjectDetector(L.LightningModule):
         )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        cfg = self.logging_config
-        if cfg.log_gradient_norm:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        if cfg.log_weight_norm:
-            norm = torch.nn.utils.get_total_norm([p.detach() for p in self.parameters()])
-            self.log("train/weight_norm", norm, on_step=True, on_epoch=False)
+        for key, norm in self.logging_config.norms(self).items():
+            self.log(f"train/{key}", norm.to(self.device), on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ inference helpers
     def get_data_config(self) -> dict[str, Any]:
@@ -430,9 +357,7 @@ class ObjectDetector(L.LightningModule):
             )
         from detforge.engine.config import resolve_data_config
 
-        backbone = self.hparams.backbone
-        name = backbone.get("model_name") if isinstance(backbone, dict) else backbone
-        return resolve_data_config(self.transform_config, self.hparams.in_chans, name)
+        return resolve_data_config(self.transform_config, self.hparams.in_chans, self.hparams.backbone)
 
     def preprocess(self, images: Any) -> Tensor:
         """PIL images / uint8 or float tensors (C, H, W) as the network input: Tensor[B, C, S, S], letterboxed
@@ -463,193 +388,8 @@ class ObjectDetector(L.LightningModule):
             os.close(fd)
         was_training = self.training
         self.eval()
+        kwargs.update(example_input=example_input, opset_version=opset_version, dynamic_axes=dynamic_axes)
         try:
-            return str(
-                export_onnx(
-                    self.model,
-                    save_path,
-                    example_input=example_input,
-                    opset_version=opset_version,
-                    dynamic_axes=dynamic_axes,
-                    with_nms=with_nms,
-                    **kwargs,
-                )
-            )
+            return str(export_onnx(self.model, save_path, with_nms=with_nms, **kwargs))
         finally:
             self.train(was_training)
-
-
-def _from_plain(cls: type, value: Any) -> Any:
-    return cls(**value) if isinstance(value, dict) else value
-
-
-_POSTPROCESS_KEYS = (
-    "score_thresh",
-    "nms_thresh",
-    "pre_nms_topk",
-    "max_detections_per_image",
-    "nms_method",
-    "soft_nms_sigma",
-)
-
-
-def build_model(
-    model: str | nn.Module | dict | None,
-    backbone: str | FeatureBackboneConfig | dict | None = None,
-    detection_arch: str | None = None,
-    options: dict[str, Any] | None = None,
-    strides: tuple[int, ...] | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-    in_chans: int = 3,
-    imgsz: int | None = None,
-) -> nn.Module:
-    """The detector ``ObjectDetector`` wraps (its arguments of the same names; ``options``: the model options
-    that are set). A registered name, or the autotimm form (``backbone`` + ``detection_arch``: the registered
-    ``<arch>_<timm name>``), is built by :func:`detforge.models.registry.create_model` with ``num_classes``,
-    ``in_chans``, ``options`` and ``model_kwargs``; a built module (or its ``class_path`` / ``init_args`` dict
-    from a checkpoint) is taken as it is and must agree with ``num_classes`` and ``in_chans``."""
-    options, model_kwargs = dict(options or {}), dict(model_kwargs or {})
-    if isinstance(model, dict):
-        model = _instantiate(model)
-    if isinstance(model, nn.Module):
-        given = sorted(
-            [*options, *model_kwargs]
-            + [
-                k
-                for k, v in (
-                    ("backbone", backbone),
-                    ("detection_arch", detection_arch),
-                    ("strides", strides),
-                )
-                if v is not None
-            ]
-        )
-        if given:
-            raise ValueError(
-                f"model is a built {type(model).__name__}: give {given} to its constructor, not to ObjectDetector"
-            )
-        name = type(model).__name__
-    elif model is None:
-        if backbone is None:
-            raise ValueError(
-                "ObjectDetector needs a model (a registered name or a Detector) or a backbone (timm name)"
-            )
-        cfg = FeatureBackboneConfig(**backbone) if isinstance(backbone, dict) else backbone
-        cfg = FeatureBackboneConfig(cfg) if isinstance(cfg, str) else cfg
-        name = f"{detection_arch or 'fcos'}_{cfg.model_name}"
-        kwargs = _backbone_kwargs(cfg, name)
-        if imgsz is not None:
-            kwargs["input_size"] = (imgsz, imgsz)
-        if strides is not None and len(strides) >= 3:  # a first guess, checked against the built pyramid
-            kwargs["extra_levels"] = len(strides) - 3
-        model_kwargs = {**kwargs, **model_kwargs}
-    else:
-        ignored = [
-            k for k, v in (("backbone", backbone), ("detection_arch", detection_arch)) if v is not None
-        ]
-        if ignored:
-            raise ValueError(
-                f"{ignored} are for the autotimm form (model=None); model {model!r} is already named"
-            )
-        name = model
-    if not isinstance(model, nn.Module):
-        kwargs = {"in_chans": in_chans, **({} if num_classes is None else {"num_classes": num_classes})}
-        model = _create(name, {**kwargs, **options, **model_kwargs}, set(options))
-        if strides is not None and tuple(getattr(model, "strides", ())) != tuple(strides):
-            model = _rebuild_for_strides(model, name, tuple(strides), {**kwargs, **options, **model_kwargs})
-    elif strides is not None and tuple(getattr(model, "strides", ())) != tuple(strides):
-        raise ValueError(
-            f"strides={tuple(strides)} but model {name!r} has strides {getattr(model, 'strides', None)}"
-        )
-    if num_classes is not None and getattr(model, "num_classes", num_classes) != num_classes:
-        raise ValueError(f"model {name!r} has {model.num_classes} classes but num_classes={num_classes}")
-    chans = getattr(model, "in_chans", in_chans)
-    if chans != in_chans:
-        raise ValueError(
-            f"model {name!r} takes {chans}-channel images but the data has {in_chans} channels "
-            f"(for 1-channel models use thermal / grayscale data, e.g. --data synthetic-thermal)"
-        )
-    return model
-
-
-def _backbone_kwargs(cfg: FeatureBackboneConfig, name: str) -> dict[str, Any]:
-    """The builder arguments of a ``FeatureBackboneConfig``: ``pretrained`` and ``out_indices``; the fields
-    the ``fcos_`` / ``yolox_`` builders do not take (dropout rates, timm keyword arguments) raise."""
-    default = FeatureBackboneConfig(cfg.model_name)
-    kwargs: dict[str, Any] = {}
-    if cfg.pretrained != default.pretrained:
-        kwargs["pretrained"] = cfg.pretrained
-    if cfg.out_indices is not None:
-        kwargs["out_indices"] = tuple(cfg.out_indices)
-    rest = [
-        k for k in ("drop_rate", "drop_path_rate", "extra_kwargs") if getattr(cfg, k) != getattr(default, k)
-    ]
-    if rest:
-        raise ValueError(
-            f"model {name!r}: its builder takes the backbone's name, pretrained and out_indices, not {rest}"
-        )
-    return kwargs
-
-
-def _create(name: str, kwargs: dict[str, Any], options: set[str]) -> nn.Module:
-    """``create_model(name, **kwargs)``; a keyword the builder does not take raises a ValueError naming it,
-    except a post-processing setting, which is set on the built ``Detector`` instead."""
-    import re
-
-    from detforge.models.registry import create_model
-
-    kwargs, deferred = dict(kwargs), {}
-    while True:
-        try:
-            model = create_model(name, **kwargs)
-            break
-        except TypeError as err:
-            match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-            key = match.group(1) if match else None
-            if key not in kwargs:
-                raise
-            if key in _POSTPROCESS_KEYS:
-                deferred[key] = kwargs.pop(key)
-                continue
-            where = "ObjectDetector option" if key in options else "model_kwargs entry"
-            raise ValueError(f"model {name!r} does not take {key}={kwargs[key]!r} (an {where})") from err
-    if deferred:
-        if not isinstance(model, Detector):
-            raise ValueError(f"model {name!r} does not take the post-processing settings {sorted(deferred)}")
-        model.set_postprocess(**deferred)
-    return model
-
-
-def _rebuild_for_strides(model: nn.Module, name: str, strides: tuple[int, ...], kwargs: dict) -> nn.Module:
-    """``model`` rebuilt with the ``extra_levels`` that give ``strides`` (its pyramid's levels above the
-    backbone's), or a ValueError when no count of extra levels gives them."""
-    built = tuple(getattr(model, "strides", ()))
-    extra = getattr(model, "init_args", {}).get("extra_levels")
-    wanted = None if extra is None else len(strides) - (len(built) - extra)
-    if wanted is not None and wanted >= 0 and wanted != extra:
-        model = _create(name, {**kwargs, "extra_levels": wanted}, set())
-        built = tuple(model.strides)
-    if built != strides:
-        raise ValueError(
-            f"strides={strides} do not match model {name!r}: its pyramid has strides {built or None}"
-        )
-    return model
-
-
-def _instantiate(spec: dict[str, Any]) -> nn.Module:
-    """A ``Detector`` from ``{"class_path": ..., "init_args": {...}}`` (as checkpoints hold a built model),
-    through jsonargparse so dataclass arguments come back typed. The class must already be imported or
-    come from detforge: a checkpoint cannot import other code."""
-    import sys
-
-    from jsonargparse import ArgumentParser
-
-    module = str(spec.get("class_path", "")).rpartition(".")[0]
-    if module not in sys.modules and not module.startswith("detforge."):
-        raise ValueError(
-            f"model class {spec.get('class_path')!r}: import its module before loading the checkpoint"
-        )
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=Detector)
-    return parser.instantiate_classes(parser.parse_object({"model": spec})).model

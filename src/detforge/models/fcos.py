@@ -43,8 +43,9 @@ class FCOS(PyramidDetector):
         reg_loss_fn: "giou" or another IoU-family name (built with ``box_format="ltrb"``), or a module called
             as ``fn(pred_ltrb [N, 4], target_ltrb [N, 4], weight [N]) -> summed weighted loss``.
         cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the loss parts in ``loss``.
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, in_chans, input_size,
-            channels_last: postprocess, image and memory-format settings, as in :class:`PyramidDetector`.
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, soft_nms_sigma,
+            in_chans, input_size, channels_last: postprocess, image and memory-format settings, as in
+            :class:`PyramidDetector`.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class FCOS(PyramidDetector):
         max_detections_per_image: int = 100,
         pre_nms_topk: int = 1000,
         nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
@@ -83,6 +85,7 @@ class FCOS(PyramidDetector):
             max_detections_per_image=max_detections_per_image,
             pre_nms_topk=pre_nms_topk,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
             in_chans=in_chans,
             input_size=input_size,
             channels_last=channels_last,

@@ -37,8 +37,10 @@ class PyramidDetector(Detector):
             (``pre_nms_topk`` per level and image).
         nms_method: "hard" (torchvision batched_nms), "gaussian" or "linear" soft-NMS.
         in_chans: image channels.
-        input_size: (h, w) the model is meant to run at (``default_input_size``).
+        input_size: (h, w) the model is meant to run at (``default_input_size``); a fixed-size timm backbone
+            (ViT, DeiT) is built for it, so it exports at this size.
         channels_last: run convolutions in channels-last memory format (faster on CPU and recent GPUs).
+        soft_nms_sigma: the gaussian soft-NMS decay ``exp(-iou^2 / sigma)``.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class PyramidDetector(Detector):
         in_chans: int,
         input_size: tuple[int, int],
         channels_last: bool,
+        soft_nms_sigma: float = 0.5,
     ) -> None:
         super().__init__(
             num_classes,
@@ -65,8 +68,11 @@ class PyramidDetector(Detector):
             pre_nms_topk=pre_nms_topk,
             max_detections_per_image=max_detections_per_image,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
         )
-        self.features = PyramidBackbone(backbone, fpn_channels, extra_levels, in_chans)
+        self.features = PyramidBackbone(
+            backbone, fpn_channels, extra_levels, in_chans, input_size=tuple(input_size)
+        )
         self.strides: tuple[int, ...] = self.features.strides
         self.channels_last = channels_last
 

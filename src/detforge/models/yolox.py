@@ -36,8 +36,9 @@ class YOLOX(PyramidDetector):
         reg_loss_fn: "giou" or another IoU-family name (xyxy), or a module called as
             ``fn(pred [N, 4], target [N, 4]) -> summed loss``.
         cls_loss_weight, reg_loss_weight, obj_loss_weight: weights of the loss parts (YOLOX: 1, 5, 1).
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, in_chans, input_size,
-            channels_last: postprocess, image and memory-format settings, as in :class:`PyramidDetector`;
+        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, soft_nms_sigma,
+            in_chans, input_size, channels_last: postprocess, image and memory-format settings, as in
+            :class:`PyramidDetector`;
             the score is ``sigmoid(cls) * sigmoid(obj)``.
     """
 
@@ -61,6 +62,7 @@ class YOLOX(PyramidDetector):
         max_detections_per_image: int = 100,
         pre_nms_topk: int = 1000,
         nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
@@ -75,6 +77,7 @@ class YOLOX(PyramidDetector):
             max_detections_per_image=max_detections_per_image,
             pre_nms_topk=pre_nms_topk,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
             in_chans=in_chans,
             input_size=input_size,
             channels_last=channels_last,

@@ -9,7 +9,8 @@
 - ``fcos_resnet18``, ``fcos_resnet50``, ``yolox_resnet18`` are listed by name.
 
 Every builder takes ``num_classes`` (default 80), ``pretrained`` (False, True for timm's hub weights, or a
-path to a local weight file) and the detector's own keyword arguments, and returns the bare detector.
+path to a local weight file) and the detector's own keyword arguments, and returns the bare detector; the
+prefix builders also take ``out_indices`` and ``backbone_kwargs`` (dropout rates, timm keyword arguments).
 """
 
 from __future__ import annotations
@@ -25,10 +26,27 @@ __all__ = ["build_fcos", "build_yolox", "detforge_n", "detforge_s"]
 
 
 def _backbone(
-    name: str, pretrained: bool | str, out_indices: tuple[int, ...] | None
+    name: str,
+    pretrained: bool | str,
+    out_indices: tuple[int, ...] | None,
+    backbone_kwargs: dict[str, Any] | None = None,
 ) -> FeatureBackboneConfig:
+    """The ``FeatureBackboneConfig`` of a prefix builder's arguments. ``backbone_kwargs``: ``drop_rate``,
+    ``drop_path_rate``, ``extra_kwargs`` (a dict) and any other key, which goes to ``timm.create_model`` with
+    ``extra_kwargs``."""
     indices = None if out_indices is None else tuple(out_indices)
-    return FeatureBackboneConfig(name, pretrained=pretrained, out_indices=indices)
+    rest = dict(backbone_kwargs or {})
+    fields = {key: rest.pop(key) for key in ("drop_rate", "drop_path_rate") if key in rest}
+    extra = dict(rest.pop("extra_kwargs", None) or {})
+    taken = sorted({"model_name", "pretrained", "out_indices"} & set(rest))
+    if taken:
+        raise ValueError(
+            f"backbone_kwargs: give {taken} as the builder's own arguments, not in backbone_kwargs"
+        )
+    extra.update(rest)
+    return FeatureBackboneConfig(
+        name, pretrained=pretrained, out_indices=indices, extra_kwargs=extra, **fields
+    )
 
 
 @register_prefix("fcos_")
@@ -37,10 +55,15 @@ def build_fcos(
     num_classes: int = 80,
     pretrained: bool | str = False,
     out_indices: tuple[int, ...] | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FCOS:
-    """FCOS on the timm backbone ``timm_name`` (strides 8-128 with the default P6/P7 levels)."""
-    return FCOS(_backbone(timm_name, pretrained, out_indices), num_classes, **kwargs)
+    """FCOS on the timm backbone ``timm_name`` (strides 8-128 with the default P6/P7 levels).
+
+    ``backbone_kwargs``: the backbone's further options (``drop_rate``, ``drop_path_rate``, ``extra_kwargs``;
+    other keys go to ``timm.create_model``), e.g. ``{"drop_path_rate": 0.1}``."""
+    backbone = _backbone(timm_name, pretrained, out_indices, backbone_kwargs)
+    return FCOS(backbone, num_classes, **kwargs)
 
 
 @register_prefix("yolox_")
@@ -49,10 +72,13 @@ def build_yolox(
     num_classes: int = 80,
     pretrained: bool | str = False,
     out_indices: tuple[int, ...] | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> YOLOX:
-    """YOLOX-style detector on the timm backbone ``timm_name`` (strides 8, 16, 32)."""
-    return YOLOX(_backbone(timm_name, pretrained, out_indices), num_classes, **kwargs)
+    """YOLOX-style detector on the timm backbone ``timm_name`` (strides 8, 16, 32); ``backbone_kwargs`` as
+    in :func:`build_fcos`."""
+    backbone = _backbone(timm_name, pretrained, out_indices, backbone_kwargs)
+    return YOLOX(backbone, num_classes, **kwargs)
 
 
 _SMALL_FCOS: dict[str, Any] = dict(fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256))

@@ -111,8 +111,7 @@ def evaluate_networks(model: nn.Module, networks: dict[str, Network], loader) ->
         name -> ``DetectionMAP.compute()`` (``map``, ``map_50``, ...).
     """
     from detforge.metrics import DetectionMAP
-    from detforge.models.detector import metric_targets, to_original_size
-    from detforge.targets import image_sizes_of
+    from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
     metrics = {name: DetectionMAP() for name in networks}
     for images, targets in loader:

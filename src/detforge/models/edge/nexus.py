@@ -49,8 +49,8 @@ class NexusConfig:
         memory_hidden_size: GRU hidden size of each tracked object's memory.
         surprise_threshold: stem-feature prediction error (relative to the features' mean magnitude, worst
             8 x 8 cell) under which a video frame reuses the previous frame's head outputs.
-        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
-            settings (``detforge.models.base.PostprocessSettings``).
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
+            post-processing settings (``detforge.models.base.PostprocessSettings``).
     """
 
     input_width: int = 320
@@ -64,6 +64,7 @@ class NexusConfig:
     pre_nms_topk: int = 1000
     max_detections_per_image: int = 100
     nms_method: NMSMethod = "hard"
+    soft_nms_sigma: float = 0.5
 
 
 class NexusStreams(nn.Module):
@@ -193,6 +194,7 @@ class Nexus(Detector):
         pre_nms_topk: int = 1000,
         max_detections_per_image: int = 100,
         nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Nexus.__init__, cfg, NexusConfig, locals())
@@ -205,6 +207,7 @@ class Nexus(Detector):
             pre_nms_topk=pre_nms_topk,
             max_detections_per_image=max_detections_per_image,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
         )
         self.surprise_threshold = surprise_threshold
         self.stem = nn.Sequential(

@@ -58,8 +58,8 @@ class NightVisionConfig:
         csp_depth: bottlenecks per CSP block.
         domain_head: add the domain-classification head (``ThermalDomain``).
         domain: the domain this model is meant for (informational; tags predictions).
-        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
-            settings (``detforge.models.base.PostprocessSettings``).
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
+            post-processing settings (``detforge.models.base.PostprocessSettings``).
     """
 
     num_classes: int = 1
@@ -76,6 +76,7 @@ class NightVisionConfig:
     pre_nms_topk: int = 1000
     max_detections_per_image: int = 100
     nms_method: NMSMethod = "hard"
+    soft_nms_sigma: float = 0.5
 
     @classmethod
     def edge(cls, num_classes: int = 1) -> NightVisionConfig:
@@ -186,6 +187,7 @@ class NightVision(Detector):
         pre_nms_topk: int = 1000,
         max_detections_per_image: int = 100,
         nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
     ) -> None:
         if cfg is not None:
             return init_from_config(self, NightVision.__init__, cfg, NightVisionConfig, locals())
@@ -198,6 +200,7 @@ class NightVision(Detector):
             pre_nms_topk=pre_nms_topk,
             max_detections_per_image=max_detections_per_image,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
         )
         self.domain = ThermalDomain(domain)
         c2, c3, c4, c5 = widths

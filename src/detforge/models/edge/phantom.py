@@ -43,8 +43,8 @@ class PhantomConfig:
         detection_threshold: accumulated track confidence a face needs to be reported in video.
         in_chans: image channels.
         event_threshold: per-pixel absolute frame difference (0..1) that counts as an event.
-        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method: the post-processing
-            settings (``detforge.models.base.PostprocessSettings``); video uses ``nms_thresh`` too.
+        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
+            post-processing settings (``detforge.models.base.PostprocessSettings``); video uses ``nms_thresh`` too.
     """
 
     input_width: int = 128
@@ -59,6 +59,7 @@ class PhantomConfig:
     pre_nms_topk: int = 1000
     max_detections_per_image: int = 50
     nms_method: NMSMethod = "hard"
+    soft_nms_sigma: float = 0.5
 
 
 class PhantomNet(nn.Module):
@@ -116,6 +117,7 @@ class Phantom(Detector):
         pre_nms_topk: int = 1000,
         max_detections_per_image: int = 50,
         nms_method: NMSMethod = "hard",
+        soft_nms_sigma: float = 0.5,
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Phantom.__init__, cfg, PhantomConfig, locals())
@@ -128,6 +130,7 @@ class Phantom(Detector):
             pre_nms_topk=pre_nms_topk,
             max_detections_per_image=max_detections_per_image,
             nms_method=nms_method,
+            soft_nms_sigma=soft_nms_sigma,
         )
         if backbone_refresh_interval < 1:
             raise ValueError(f"backbone_refresh_interval must be >= 1, got {backbone_refresh_interval}")
