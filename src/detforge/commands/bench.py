@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20, help="timed repeats")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repeats first")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: $DETFORGE_NUM_THREADS, else the available CPUs)",
+    )
     return parser
 
 
@@ -57,10 +62,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from detforge.engine.threads import configure_threads
     from detforge.engine.validate import load_detector, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads or "auto")
     device = resolve_device(args.device)
     if args.ckpt:
         detector = load_detector(args.ckpt, device)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from detforge.engine.threads import configure_threads
+
+    configure_threads()
     import torch
 
     from detforge.data.transforms import build_val_transforms

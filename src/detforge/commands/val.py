@@ -138,6 +138,9 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from detforge.engine.threads import configure_threads
+
+    configure_threads()
     if args.ckpt is not None or args.data is not None:
         if args.gt is not None or args.pred is not None:
             parser.error("use either --gt/--pred or --ckpt/--data, not both")
