@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 
 from detforge.data.datamodule import DetectionDataModule
-from detforge.engine.threads import AdaptiveThreads, ThreadController, ThreadPolicy, available_cpus
+from detforge.engine.adaptive_threads import AdaptiveThreads, ThreadController, ThreadPolicy
+from detforge.engine.threads import available_cpus
 from detforge.models.registry import create_model
 
 # The default recipe of `detforge train` (src/detforge/commands/train.py DEFAULTS and MODEL_RECIPES).

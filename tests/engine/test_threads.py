@@ -3,10 +3,8 @@ import pytest
 import torch
 
 from detforge.engine import threads as th
+from detforge.engine.adaptive_threads import AdaptiveThreads, ThreadController, ThreadPolicy
 from detforge.engine.threads import (
-    AdaptiveThreads,
-    ThreadController,
-    ThreadPolicy,
     available_cpus,
     cgroup_cpu_limit,
     configure_threads,

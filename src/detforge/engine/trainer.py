@@ -167,9 +167,9 @@ def default_callbacks(
     ``CHECKPOINT_EVERY_MINUTES``; both written atomically), a check that the run folder is writable,
     ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count), a rich
     progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
+    from detforge.engine.adaptive_threads import AdaptiveThreads
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
     from detforge.engine.schedule import FitScheduleToTime
-    from detforge.engine.threads import AdaptiveThreads
 
     callbacks: list = [
         CheckRunFolder(run_dir),

@@ -1,0 +1,273 @@
+"""Adapting the intra-op thread count while training runs: :class:`ThreadController` (a pure state machine,
+step times in, thread counts out) and :class:`AdaptiveThreads` (the Lightning callback that times training
+steps and drives it). The CPU counting lives in :mod:`detforge.engine.threads`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from detforge.engine import threads as _threads
+
+__all__ = ["AdaptiveThreads", "Decision", "ThreadController", "ThreadPolicy"]
+
+
+# ------------------------------------------------------------------------------------ state machine
+
+
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """Settings of ``ThreadController`` (times are seconds of summed step time, not wall clock).
+
+    Args:
+        warmup: steps ignored at the start (first-step allocations, caches).
+        window: steps per measurement; a measurement is their median.
+        settle: steps ignored after every change of the thread count.
+        degrade: a measurement this many times slower than the reference at the same count starts a trial
+            of fewer threads.
+        margin: a trial count is kept only when its measurement is faster by this fraction.
+        probe_every_s: step time between probes of another count (up when below the maximum, else down);
+            the first probe comes right after the first measurement.
+        max_probe_every_s: probes that fail double the interval, up to this.
+    """
+
+    warmup: int = 2
+    window: int = 5
+    settle: int = 1
+    degrade: float = 1.25
+    margin: float = 0.05
+    probe_every_s: float = 30.0
+    max_probe_every_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.warmup < 0 or self.settle < 0:
+            raise ValueError("window must be >= 1, warmup and settle >= 0")
+        if self.degrade <= 1.0 or not 0.0 <= self.margin < 1.0:
+            raise ValueError("degrade must be > 1 and margin in [0, 1)")
+        if self.probe_every_s <= 0 or self.max_probe_every_s < self.probe_every_s:
+            raise ValueError("probe_every_s must be > 0 and <= max_probe_every_s")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the controller decided after a measurement: the thread count to run with and why."""
+
+    threads: int
+    reason: str
+
+
+Phase = Literal["warmup", "measure", "trial"]
+
+
+class ThreadController:
+    """Step times in, thread counts out; no clocks, no torch (unit-testable with made-up timings).
+
+    Feed ``observe(seconds)`` the duration of every training step. It measures the median of ``window``
+    steps; when a measurement is ``degrade`` times slower than the reference at the same count, or when a
+    probe is due, it tries another count (fewer threads: ``ceil(n / 2)``; more: ``min(max, 2n)``) for one
+    measurement, keeps it if it is faster by ``margin`` (and then tries the next count in that direction),
+    otherwise goes back. ``observe`` returns a ``Decision`` whenever it changes the count or settles a trial.
+
+    Args:
+        max_threads: the most threads to use (the available CPUs).
+        start: the count to start with (default ``max_threads``).
+        min_threads: the fewest.
+        policy: the ``ThreadPolicy``.
+    """
+
+    def __init__(
+        self,
+        max_threads: int,
+        *,
+        start: int | None = None,
+        min_threads: int = 1,
+        policy: ThreadPolicy | None = None,
+    ) -> None:
+        if not 1 <= min_threads <= max_threads:
+            raise ValueError(f"need 1 <= min_threads <= max_threads, got {min_threads}, {max_threads}")
+        self.max_threads = max_threads
+        self.min_threads = min_threads
+        self.policy = policy or ThreadPolicy()
+        self.threads = max_threads if start is None else min(max(start, min_threads), max_threads)
+        self.phase: Phase = "warmup"
+        self.reference: float | None = None  # the median step time at `threads` we compare against
+        self.history: list[Decision] = []
+        self._skip = self.policy.warmup
+        self._samples: list[float] = []
+        self._trial_from: tuple[int, float] | None = None  # (threads, median) before the trial
+        self._trial_kind = ""
+        self._since_probe = math.inf  # probe right after the first measurement
+        self._probe_every = self.policy.probe_every_s
+
+    # candidates
+    def _lower(self, n: int) -> int | None:
+        lower = max(self.min_threads, n - n // 2)
+        return lower if lower < n else None
+
+    def _higher(self, n: int) -> int | None:
+        higher = min(self.max_threads, 2 * n)
+        return higher if higher > n else None
+
+    def observe(self, seconds: float) -> Decision | None:
+        """Record one step's duration; a ``Decision`` when the count changes or a trial is settled."""
+        self._since_probe += seconds
+        if self._skip > 0:
+            self._skip -= 1
+            return None
+        self._samples.append(float(seconds))
+        if len(self._samples) < self.policy.window:
+            return None
+        median = statistics.median(self._samples)
+        self._samples.clear()
+        if self.phase == "trial":
+            return self._settle_trial(median)
+        self.phase = "measure"
+        return self._measured(median)
+
+    def _measured(self, median: float) -> Decision | None:
+        n = self.threads
+        if self.reference is not None and median > self.reference * self.policy.degrade:
+            lower = self._lower(n)
+            if lower is not None:
+                why = f"step time rose from {_ms(self.reference)} to {_ms(median)} at {n} threads"
+                return self._start_trial(lower, median, "degraded", why)
+            self.reference = median  # nothing lower to try: this is the new normal
+            return None
+        if self.reference is None or median < self.reference:
+            self.reference = median
+        if self._since_probe >= self._probe_every:
+            target = self._higher(n) if n < self.max_threads else self._lower(n)
+            if target is not None:
+                why = f"probe: {_ms(median)} at {n} threads"
+                return self._start_trial(target, median, "probe", why)
+        return None
+
+    def _start_trial(self, target: int, median: float, kind: str, why: str) -> Decision:
+        self._trial_from = (self.threads, median)
+        self._trial_kind = kind
+        self._since_probe = 0.0
+        self.threads = target
+        self.phase = "trial"
+        self._skip = self.policy.settle
+        return self._decide(f"{why}; trying {target}")
+
+    def _settle_trial(self, median: float) -> Decision:
+        assert self._trial_from is not None
+        old_n, old_median = self._trial_from
+        new_n = self.threads
+        self._skip = self.policy.settle
+        if median < old_median * (1.0 - self.policy.margin):
+            self.reference = median
+            self._probe_every = self.policy.probe_every_s
+            nxt = self._lower(new_n) if new_n < old_n else self._higher(new_n)
+            why = f"{new_n} threads {_ms(median)} beat {old_n} threads {_ms(old_median)}: keeping {new_n}"
+            if nxt is not None:
+                return self._start_trial(nxt, median, self._trial_kind, why)
+            self.phase, self._trial_from = "measure", None
+            return self._decide(why)
+        # not faster: go back; the measurement before the trial is the reference now (no thrashing)
+        self.threads = old_n
+        self.reference = old_median
+        self.phase, self._trial_from = "measure", None
+        if self._trial_kind == "probe":
+            self._probe_every = min(2 * self._probe_every, self.policy.max_probe_every_s)
+        return self._decide(
+            f"{new_n} threads {_ms(median)} did not beat {old_n} threads {_ms(old_median)}: back to {old_n}"
+        )
+
+    def _decide(self, reason: str) -> Decision:
+        decision = Decision(self.threads, reason)
+        self.history.append(decision)
+        return decision
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------- callback
+
+
+class AdaptiveThreads(L.Callback):
+    """Keep PyTorch's intra-op thread count fitted to the CPUs it really gets, while training runs.
+
+    At the start of ``fit`` it sets all available CPUs (``available_cpus()``). On the CPU it then times
+    every training step (``on_train_batch_start`` -> ``on_train_batch_end``, wall clock) and lets a
+    ``ThreadController`` lower the count when steps slow down (a busy neighbour) and probe back up later.
+    Every change is logged in one line. On an accelerator, or with a fixed count, it only sets the count.
+
+    Args:
+        threads: ``"auto"`` (adapt; ``$DETFORGE_NUM_THREADS=N`` fixes it at N) or a fixed count.
+        policy: the controller's ``ThreadPolicy``.
+        restore: put back the thread count found at the start when ``fit`` ends.
+    """
+
+    def __init__(
+        self,
+        threads: int | Literal["auto"] = "auto",
+        policy: ThreadPolicy | None = None,
+        restore: bool = True,
+    ) -> None:
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or 'auto', got {threads!r}")
+        self.threads = threads
+        self.policy = policy or ThreadPolicy()
+        self.restore = restore
+        self.controller: ThreadController | None = None
+        self._original: int | None = None
+        self._t0: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._original = torch.get_num_threads()
+        fixed = _threads.fixed_threads(self.threads)
+        if fixed is not None:
+            torch.set_num_threads(fixed)
+            why = "threads option" if self.threads != "auto" else f"${_threads.ENV_VAR}"
+            rank_zero_info(f"torch threads: {fixed} (fixed by {why}; not adapting)")
+            return
+        count = _threads._auto_threads()
+        on_cpu = getattr(trainer.strategy.root_device, "type", "cpu") == "cpu"
+        if on_cpu and trainer.num_devices > 1:  # CPU processes of one machine share its CPUs
+            count = max(1, count // trainer.num_devices)
+        torch.set_num_threads(count)
+        if on_cpu and count > 1:
+            self.controller = ThreadController(count, policy=self.policy)
+            rank_zero_info(f"torch threads: {count} (available CPUs; adapting to step times)")
+        else:
+            rank_zero_info(f"torch threads: {count} (available CPUs)")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.controller is not None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.controller is None or self._t0 is None:
+            return
+        self.step(time.perf_counter() - self._t0)
+        self._t0 = None
+
+    def step(self, seconds: float) -> Decision | None:
+        """Feed one step time to the controller and apply its decision."""
+        assert self.controller is not None
+        decision = self.controller.observe(seconds)
+        if decision is None:
+            return None
+        if torch.get_num_threads() != decision.threads:
+            torch.set_num_threads(decision.threads)
+        rank_zero_info(f"torch threads: {decision.threads} ({decision.reason})")
+        return decision
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.restore and self._original is not None:
+            torch.set_num_threads(self._original)
+        self._original = None
