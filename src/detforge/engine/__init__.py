@@ -10,7 +10,8 @@
 - ``detforge.engine.trainer``: ``build_trainer`` and the run-folder helpers.
 - ``detforge.engine.validate``: ``validate_checkpoint`` and ``load_detector``.
 - ``detforge.engine.threads``: ``available_cpus``, ``configure_threads`` (fixed thread count for predict,
-  bench, val), ``AdaptiveThreads`` (the training callback adapting it to a shared machine).
+  bench, val); ``detforge.engine.adaptive_threads``: ``AdaptiveThreads`` (the training callback adapting it
+  to a shared machine).
 
 Submodules load on first use so ``import detforge.engine`` stays cheap.
 """
@@ -38,7 +39,7 @@ _LAZY = {
     "build_trainer": "detforge.engine.trainer",
     "validate_checkpoint": "detforge.engine.validate",
     "load_detector": "detforge.engine.validate",
-    "AdaptiveThreads": "detforge.engine.threads",
+    "AdaptiveThreads": "detforge.engine.adaptive_threads",
     "configure_threads": "detforge.engine.threads",
     "available_cpus": "detforge.engine.threads",
 }
