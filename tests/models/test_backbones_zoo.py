@@ -3,7 +3,7 @@ ViT / DeiT (single stride, simple feature pyramid) build, take a training step a
 
 These are big models on 2 CPU cores: the heads are kept light (32-channel FPN, one head conv), the training
 step runs at 32 px (the smallest input every backbone takes: stride 32 on one 1x1 map, Swin's windows padded,
-ViT on 2x2 patches) and only the small backbones are exported to ONNX.
+ViT on 2x2 patches); every backbone is exported to ONNX and checked in onnxruntime.
 """
 
 import math
@@ -82,8 +82,14 @@ def test_yolox_on_timm_backbone_builds_and_trains(name):
     [
         ("resnet18", 64),
         ("convnext_tiny", 64),
-        pytest.param("swin_tiny_patch4_window7_224", 64, marks=pytest.mark.slow),  # the slowest export
+        pytest.param("swin_tiny_patch4_window7_224", 64, marks=pytest.mark.slow),
         ("deit_tiny_patch16_224", 224),  # a dynamic-size ViT exports at its position-embedding grid (224)
+        pytest.param("resnet50", 64, marks=pytest.mark.slow),
+        pytest.param("resnet101", 64, marks=pytest.mark.slow),
+        pytest.param("efficientnet_b3", 64, marks=pytest.mark.slow),
+        pytest.param("swin_small_patch4_window7_224", 64, marks=pytest.mark.slow),
+        pytest.param("swin_base_patch4_window7_224", 64, marks=pytest.mark.slow),
+        pytest.param("vit_base_patch16_224", 224, marks=pytest.mark.slow),
     ],
 )
 def test_onnx_export_matches_pytorch(name, size, tmp_path):
