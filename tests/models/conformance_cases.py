@@ -50,22 +50,6 @@ def edge_case_batches(num_classes: int) -> dict[str, list[dict]]:
     }
 
 
-def _images(model: Detector, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(2, model.in_chans, H, W, generator=g)
-
-
-def _structure(value):
-    """Keys, shapes and dtypes of a (nested) output, for comparing train and eval mode."""
-    if isinstance(value, torch.Tensor):
-        return ("tensor", tuple(value.shape), value.dtype)
-    if isinstance(value, dict):
-        return {k: _structure(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_structure(v) for v in value]
-    return value
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
