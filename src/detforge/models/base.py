@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Detector", "NMSMethod", "PostprocessSettings", "check_nms_method"]
+__all__ = ["Detector", "NMSMethod", "PostprocessSettings", "check_nms_method", "postprocess_args"]
 
 NMSMethod = Literal["hard", "gaussian", "linear", "none"]
 """Suppression: hard NMS, soft-NMS with linear or gaussian decay, or none (set prediction, heatmap peaks)."""
@@ -42,6 +42,12 @@ POSTPROCESS_KEYS = (
     "nms_method",
     "soft_nms_sigma",
 )
+
+
+def postprocess_args(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The post-processing settings among a constructor's arguments (its ``locals()``), to hand to
+    ``Detector.__init__``: each model keeps its own typed, defaulted keywords and passes them on in one call."""
+    return {key: arguments[key] for key in POSTPROCESS_KEYS}
 
 
 def check_nms_method(method: str) -> None:

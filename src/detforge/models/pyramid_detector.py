@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.base import Detector, NMSMethod
+from detforge.models.base import Detector, NMSMethod, postprocess_args
 from detforge.models.criteria.common import check_labels, mean_over_ranks  # re-exported, moved there
 
 __all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
@@ -59,17 +59,7 @@ class PyramidDetector(Detector):
         channels_last: bool,
         soft_nms_sigma: float = 0.5,
     ) -> None:
-        super().__init__(
-            num_classes,
-            in_chans=in_chans,
-            input_size=input_size,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_topk=pre_nms_topk,
-            max_detections_per_image=max_detections_per_image,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
-        )
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
         self.features = PyramidBackbone(
             backbone, fpn_channels, extra_levels, in_chans, input_size=tuple(input_size)
         )

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detforge.boxes import feature_sizes, grid_points, ltrb_to_xyxy
-from detforge.models.base import Detector, NMSMethod
+from detforge.models.base import Detector, NMSMethod, postprocess_args
 from detforge.models.criteria import FCOSCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, init_from_config
 from detforge.models.edge.nexus_video import FeaturePredictor, NexusVideo, surprise_map
@@ -198,17 +198,7 @@ class Nexus(Detector):
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Nexus.__init__, cfg, NexusConfig, locals())
-        super().__init__(
-            num_classes,
-            in_chans=in_chans,
-            input_size=input_size,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_topk=pre_nms_topk,
-            max_detections_per_image=max_detections_per_image,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
-        )
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
         self.surprise_threshold = surprise_threshold
         self.stem = nn.Sequential(
             ConvBNAct(in_chans, 16, stride=2), DepthwiseSeparable(16, self.stem_channels, stride=2)

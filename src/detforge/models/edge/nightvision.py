@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detforge.boxes import centre_size_to_xyxy, feature_sizes, grid_points, xyxy_to_centre_size
-from detforge.models.base import Detector, NMSMethod
+from detforge.models.base import Detector, NMSMethod, postprocess_args
 from detforge.models.criteria import YOLOXCriterion
 from detforge.models.edge.common import ConvBNAct, CSPBlock, DepthwiseSeparable, init_from_config
 from detforge.targets import pad_targets
@@ -191,17 +191,7 @@ class NightVision(Detector):
     ) -> None:
         if cfg is not None:
             return init_from_config(self, NightVision.__init__, cfg, NightVisionConfig, locals())
-        super().__init__(
-            num_classes,
-            in_chans=in_chans,
-            input_size=input_size,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_topk=pre_nms_topk,
-            max_detections_per_image=max_detections_per_image,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
-        )
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
         self.domain = ThermalDomain(domain)
         c2, c3, c4, c5 = widths
         self.stem = ThermalStem(in_chans, c2 // 2)  # stride 2

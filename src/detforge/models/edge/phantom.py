@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from detforge.boxes import centre_size_to_xyxy, grid_points
-from detforge.models.base import Detector, NMSMethod
+from detforge.models.base import Detector, NMSMethod, postprocess_args
 from detforge.models.criteria import SingleScaleCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, init_from_config
 from detforge.models.edge.tracker import TrackMemory
@@ -121,17 +121,7 @@ class Phantom(Detector):
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Phantom.__init__, cfg, PhantomConfig, locals())
-        super().__init__(
-            1,
-            in_chans=in_chans,
-            input_size=input_size,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_topk=pre_nms_topk,
-            max_detections_per_image=max_detections_per_image,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
-        )
+        super().__init__(1, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
         if backbone_refresh_interval < 1:
             raise ValueError(f"backbone_refresh_interval must be >= 1, got {backbone_refresh_interval}")
         if not 0.0 < detection_threshold < 1.0:
