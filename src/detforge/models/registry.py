@@ -43,6 +43,18 @@ def register_prefix(prefix: str):
     return wrap
 
 
+BUILTIN_MODULES = (
+    "detforge.models.zoo",  # FCOS, YOLOX, detforge_n / detforge_s
+    "detforge.models.edge",  # Nexus, Phantom, NightVision
+    "detforge.models.yolov1",
+    "detforge.models.yolov3",
+    "detforge.models.centernet",
+    "detforge.models.faster_rcnn",
+    "detforge.models.detr",
+)
+"""The modules whose import registers the built-in models: each family registers its builders itself."""
+
+
 def _load_builtin() -> None:
     """Import the modules whose import registers the built-in models (lazily, to keep import cheap)."""
     global _LOADED
@@ -51,7 +63,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("detforge.models.zoo", "detforge.models.edge"):
+    for mod in BUILTIN_MODULES:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as err:  # a family not built yet
