@@ -65,7 +65,7 @@ def test_base_class_needs_a_decode():
     with pytest.raises(NotImplementedError, match="decode"):
         model.postprocess({"feat_sizes": [(8, 8)]}, [(64, 64)])
     with pytest.raises(ValueError, match="nms_method must be one of"):
-        PyramidDetector("resnet10t", 2, 16, 0, 0.05, 0.6, 10, 100, "fast", 3, (64, 64), False)
+        PyramidDetector("resnet10t", 2, 16, 0, 3, (64, 64), False, nms_method="fast")
 
 
 def test_check_labels_names_the_first_bad_box():

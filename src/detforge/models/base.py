@@ -24,30 +24,15 @@ import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, TypedDict, Unpack, get_args
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Detector", "NMSMethod", "PostprocessSettings", "check_nms_method", "postprocess_args"]
+__all__ = ["Detector", "NMSMethod", "PostprocessOptions", "PostprocessSettings", "check_nms_method"]
 
 NMSMethod = Literal["hard", "gaussian", "linear", "none"]
 """Suppression: hard NMS, soft-NMS with linear or gaussian decay, or none (set prediction, heatmap peaks)."""
-
-POSTPROCESS_KEYS = (
-    "score_thresh",
-    "nms_thresh",
-    "pre_nms_topk",
-    "max_detections_per_image",
-    "nms_method",
-    "soft_nms_sigma",
-)
-
-
-def postprocess_args(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The post-processing settings among a constructor's arguments (its ``locals()``), to hand to
-    ``Detector.__init__``: each model keeps its own typed, defaulted keywords and passes them on in one call."""
-    return {key: arguments[key] for key in POSTPROCESS_KEYS}
 
 
 def check_nms_method(method: str) -> None:
@@ -56,9 +41,25 @@ def check_nms_method(method: str) -> None:
         raise ValueError(f"nms_method must be one of {get_args(NMSMethod)}, got {method!r}")
 
 
-@dataclass(frozen=True)
+class PostprocessOptions(TypedDict, total=False):
+    """The post-processing keywords every detector constructor takes, as ``**postprocess:
+    Unpack[PostprocessOptions]`` (typed for jsonargparse and type checkers; each model's defaults are its
+    :attr:`Detector.postprocess_defaults`). Meanings: :class:`PostprocessSettings`."""
+
+    score_thresh: float
+    nms_thresh: float
+    pre_nms_topk: int
+    max_detections_per_image: int
+    nms_method: NMSMethod
+    soft_nms_sigma: float
+
+
+POSTPROCESS_KEYS = tuple(PostprocessOptions.__annotations__)
+
+
+@dataclass(frozen=True, kw_only=True)
 class PostprocessSettings:
-    """The post-processing settings every detector shares.
+    """The post-processing settings every detector shares (keyword-only; the edge models' configs extend it).
 
     Attributes:
         score_thresh: drop detections scoring at or below this.
@@ -130,15 +131,20 @@ class Detector(nn.Module):
         num_classes: object classes (no background class).
         in_chans: image channels (3 RGB, 1 thermal / grayscale).
         input_size: (h, w) the model is meant to run at (``default_input_size``).
-        score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
-            post-processing settings (:class:`PostprocessSettings`).
+        **postprocess: the post-processing settings (:class:`PostprocessOptions`: ``score_thresh``,
+            ``nms_thresh``, ``pre_nms_topk``, ``max_detections_per_image``, ``nms_method``,
+            ``soft_nms_sigma``); unset ones take the class's :attr:`postprocess_defaults`, then
+            :class:`PostprocessSettings`' defaults.
 
     Attributes:
-        init_args: the arguments of the outermost ``__init__`` call (a subclass's), recorded automatically;
+        postprocess_defaults: a subclass's own post-processing defaults (e.g. ``{"score_thresh": 0.3}``).
+        init_args: the arguments of the outermost ``__init__`` call (a subclass's) with every post-processing
+            setting in effect, recorded automatically;
             tests and the Lightning module use it to check that every option reached the model.
     """
 
     init_args: dict[str, Any]
+    postprocess_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,12 +156,7 @@ class Detector(nn.Module):
         num_classes: int,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        pre_nms_topk: int = 1000,
-        max_detections_per_image: int = 100,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         super().__init__()
         if int(num_classes) < 1:
@@ -165,14 +166,12 @@ class Detector(nn.Module):
         self.num_classes = int(num_classes)
         self.in_chans = int(in_chans)
         self.default_input_size: tuple[int, int] = (int(input_size[0]), int(input_size[1]))
-        self.postprocess_settings = PostprocessSettings(
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            pre_nms_topk=pre_nms_topk,
-            max_detections_per_image=max_detections_per_image,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
-        )
+        unknown = sorted(set(postprocess) - set(POSTPROCESS_KEYS))
+        if unknown:  # what Python says of an unknown keyword, so builders report it the same way
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        self.postprocess_settings = PostprocessSettings(**{**self.postprocess_defaults, **postprocess})
+        if "init_args" in self.__dict__:  # record the settings in effect, set or defaulted
+            self.init_args.update(asdict(self.postprocess_settings))
         self._export_meta: dict[tuple[int, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ post-processing settings

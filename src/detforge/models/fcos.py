@@ -8,16 +8,17 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Unpack
 
 from torch import Tensor, nn
 
 from detforge.assigners.fcos import FCOSAssigner
 from detforge.boxes import grid_points, ltrb_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.base import PostprocessOptions
 from detforge.models.criteria import FCOSCriterion, IoULossName, default_regress_ranges
 from detforge.models.heads.fcos import FCOSHead, FCOSNorm
 from detforge.models.pyramid_detector import PyramidDetector
-from detforge.postprocess import NMSMethod
 from detforge.targets import pad_targets
 
 __all__ = ["FCOS", "default_regress_ranges"]
@@ -43,9 +44,9 @@ class FCOS(PyramidDetector):
         reg_loss_fn: "giou" or another IoU-family name (built with ``box_format="ltrb"``), or a module called
             as ``fn(pred_ltrb [N, 4], target_ltrb [N, 4], weight [N]) -> summed weighted loss``.
         cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the loss parts in ``loss``.
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, soft_nms_sigma,
-            in_chans, input_size, channels_last: postprocess, image and memory-format settings, as in
-            :class:`PyramidDetector`.
+        in_chans, input_size, channels_last, **postprocess: image, memory-format and post-processing
+            settings (``score_thresh``, ``nms_thresh``, ``pre_nms_topk``, ``max_detections_per_image``,
+            ``nms_method``, ``soft_nms_sigma``), as in :class:`PyramidDetector`.
     """
 
     def __init__(
@@ -65,30 +66,20 @@ class FCOS(PyramidDetector):
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 1.0,
         centerness_loss_weight: float = 1.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pre_nms_topk: int = 1000,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         super().__init__(
             backbone,
             num_classes,
             fpn_channels=fpn_channels,
             extra_levels=extra_levels,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            pre_nms_topk=pre_nms_topk,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
             in_chans=in_chans,
             input_size=input_size,
             channels_last=channels_last,
+            **postprocess,
         )
         self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_num_convs, norm=head_norm)
         self.criterion = FCOSCriterion(

@@ -8,11 +8,13 @@ now live; re-exported here), ``loss`` and ``decode``.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor, nn
 
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.common import check_labels, mean_over_ranks  # re-exported, moved there
 
 __all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
@@ -33,14 +35,12 @@ class PyramidDetector(Detector):
         num_classes: object classes.
         fpn_channels: channels of the FPN levels.
         extra_levels: stride-2 levels above the backbone's coarsest.
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk: postprocess settings
-            (``pre_nms_topk`` per level and image).
-        nms_method: "hard" (torchvision batched_nms), "gaussian" or "linear" soft-NMS.
         in_chans: image channels.
         input_size: (h, w) the model is meant to run at (``default_input_size``); a fixed-size timm backbone
             (ViT, DeiT) is built for it, so it exports at this size.
         channels_last: run convolutions in channels-last memory format (faster on CPU and recent GPUs).
-        soft_nms_sigma: the gaussian soft-NMS decay ``exp(-iou^2 / sigma)``.
+        **postprocess: post-processing settings (:class:`~detforge.models.base.PostprocessOptions`;
+            ``pre_nms_topk`` per level and image).
     """
 
     def __init__(
@@ -49,17 +49,12 @@ class PyramidDetector(Detector):
         num_classes: int,
         fpn_channels: int,
         extra_levels: int,
-        score_thresh: float,
-        nms_thresh: float,
-        max_detections_per_image: int,
-        pre_nms_topk: int,
-        nms_method: NMSMethod,
         in_chans: int,
         input_size: tuple[int, int],
         channels_last: bool,
-        soft_nms_sigma: float = 0.5,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         self.features = PyramidBackbone(
             backbone, fpn_channels, extra_levels, in_chans, input_size=tuple(input_size)
         )

@@ -7,14 +7,16 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from torch import Tensor, nn
 
 from detforge.assigners.simota import SimOTAAssigner
 from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.base import PostprocessOptions
 from detforge.models.criteria import IoULossName, YOLOXCriterion
 from detforge.models.heads.yolox import YOLOXHead
 from detforge.models.pyramid_detector import PyramidDetector
-from detforge.postprocess import NMSMethod
 from detforge.targets import pad_targets
 
 __all__ = ["YOLOX"]
@@ -36,9 +38,9 @@ class YOLOX(PyramidDetector):
         reg_loss_fn: "giou" or another IoU-family name (xyxy), or a module called as
             ``fn(pred [N, 4], target [N, 4]) -> summed loss``.
         cls_loss_weight, reg_loss_weight, obj_loss_weight: weights of the loss parts (YOLOX: 1, 5, 1).
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, soft_nms_sigma,
-            in_chans, input_size, channels_last: postprocess, image and memory-format settings, as in
-            :class:`PyramidDetector`;
+        in_chans, input_size, channels_last, **postprocess: image, memory-format and post-processing
+            settings (``score_thresh``, ``nms_thresh``, ``pre_nms_topk``, ``max_detections_per_image``,
+            ``nms_method``, ``soft_nms_sigma``), as in :class:`PyramidDetector`;
             the score is ``sigmoid(cls) * sigmoid(obj)``.
     """
 
@@ -57,30 +59,20 @@ class YOLOX(PyramidDetector):
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 5.0,
         obj_loss_weight: float = 1.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pre_nms_topk: int = 1000,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         super().__init__(
             backbone,
             num_classes,
             fpn_channels=fpn_channels,
             extra_levels=extra_levels,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            pre_nms_topk=pre_nms_topk,
-            nms_method=nms_method,
-            soft_nms_sigma=soft_nms_sigma,
             in_chans=in_chans,
             input_size=input_size,
             channels_last=channels_last,
+            **postprocess,
         )
         self.head = YOLOXHead(fpn_channels, num_classes, self.strides, head_width, head_num_convs)
         self.criterion = YOLOXCriterion(

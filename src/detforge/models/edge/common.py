@@ -160,6 +160,12 @@ def check_config_call(init: Any, cfg: Any, config_type: type, arguments: dict[st
         and params[name].kind is inspect.Parameter.KEYWORD_ONLY
         and value != params[name].default
     )
+    changed += sorted(  # the post-processing keywords, taken as **postprocess
+        key
+        for name, value in arguments.items()
+        if name in params and params[name].kind is inspect.Parameter.VAR_KEYWORD
+        for key in value
+    )
     if changed:
         raise ValueError(
             f"give either a {config_type.__name__} or keyword arguments, not both (got the config and {changed}); "

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import KW_ONLY, asdict, dataclass
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detforge.boxes import feature_sizes, grid_points, ltrb_to_xyxy
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions, PostprocessSettings
 from detforge.models.criteria import FCOSCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, init_from_config
 from detforge.models.edge.nexus_video import FeaturePredictor, NexusVideo, surprise_map
@@ -39,7 +39,7 @@ HEAD_KEYS = ("cls_logits", "bbox_pred", "bbox_log_var", "centerness")
 
 
 @dataclass(frozen=True)
-class NexusConfig:
+class NexusConfig(PostprocessSettings):
     """What to build; ``Nexus(cfg)`` (or ``Nexus.with_config(cfg)``) turns it into a model.
 
     Attributes:
@@ -59,12 +59,9 @@ class NexusConfig:
     in_chans: int = 3
     memory_hidden_size: int = 64
     surprise_threshold: float = 0.1
+    _: KW_ONLY  # the post-processing settings (PostprocessSettings), keyword-only; this model's defaults:
     score_thresh: float = 0.3
     nms_thresh: float = 0.5
-    pre_nms_topk: int = 1000
-    max_detections_per_image: int = 100
-    nms_method: NMSMethod = "hard"
-    soft_nms_sigma: float = 0.5
 
 
 class NexusStreams(nn.Module):
@@ -177,6 +174,7 @@ class Nexus(Detector):
     _levels = ("p3", "p4", "p5")  # export names of the levels
     stem_channels = 24
     raw_outputs_on_grid = False  # export hook: raw maps, no location grid inside
+    postprocess_defaults = {"score_thresh": 0.3, "nms_thresh": 0.5}
 
     def __init__(
         self,
@@ -189,16 +187,11 @@ class Nexus(Detector):
         channels: int = 96,
         memory_hidden_size: int = 64,
         surprise_threshold: float = 0.1,
-        score_thresh: float = 0.3,
-        nms_thresh: float = 0.5,
-        pre_nms_topk: int = 1000,
-        max_detections_per_image: int = 100,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Nexus.__init__, cfg, NexusConfig, locals())
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         self.surprise_threshold = surprise_threshold
         self.stem = nn.Sequential(
             ConvBNAct(in_chans, 16, stride=2), DepthwiseSeparable(16, self.stem_channels, stride=2)

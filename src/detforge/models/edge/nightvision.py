@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, replace
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detforge.boxes import centre_size_to_xyxy, feature_sizes, grid_points, xyxy_to_centre_size
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions, PostprocessSettings
 from detforge.models.criteria import YOLOXCriterion
 from detforge.models.edge.common import ConvBNAct, CSPBlock, DepthwiseSeparable, init_from_config
 from detforge.targets import pad_targets
@@ -46,7 +46,7 @@ class ThermalDomain(enum.IntEnum):
 
 
 @dataclass(frozen=True)
-class NightVisionConfig:
+class NightVisionConfig(PostprocessSettings):
     """What to build. ``NightVision(cfg)`` (or ``NightVision.with_config(cfg)``) turns it into a model.
 
     Attributes:
@@ -71,12 +71,8 @@ class NightVisionConfig:
     csp_depth: int = 1
     domain_head: bool = False
     domain: ThermalDomain = ThermalDomain.General
-    score_thresh: float = 0.05
+    _: KW_ONLY  # the post-processing settings (PostprocessSettings), keyword-only; this model's defaults:
     nms_thresh: float = 0.5
-    pre_nms_topk: int = 1000
-    max_detections_per_image: int = 100
-    nms_method: NMSMethod = "hard"
-    soft_nms_sigma: float = 0.5
 
     @classmethod
     def edge(cls, num_classes: int = 1) -> NightVisionConfig:
@@ -168,6 +164,7 @@ class NightVision(Detector):
 
     strides = (8, 16, 32)
     raw_outputs_on_grid = True  # export hook: the raw graph's boxes are decoded on the example's grid
+    postprocess_defaults = {"nms_thresh": 0.5}
 
     def __init__(
         self,
@@ -182,16 +179,11 @@ class NightVision(Detector):
         csp_depth: int = 1,
         domain_head: bool = False,
         domain: ThermalDomain = ThermalDomain.General,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        pre_nms_topk: int = 1000,
-        max_detections_per_image: int = 100,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         if cfg is not None:
             return init_from_config(self, NightVision.__init__, cfg, NightVisionConfig, locals())
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         self.domain = ThermalDomain(domain)
         c2, c3, c4, c5 = widths
         self.stem = ThermalStem(in_chans, c2 // 2)  # stride 2

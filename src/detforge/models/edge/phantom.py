@@ -15,13 +15,14 @@ height and width (multiples of 4): its outputs are the two maps, with no locatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
+from typing import Unpack
 
 import torch
 from torch import Tensor, nn
 
 from detforge.boxes import centre_size_to_xyxy, grid_points
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions, PostprocessSettings
 from detforge.models.criteria import SingleScaleCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, init_from_config
 from detforge.models.edge.tracker import TrackMemory
@@ -33,7 +34,7 @@ MAX_LOG_SIZE = 8.0  # clamp on the decoded log box size (in cells): e^8 cells is
 
 
 @dataclass(frozen=True)
-class PhantomConfig:
+class PhantomConfig(PostprocessSettings):
     """What to build; ``Phantom(cfg)`` (or ``Phantom.with_config(cfg)``) turns it into a model.
 
     Attributes:
@@ -54,12 +55,9 @@ class PhantomConfig:
     detection_threshold: float = 0.5
     in_chans: int = 3
     event_threshold: float = 0.08
-    score_thresh: float = 0.05
+    _: KW_ONLY  # the post-processing settings (PostprocessSettings), keyword-only; this model's defaults:
     nms_thresh: float = 0.3
-    pre_nms_topk: int = 1000
     max_detections_per_image: int = 50
-    nms_method: NMSMethod = "hard"
-    soft_nms_sigma: float = 0.5
 
 
 class PhantomNet(nn.Module):
@@ -100,6 +98,7 @@ class Phantom(Detector):
 
     stride = 4
     raw_outputs_on_grid = False  # export hook: the raw graph takes any H, W (video crops)
+    postprocess_defaults = {"nms_thresh": 0.3, "max_detections_per_image": 50}
 
     def __init__(
         self,
@@ -112,16 +111,11 @@ class Phantom(Detector):
         tracker_hidden_size: int = 64,
         detection_threshold: float = 0.5,
         event_threshold: float = 0.08,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.3,
-        pre_nms_topk: int = 1000,
-        max_detections_per_image: int = 50,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Phantom.__init__, cfg, PhantomConfig, locals())
-        super().__init__(1, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(1, in_chans=in_chans, input_size=input_size, **postprocess)
         if backbone_refresh_interval < 1:
             raise ValueError(f"backbone_refresh_interval must be >= 1, got {backbone_refresh_interval}")
         if not 0.0 < detection_threshold < 1.0:
