@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detforge.models.centernet import CenterNet
-from detforge.models.necks.upsample import UpsampleNeck
+from detforge.models.necks.upsample import DeformConv3x3, UpsampleNeck
 from detforge.models.registry import create_model
 from detforge.targets import pad_targets
 
@@ -152,3 +152,23 @@ def test_neck_validates_and_skips_finer_levels():
         UpsampleNeck([8], [32], out_stride=64)
     with pytest.raises(ValueError, match="2\\^k"):
         UpsampleNeck([8], [12], out_stride=8)
+
+
+def test_deformable_conv_starts_as_a_plain_conv():
+    torch.manual_seed(0)
+    dcn = DeformConv3x3(6, 5)
+    plain = torch.nn.Conv2d(6, 5, 3, padding=1, bias=False)
+    plain.weight.data.copy_(dcn.conv.weight.data)
+    x = torch.rand(2, 6, 9, 13)
+    torch.testing.assert_close(dcn(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_deformable_neck_trains(model):
+    torch.manual_seed(0)
+    dcn = create_model("centernet_mobilenetv3_small_050", num_classes=3, deformable=True).train()
+    assert any(isinstance(m, DeformConv3x3) for m in dcn.neck.modules())
+    outputs, losses = dcn.forward_loss(torch.rand(2, 3, H, W), _targets())
+    losses["loss"].backward()
+    offsets = [m.offset.weight.grad for m in dcn.neck.modules() if isinstance(m, DeformConv3x3)]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in offsets)
+    assert outputs["heatmap"].shape == (2, 3, H // 4, W // 4)

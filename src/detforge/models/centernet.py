@@ -51,6 +51,8 @@ class CenterNet(Detector):
         fpn_channels: channels of the upsampling neck.
         head_channels, head_num_convs: hidden channels and 3x3 convs of each head branch (64, 1).
         output_stride: stride of the heatmap (4).
+        deformable: deformable 3x3 convs in the neck (``torchvision.ops.deform_conv2d``; such a model exports
+            to ONNX only at opset 19, where ``DeformConv`` exists).
         min_overlap, legacy_radius: the Gaussian radius rule of the heatmap targets (0.7; the corrected
             formula unless ``legacy_radius``).
         heatmap_alpha, heatmap_beta: exponents of the penalty-reduced focal loss (2, 4).
@@ -72,6 +74,7 @@ class CenterNet(Detector):
         head_channels: int = 64,
         head_num_convs: int = 1,
         output_stride: int = 4,
+        deformable: bool = False,
         min_overlap: float = 0.7,
         legacy_radius: bool = False,
         heatmap_alpha: float = 2.0,
@@ -103,7 +106,7 @@ class CenterNet(Detector):
         if len(set(strides)) == 1:  # ViT / DeiT: one stride, ViTDet's pyramid from the last map
             self.simple = SimplePyramid(channels[-1], strides[-1], scale_factors=(4.0, 2.0, 1.0, 0.5))
             channels, strides = list(self.simple.channels), list(self.simple.strides)
-        self.neck = UpsampleNeck(channels, strides, fpn_channels, output_stride)
+        self.neck = UpsampleNeck(channels, strides, fpn_channels, output_stride, deformable)
         self.head = CenterNetHead(fpn_channels, num_classes, head_channels, head_num_convs)
         self.criterion = CenterNetCriterion(
             output_stride,

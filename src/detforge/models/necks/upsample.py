@@ -1,5 +1,6 @@
 """An upsampling neck to one fine output stride (CenterNet's stride 4): a light top-down FPN merge of the
-backbone's levels down to the finest, then x2 upsampling stages until the output stride."""
+backbone's levels down to the finest, then x2 upsampling stages until the output stride; optionally with
+deformable 3x3 convolutions (``torchvision.ops.deform_conv2d``, as CenterNet's DLA-34 + DCN)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,35 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import DeformConv2d
 
-__all__ = ["UpsampleNeck"]
+__all__ = ["DeformConv3x3", "UpsampleNeck"]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+class DeformConv3x3(nn.Module):
+    """A 3x3 deformable convolution (DCNv1, ``torchvision.ops.DeformConv2d``) whose sampling offsets come from
+    a 3x3 conv on the same input, initialised to zero: it starts as a plain 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
+        super().__init__()
+        self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        self.conv = DeformConv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous()  # deform_conv2d takes NCHW-contiguous inputs
+        return self.conv(x, self.offset(x))  # [B, out, H, W]
+
+
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel: int, deformable: bool = False
+) -> nn.Sequential:
+    if deformable and kernel == 3:
+        conv: nn.Module = DeformConv3x3(in_channels, out_channels)
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class UpsampleNeck(nn.Module):
@@ -34,6 +54,7 @@ class UpsampleNeck(nn.Module):
         out_channels: channels of the output map (and of every merge).
         out_stride: stride of the output map; ``in_strides`` must be ``out_stride`` times powers of two from
             the first level used on.
+        deformable: the 3x3 convs are :class:`DeformConv3x3` (ONNX: ``deform_conv2d`` needs opset 19).
 
     ``forward(features: list[Tensor[B, C_i, H_i, W_i]]) -> Tensor[B, out_channels, H / out_stride, W /
     out_stride]``; levels finer than ``out_stride`` are ignored.
@@ -45,6 +66,7 @@ class UpsampleNeck(nn.Module):
         in_strides: Sequence[int],
         out_channels: int = 64,
         out_stride: int = 4,
+        deformable: bool = False,
     ) -> None:
         super().__init__()
         channels, strides = [int(c) for c in in_channels], [int(s) for s in in_strides]
@@ -65,11 +87,11 @@ class UpsampleNeck(nn.Module):
             nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
             for c in channels[self.first :]
         )
-        self.smooth = nn.ModuleList(_conv_bn_relu(out_channels, out_channels, 3) for _ in used[:-1])
-        if len(used) == 1:  # a single level: still one 3x3 conv after its lateral
-            self.smooth.append(_conv_bn_relu(out_channels, out_channels, 3))
+        self.smooth = nn.ModuleList(
+            _conv_bn_relu(out_channels, out_channels, 3, deformable) for _ in range(max(len(used) - 1, 1))
+        )  # one per merge; a single level still gets one 3x3 conv after its lateral
         self.up = nn.ModuleList(
-            _conv_bn_relu(out_channels, out_channels, 3) for _ in range(ratio.bit_length() - 1)
+            _conv_bn_relu(out_channels, out_channels, 3, deformable) for _ in range(ratio.bit_length() - 1)
         )
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
