@@ -3,8 +3,8 @@
 Inside detforge every box is ``xyxy`` in absolute pixels, float32 ``[N, 4]``. The converters here are the
 only place other formats appear; readers call them at the edge and exporters call them on the way out.
 Location grids (:func:`grid_points`) and the box coders (side distances :func:`ltrb_to_xyxy`, centre + log
-size :func:`centre_size_to_xyxy`, anchor deltas :class:`AnchorBoxCoder`) live here too, so no model, head,
-assigner or exporter re-derives them.
+size :func:`centre_size_to_xyxy`, centre + linear size :func:`offset_size_to_xyxy`, anchor deltas
+:class:`AnchorBoxCoder`) live here too, so no model, head, assigner or exporter re-derives them.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ __all__ = [
     "centre_size_to_xyxy",
     "feature_sizes",
     "grid_points",
+    "offset_size_to_xyxy",
     "ltrb_to_origin_xyxy",
     "ltrb_to_xyxy",
     "xyxy_to_centre_size",
     "xyxy_to_ltrb",
+    "xyxy_to_offset_size",
     "box_area",
     "box_iou",
     "clip_boxes_to_image",
@@ -215,6 +217,33 @@ def xyxy_to_centre_size(points: Tensor, strides: Tensor, boxes: Tensor) -> Tenso
     centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5  # [..., P, 2]
     size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)  # [..., P, 2]
     return torch.cat([(centre - points) / s, (size / s).log()], dim=-1)
+
+
+def offset_size_to_xyxy(points: Tensor, strides: Tensor, deltas: Tensor) -> Tensor:
+    """Centre offset + linear size in stride units (CenterNet) -> xyxy pixels.
+
+    Args:
+        points: Tensor[P, 2] (x, y) pixels the offsets start from (CenterNet: cell corners, ``offset=0``).
+        strides: Tensor[P] stride of each point.
+        deltas: Tensor[..., P, 4] ``(dx, dy, w, h)``: centre ``point + d * stride``, size ``(w, h) * stride``.
+
+    Points and strides may also carry the batch axes (Tensor[..., P, 2] and Tensor[..., P]).
+
+    Returns:
+        Tensor[..., P, 4] xyxy pixels.
+    """
+    s = strides.unsqueeze(-1)  # [..., P, 1]
+    centre = points + deltas[..., :2] * s  # [..., P, 2]
+    half = deltas[..., 2:] * s * 0.5  # [..., P, 2]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def xyxy_to_offset_size(points: Tensor, strides: Tensor, boxes: Tensor) -> Tensor:
+    """Inverse of :func:`offset_size_to_xyxy`: xyxy ``boxes`` (Tensor[..., P, 4]) -> ``(dx, dy, w, h)``
+    (Tensor[..., P, 4]) relative to ``points`` (Tensor[P, 2]) in units of ``strides`` (Tensor[P])."""
+    s = strides.unsqueeze(-1)  # [..., P, 1]
+    centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5  # [..., P, 2]
+    return torch.cat([(centre - points) / s, (boxes[..., 2:] - boxes[..., :2]) / s], dim=-1)
 
 
 class AnchorBoxCoder:

@@ -154,8 +154,8 @@ def _nms(
 ) -> tuple[Tensor, Tensor]:
     """Kept indices (best first) and their (possibly decayed) scores."""
     if method == "none":  # set prediction and heatmap peaks: no suppression, best first
-        keep = scores.argsort(descending=True, stable=True)
-        return keep, scores[keep]
+        top = scores.topk(scores.shape[0])  # a sort ONNX exports (a stable argsort does not)
+        return top.indices, top.values
     if method == "hard":
         keep = batched_nms(boxes, scores, groups, nms_thresh)  # [K] by decreasing score
         return keep, scores[keep]
