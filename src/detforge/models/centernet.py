@@ -19,7 +19,7 @@ Registered: ``centernet_<timm name>`` for any timm backbone, ``centernet_n`` (mo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from detforge.boxes import grid_points, offset_size_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig, build_backbone, fixed_input_size
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.centernet import CenterNetCriterion
 from detforge.models.heads.centernet import CenterNetHead
 from detforge.models.necks.simple_pyramid import SimplePyramid
@@ -58,13 +58,14 @@ class CenterNet(Detector):
         heatmap_alpha, heatmap_beta: exponents of the penalty-reduced focal loss (2, 4).
         heatmap_loss_weight, size_loss_weight, offset_loss_weight: weights of the loss parts (1, 0.1, 1); size
             and offset are in heatmap cells (pixels / ``output_stride``), as in the original.
-        score_thresh, nms_thresh, max_detections_per_image, pre_nms_topk, nms_method, soft_nms_sigma: the
-            shared post-processing settings; ``pre_nms_topk`` is CenterNet's top-k over all classes (100)
-            and ``nms_method`` "none" by default.
+        **postprocess: the shared post-processing settings; ``pre_nms_topk`` is CenterNet's top-k over all
+            classes (100) and ``nms_method`` "none" by default (:attr:`postprocess_defaults`).
         in_chans: image channels.
         input_size: (h, w) the model is meant to run at.
         channels_last: run convolutions in channels-last memory format.
     """
+
+    postprocess_defaults = {"pre_nms_topk": 100, "nms_method": "none"}
 
     def __init__(
         self,
@@ -82,17 +83,12 @@ class CenterNet(Detector):
         heatmap_loss_weight: float = 1.0,
         size_loss_weight: float = 0.1,
         offset_loss_weight: float = 1.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pre_nms_topk: int = 100,
-        nms_method: NMSMethod = "none",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (512, 512),
         channels_last: bool = True,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         if isinstance(backbone, str):
             backbone = FeatureBackboneConfig(backbone, out_indices=LAST_FOUR)
         body = backbone if isinstance(backbone, nn.Module) else build_backbone(backbone, in_chans, input_size)
