@@ -5,6 +5,9 @@ import torch
 
 # Two cores are shared by everything on CI; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Training runs in tests keep the models' own memory format instead of timing both at every fit
+# (tests/engine/test_memory_format.py tests the measurement); subprocesses inherit this.
+os.environ.setdefault("DETFORGE_MEMORY_FORMAT", "channels_last")
 
 
 @pytest.fixture(autouse=True)

@@ -165,15 +165,18 @@ def default_callbacks(
     """Checkpoints (``best.ckpt`` by ``val/map``; ``last.ckpt`` at every epoch end and every
     ``checkpoint_every_minutes`` inside an epoch, default ``$DETFORGE_CHECKPOINT_MINUTES`` or
     ``CHECKPOINT_EVERY_MINUTES``; both written atomically), a check that the run folder is writable,
-    ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count), a rich
+    ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count),
+    ``MemoryFormatChoice`` (channels-last or NCHW, whichever is faster here; ``$DETFORGE_MEMORY_FORMAT``), a rich
     progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from detforge.engine.adaptive_threads import AdaptiveThreads
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
+    from detforge.engine.memory_format import MemoryFormatChoice
     from detforge.engine.schedule import FitScheduleToTime
 
     callbacks: list = [
         CheckRunFolder(run_dir),
         AdaptiveThreads(threads=threads),
+        MemoryFormatChoice(),
         FitScheduleToTime(),
         AtomicCheckpoint(
             dirpath=str(run_dir),

@@ -1,0 +1,199 @@
+"""Channels-last or NCHW, chosen on the machine at hand: measured once per machine, model and input shape, cached.
+
+Channels-last convolutions win on CPUs with AVX-512 / AMX and on recent GPUs; on other CPUs (AVX2-only
+EPYCs, older laptops) and for some models NCHW is as fast or faster. Instead of a rule verified on two CPU
+kinds, :func:`choose_channels_last` times a few steps of the model itself in both formats and keeps the
+faster, and the answer is cached in ``~/.cache/detforge/memory_format.json`` (``$DETFORGE_CACHE_DIR``) under
+the CPU, its capability, the thread count, the model and the input shape, so the measurement is paid once.
+``$DETFORGE_MEMORY_FORMAT`` = ``channels_last`` | ``nchw`` fixes the choice; ``auto`` (the default) measures.
+
+A model takes part when it has a boolean ``channels_last`` attribute its ``forward`` honours (FCOS, YOLOX,
+CenterNet and the other pyramid detectors); :func:`set_channels_last` switches it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+__all__ = [
+    "MemoryFormatChoice",
+    "cache_path",
+    "choose_channels_last",
+    "machine_key",
+    "set_channels_last",
+    "time_step",
+]
+
+MemoryFormat = Literal["auto", "channels_last", "nchw"]
+_ENV = "DETFORGE_MEMORY_FORMAT"
+_FORMATS = ("auto", "channels_last", "nchw")
+
+
+def cache_path() -> Path:
+    """``$DETFORGE_CACHE_DIR/memory_format.json`` (default ``~/.cache/detforge``)."""
+    root = os.environ.get("DETFORGE_CACHE_DIR") or Path.home() / ".cache" / "detforge"
+    return Path(root) / "memory_format.json"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """The CPU model, its kernel capability (``AVX2``, ``AVX512``, ...) and the intra-op thread count."""
+    return f"{_cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()} threads"
+
+
+def set_channels_last(model: nn.Module, channels_last: bool) -> None:
+    """Switch a model with a ``channels_last`` flag to that memory format (weights and inputs)."""
+    model.channels_last = bool(channels_last)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def time_step(model: nn.Module, images: Tensor, train: bool, repeats: int = 3, warmup: int = 1) -> float:
+    """Median seconds of one forward (``train``: forward + backward of the outputs' sum) of ``images``
+    (Tensor[B, C, H, W])."""
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        if train:
+            outputs = model(images)
+            sum(t.float().sum() for t in _tensors(outputs)).backward()
+        else:
+            with torch.no_grad():
+                model(images)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def choose_channels_last(
+    model: nn.Module,
+    images_shape: tuple[int, int, int, int],
+    train: bool = True,
+    mode: MemoryFormat | None = None,
+    timer: Callable[[nn.Module, Tensor, bool], float] | None = None,
+) -> tuple[bool, str]:
+    """Whether ``model`` runs faster in channels-last than NCHW here, and why (a line for the log).
+
+    ``images_shape``: (B, C, H, W) of a training (``train``) or inference batch. ``mode``: "auto" measures
+    (cached), "channels_last" / "nchw" decide; None reads ``$DETFORGE_MEMORY_FORMAT`` (default "auto"). The
+    model is measured on a copy, so its weights, BatchNorm statistics, gradients and the RNG stay untouched.
+    Off the CPU the answer is the model's own setting (channels-last, which suits recent GPUs)."""
+    mode = mode or os.environ.get(_ENV, "auto")
+    if mode not in _FORMATS:
+        raise ValueError(f"{_ENV} / memory format must be one of {_FORMATS}, got {mode!r}")
+    own = bool(getattr(model, "channels_last", False))
+    if mode != "auto":
+        return mode == "channels_last", f"memory format {mode} (fixed by {_ENV} or the caller)"
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return own, "memory format: the model's own (not on the CPU)"
+    name = getattr(model, "registry_name", None) or type(model).__name__
+    size = sum(p.numel() for p in model.parameters())
+    key = f"{machine_key()}|{name}:{size}|{tuple(images_shape)}|{'train' if train else 'eval'}"
+    path = cache_path()
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        entry = cache[key]
+        return bool(entry["channels_last"]), (
+            f"memory format {'channels_last' if entry['channels_last'] else 'nchw'} "
+            f"(measured before on this machine: {entry['channels_last_s'] * 1e3:.0f} ms vs NCHW "
+            f"{entry['nchw_s'] * 1e3:.0f} ms a step)"
+        )
+    timer = timer or time_step
+    rng = torch.get_rng_state()
+    probe = copy.deepcopy(model).train(train)
+    images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
+    measured = {}
+    for fmt in (True, False):  # twice each, interleaved: the first round also warms the allocator
+        set_channels_last(probe, fmt)
+        measured[fmt] = timer(probe, images, train)
+    for fmt in (True, False):
+        set_channels_last(probe, fmt)
+        measured[fmt] = min(measured[fmt], timer(probe, images, train))
+    torch.set_rng_state(rng)
+    del probe
+    choice = measured[True] <= measured[False]
+    cache[key] = {"channels_last": choice, "channels_last_s": measured[True], "nchw_s": measured[False]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return choice, (
+        f"memory format {'channels_last' if choice else 'nchw'} (measured: channels-last "
+        f"{measured[True] * 1e3:.0f} ms, NCHW {measured[False] * 1e3:.0f} ms a step; cached in {path})"
+    )
+
+
+class MemoryFormatChoice(L.Callback):
+    """At the start of training, put the model in the faster memory format for this machine
+    (:func:`choose_channels_last` on a training batch's shape; one log line says what and why).
+
+    Args:
+        mode: "auto" (measure, cached), "channels_last" or "nchw"; None reads ``$DETFORGE_MEMORY_FORMAT``.
+    """
+
+    def __init__(self, mode: MemoryFormat | None = None) -> None:
+        self.mode = mode
+        self.choice: bool | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = getattr(pl_module, "model", None)
+        if model is None or not isinstance(getattr(model, "channels_last", None), bool):
+            return
+        if trainer.world_size > 1:  # DDP has checked the parameters' strides across ranks: keep them
+            return
+        shape = _batch_shape(trainer, model)
+        if shape is None:
+            return
+        self.choice, why = choose_channels_last(model, shape, train=True, mode=self.mode)
+        if self.choice != model.channels_last:
+            set_channels_last(model, self.choice)
+        rank_zero_info(f"detforge: {why}")
+
+
+def _batch_shape(trainer: L.Trainer, model: nn.Module) -> tuple[int, int, int, int] | None:
+    """(B, C, H, W) of a training batch: the data module's batch size and ``imgsz``."""
+    dm = getattr(trainer, "datamodule", None)
+    batch = getattr(dm, "batch_size", None)
+    imgsz = getattr(dm, "imgsz", None)
+    if batch is None or imgsz is None:
+        return None
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+    return int(batch), int(getattr(model, "in_chans", 3)), int(h), int(w)
