@@ -23,6 +23,8 @@ __all__ = [
     "AnchorBoxCoder",
     "BoxFormat",
     "anchor_grid",
+    "cell_to_xyxy",
+    "xyxy_to_cell",
     "yolo_to_xyxy",
     "xyxy_to_yolo",
     "centre_size_to_xyxy",
@@ -326,3 +328,35 @@ def xyxy_to_yolo(corners: Tensor, strides: Tensor, anchor_sizes: Tensor, boxes: 
     centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5  # [..., P, 2]
     size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)  # [..., P, 2]
     return torch.cat([(centre - corners) / strides[:, None], (size / anchor_sizes).log()], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- YOLOv1 cells
+def cell_to_xyxy(params: Tensor, grid: int, image_size: tuple[int, int]) -> Tensor:
+    """YOLOv1 box coder: per-cell ``(x, y, sqrt w, sqrt h)`` -> xyxy pixels.
+
+    Args:
+        params: Tensor[..., S * S, K, 4] (cells row-major, K boxes per cell): the centre's offset inside its
+            cell in [0, 1] and the square roots of the width and height as fractions of the image.
+        grid: S, the cells per side; a cell is ``(h / S) x (w / S)`` pixels whatever the image's shape.
+        image_size: (h, w) of the input in pixels.
+    """
+    h, w = float(image_size[0]), float(image_size[1])
+    index = torch.arange(grid * grid, device=params.device)  # [S * S]
+    cell = torch.stack([index % grid, index // grid], dim=-1).to(params.dtype)  # [S * S, 2] (col, row)
+    cell_size = params.new_tensor([w / grid, h / grid])  # [2]
+    centre = (cell[:, None, :] + params[..., :2]) * cell_size  # [..., S * S, K, 2]
+    half = params[..., 2:] ** 2 * params.new_tensor([w, h]) * 0.5  # [..., S * S, K, 2]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def xyxy_to_cell(boxes: Tensor, grid: int, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`cell_to_xyxy` for xyxy ``boxes`` (Tensor[..., 4]): the index of the cell holding each
+    centre (Tensor[...] int64, ``row * S + col``, clamped to the grid) and ``(x, y, sqrt w, sqrt h)``
+    relative to that cell and the image (Tensor[..., 4])."""
+    h, w = float(image_size[0]), float(image_size[1])
+    cell_size = boxes.new_tensor([w / grid, h / grid])  # [2]
+    centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5 / cell_size  # [..., 2] in cells
+    colrow = centre.floor().clamp(0, grid - 1)  # [..., 2]
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0) / boxes.new_tensor([w, h])  # [..., 2]
+    index = (colrow[..., 1] * grid + colrow[..., 0]).long()
+    return index, torch.cat([centre - colrow, size.sqrt()], dim=-1)
