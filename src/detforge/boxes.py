@@ -4,7 +4,8 @@ Inside detforge every box is ``xyxy`` in absolute pixels, float32 ``[N, 4]``. Th
 only place other formats appear; readers call them at the edge and exporters call them on the way out.
 Location grids (:func:`grid_points`) and the box coders (side distances :func:`ltrb_to_xyxy`, centre + log
 size :func:`centre_size_to_xyxy`, centre + linear size :func:`offset_size_to_xyxy`, anchor deltas
-:class:`AnchorBoxCoder`) live here too, so no model, head, assigner or exporter re-derives them.
+:class:`AnchorBoxCoder`, YOLOv2/v3 sigmoid offset + anchor size :func:`yolo_to_xyxy` over :func:`anchor_grid`,
+YOLOv1 cells :func:`cell_to_xyxy`) live here too, so no model, head, assigner or exporter re-derives them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from torchvision.ops import box_area, box_convert, box_iou, clip_boxes_to_image,
 __all__ = [
     "AnchorBoxCoder",
     "BoxFormat",
+    "anchor_grid",
+    "cell_to_xyxy",
+    "xyxy_to_cell",
+    "yolo_to_xyxy",
+    "xyxy_to_yolo",
     "centre_size_to_xyxy",
     "feature_sizes",
     "grid_points",
@@ -289,3 +295,97 @@ class AnchorBoxCoder:
         ctr = deltas[..., :2] / w[:2] * a_size + a_ctr  # [..., 2]
         size = (deltas[..., 2:] / w[2:]).clamp(max=self.max_log_size).exp() * a_size  # [..., 2]
         return torch.cat([ctr - 0.5 * size, ctr + 0.5 * size], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- YOLO anchors
+def anchor_grid(
+    feat_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int | float],
+    anchors: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cell corners, strides and anchor sizes of every (level, row, column, anchor) slot of a YOLOv2/v3 head.
+
+    Args:
+        feat_sizes: (H, W) of each level.
+        strides: stride of each level in pixels.
+        anchors: Tensor[L * A, 2] anchor (w, h) in pixels, A per level, level ``l`` owning rows
+            ``l * A .. (l + 1) * A - 1``.
+
+    Returns:
+        corners (Tensor[P, 2], (x, y) of the cell's top-left corner in pixels), strides (Tensor[P]) and anchor
+        sizes (Tensor[P, 2]); P = sum of H * W * A, levels concatenated, row-major inside a level, the A
+        anchors of a cell consecutive.
+    """
+    num_levels = len(feat_sizes)
+    if anchors.shape[0] % max(num_levels, 1) != 0:
+        raise ValueError(f"{anchors.shape[0]} anchors do not split evenly over {num_levels} levels")
+    per_level = anchors.shape[0] // max(num_levels, 1)
+    corners, point_strides = grid_points(feat_sizes, strides, anchors.device, anchors.dtype, offset=0.0)
+    counts = [int(h) * int(w) for h, w in feat_sizes]
+    sizes = [
+        anchors[level * per_level : (level + 1) * per_level].repeat(n, 1)  # [HW * A, 2]
+        for level, n in enumerate(counts)
+    ]
+    return (
+        corners.repeat_interleave(per_level, dim=0),  # [P, 2]
+        point_strides.repeat_interleave(per_level),  # [P]
+        torch.cat(sizes) if sizes else anchors.new_zeros(0, 2),  # [P, 2]
+    )
+
+
+def yolo_to_xyxy(
+    corners: Tensor, strides: Tensor, anchor_sizes: Tensor, t: Tensor, max_log_size: float = 10.0
+) -> Tensor:
+    """YOLOv2/v3 box coder: ``(tx, ty, tw, th)`` -> xyxy pixels. Centre ``corner + sigmoid(t_xy) * stride``
+    (inside the cell), size ``exp(t_wh) * anchor``.
+
+    Args:
+        corners: Tensor[P, 2] cell top-left corners (pixels); strides: Tensor[P]; anchor_sizes: Tensor[P, 2]
+            (:func:`anchor_grid`).
+        t: Tensor[..., P, 4] raw predictions.
+        max_log_size: clamp on ``t_wh`` before ``exp``.
+    """
+    centre = corners + t[..., :2].sigmoid() * strides[:, None]  # [..., P, 2]
+    half = t[..., 2:].clamp(max=max_log_size).exp() * anchor_sizes * 0.5  # [..., P, 2]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def xyxy_to_yolo(corners: Tensor, strides: Tensor, anchor_sizes: Tensor, boxes: Tensor) -> Tensor:
+    """Targets of :func:`yolo_to_xyxy` for xyxy ``boxes`` (Tensor[..., P, 4]): the centre's offset inside the
+    cell in [0, 1] (the target of ``sigmoid(t_xy)``) and ``log(size / anchor)`` (the target of ``t_wh``),
+    Tensor[..., P, 4]."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5  # [..., P, 2]
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)  # [..., P, 2]
+    return torch.cat([(centre - corners) / strides[:, None], (size / anchor_sizes).log()], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- YOLOv1 cells
+def cell_to_xyxy(params: Tensor, grid: int, image_size: tuple[int, int]) -> Tensor:
+    """YOLOv1 box coder: per-cell ``(x, y, sqrt w, sqrt h)`` -> xyxy pixels.
+
+    Args:
+        params: Tensor[..., S * S, K, 4] (cells row-major, K boxes per cell): the centre's offset inside its
+            cell in [0, 1] and the square roots of the width and height as fractions of the image.
+        grid: S, the cells per side; a cell is ``(h / S) x (w / S)`` pixels whatever the image's shape.
+        image_size: (h, w) of the input in pixels.
+    """
+    h, w = float(image_size[0]), float(image_size[1])
+    index = torch.arange(grid * grid, device=params.device)  # [S * S]
+    cell = torch.stack([index % grid, index // grid], dim=-1).to(params.dtype)  # [S * S, 2] (col, row)
+    cell_size = params.new_tensor([w / grid, h / grid])  # [2]
+    centre = (cell[:, None, :] + params[..., :2]) * cell_size  # [..., S * S, K, 2]
+    half = params[..., 2:] ** 2 * params.new_tensor([w, h]) * 0.5  # [..., S * S, K, 2]
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def xyxy_to_cell(boxes: Tensor, grid: int, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`cell_to_xyxy` for xyxy ``boxes`` (Tensor[..., 4]): the index of the cell holding each
+    centre (Tensor[...] int64, ``row * S + col``, clamped to the grid) and ``(x, y, sqrt w, sqrt h)``
+    relative to that cell and the image (Tensor[..., 4])."""
+    h, w = float(image_size[0]), float(image_size[1])
+    cell_size = boxes.new_tensor([w / grid, h / grid])  # [2]
+    centre = (boxes[..., :2] + boxes[..., 2:]) * 0.5 / cell_size  # [..., 2] in cells
+    colrow = centre.floor().clamp(0, grid - 1)  # [..., 2]
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0) / boxes.new_tensor([w, h])  # [..., 2]
+    index = (colrow[..., 1] * grid + colrow[..., 0]).long()
+    return index, torch.cat([centre - colrow, size.sqrt()], dim=-1)

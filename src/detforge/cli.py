@@ -19,6 +19,7 @@ COMMANDS = {
     "doctor": "check a data set for every known problem and print a report",
     "models": "list the registered models with their parameter counts",
     "data": "data set utilities: `detforge data synth --out DIR --format coco|voc|yolo`",
+    "anchors": "YOLO anchors for a data set: k-means (1 - IoU) on its training boxes at the input size",
 }
 
 

@@ -33,6 +33,7 @@ OPTIONS = {
     "centerness_loss_weight": 0.5,
     "regress_ranges": None,  # per model: one range per pyramid level
     "strides": None,  # per model: one level more than its own
+    "anchors": "auto",
     **POSTPROCESS,
 }
 

@@ -191,6 +191,19 @@ class Detector(nn.Module):
     nms_method = _setting("nms_method")
     soft_nms_sigma = _setting("soft_nms_sigma")
 
+    # ------------------------------------------------------------------ settings fitted to the data
+    @property
+    def needs_data_fit(self) -> bool:
+        """Whether :meth:`fit_to_data` should run once before training (e.g. YOLOv3 with ``anchors="auto"``);
+        False by default, so the Lightning module reads no boxes for other models."""
+        return False
+
+    def fit_to_data(self, boxes_wh: Tensor) -> dict[str, Any]:
+        """Fit data-dependent settings (kept in buffers, so checkpoints hold them) to the training boxes'
+        sizes (Tensor[N, 2] pixels at the training input size); called once before training when
+        :attr:`needs_data_fit`. Returns what was fitted, for the log; a no-op by default."""
+        return {}
+
     # ------------------------------------------------------------------ the protocol
     def forward(self, images: Tensor) -> dict[str, Any]:
         """Raw head outputs for ``images`` (Tensor[B, in_chans, H, W], float in [0, 1])."""

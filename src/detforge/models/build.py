@@ -33,6 +33,7 @@ MODEL_OPTIONS: tuple[str, ...] = (
     "reg_loss_weight",
     "centerness_loss_weight",
     "regress_ranges",
+    "anchors",
     "score_thresh",
     "nms_thresh",
     "pre_nms_topk",

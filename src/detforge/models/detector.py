@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -57,9 +57,11 @@ class ObjectDetector(L.LightningModule):
             (the autotimm form also builds the model for it: ``input_size``).
         fpn_channels, head_num_convs, focal_alpha, focal_gamma, cls_loss_fn, reg_loss_fn, cls_loss_weight,
         reg_loss_weight, centerness_loss_weight, regress_ranges, score_thresh, nms_thresh, pre_nms_topk,
-        max_detections_per_image, nms_method, soft_nms_sigma: model options; None keeps the model's default,
+        max_detections_per_image, nms_method, soft_nms_sigma, anchors: model options; None keeps the model's default,
             a value is handed to the builder (a ValueError when it does not take it); see
             :func:`detforge.models.build.build_model`.
+            ``anchors="auto"`` (YOLOv3): before training starts the model fits its anchors to the training
+            data's boxes at the training size (:meth:`on_fit_start`), and checkpoints keep them.
         strides: the pyramid's strides; the model is built with the matching ``extra_levels``, and a model
             whose strides cannot be set so raises. None: the model's own.
         model_kwargs: further keyword arguments for the builder (they win over the options above).
@@ -130,6 +132,7 @@ class ObjectDetector(L.LightningModule):
         pre_nms_topk: int | None = None,
         nms_method: NMSMethod | None = None,
         soft_nms_sigma: float | None = None,
+        anchors: list[list[float]] | Literal["auto"] | None = None,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -228,6 +231,37 @@ class ObjectDetector(L.LightningModule):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.hparams.lr = float(lr)
+
+    def on_fit_start(self) -> None:
+        """Let a model that asks for it (``needs_data_fit``, e.g. YOLOv3 with ``anchors="auto"``) fit its
+        data-dependent settings to the training boxes, once: a resumed run or a loaded checkpoint has them."""
+        if getattr(self.model, "needs_data_fit", False):
+            self._fit_model_to_data()
+
+    def _fit_model_to_data(self) -> None:
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_dataset", None)
+        if dataset is None:
+            rank_zero_warn(
+                f"{type(self.model).__name__}: no datamodule with a train_dataset to fit the model to (e.g. "
+                "anchors='auto'); keeping its defaults"
+            )
+            return
+        from detforge.anchors import dataset_boxes_wh
+
+        imgsz = getattr(datamodule, "imgsz", None) or self.hparams.imgsz or max(self.model.default_input_size)
+        fitted = self.model.fit_to_data(dataset_boxes_wh(dataset, int(imgsz)))
+        # A weight-averaging callback (EMA) copied the model in its setup, before this: give it the new buffers.
+        for callback in self.trainer.callbacks:
+            averaged = getattr(callback, "_average_model", None)
+            if averaged is not None:
+                own = dict(self.named_buffers())
+                for name, buffer in averaged.module.named_buffers():
+                    if name in own and own[name].shape == buffer.shape:
+                        buffer.copy_(own[name])
+        rank_zero_info(f"{type(self.model).__name__} fitted to the training boxes at {imgsz} px: {fitted}")
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: Tensor) -> dict[str, Any]:
