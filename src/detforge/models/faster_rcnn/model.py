@@ -239,7 +239,8 @@ class FasterRCNN(Detector):
         candidates = torch.cat([proposals, gt_boxes], 1)  # [B, N, 4]
         valid = torch.cat([valid, gt_mask], 1)  # [B, N]
         matched, _ = match_boxes(candidates, gt_boxes, gt_mask, *self.box_match)
-        roi_labels = gt_labels.gather(1, matched.clamp(min=0)) + 1
+        padded_labels = F.pad(gt_labels, (0, 1), value=-1)  # [B, G + 1]: gathering works with G = 0 too
+        roi_labels = padded_labels.gather(1, matched.clamp(min=0)) + 1
         roi_labels = torch.where(matched >= 0, roi_labels, torch.where(matched == BELOW_LOW, 0, -1))
         roi_labels = roi_labels.masked_fill(~valid, -1)  # [B, N]
         hard = self._negative_losses(features, candidates, roi_labels) if self.hard_negative_mining else None

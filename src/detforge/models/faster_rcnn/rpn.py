@@ -91,13 +91,17 @@ def select_proposals(
     index = torch.cat(top_index, 1)  # [B, K]
     level = torch.cat(levels)  # [K]
     batch = torch.arange(num_images, device=objectness.device)[:, None]  # [B, 1]
-    scores = objectness[batch, index].sigmoid()  # [B, K]
+    logits = objectness[batch, index]  # [B, K]
+    scores = logits.sigmoid()
     boxes = clip_to_sizes(coder.decode(anchors[index], deltas[batch, index]), image_sizes)  # [B, K, 4]
     wh = boxes[..., 2:] - boxes[..., :2]
     keep = (wh >= min_size).all(-1) & (scores >= score_thresh)  # [B, K]
     image_idx, k_idx = keep.nonzero(as_tuple=True)  # [N] each
     flat_boxes, flat_scores = boxes[image_idx, k_idx], scores[image_idx, k_idx]
-    kept = batched_nms(flat_boxes, flat_scores, image_idx * len(level_sizes) + level[k_idx], nms_thresh)
+    # NMS ranks by the logits: the same order as the probabilities, without the ties that float32 sigmoids
+    # near 0.5 create (which onnxruntime and PyTorch would break differently)
+    groups = image_idx * len(level_sizes) + level[k_idx]
+    kept = batched_nms(flat_boxes, logits[image_idx, k_idx], groups, nms_thresh)
     image_idx = image_idx[kept]
     rank = rank_in_image(image_idx, num_images)  # [M]
     top = rank < post_nms_top_n
