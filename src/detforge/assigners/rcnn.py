@@ -17,7 +17,7 @@ BELOW_LOW = -1
 BETWEEN = -2
 """``match_boxes`` index of a candidate between the thresholds (ignored)."""
 
-_CHUNK_ELEMENTS = 1 << 22  # IoU entries per chunk: 16 MB of float32
+_CHUNK_ELEMENTS = 1 << 20  # IoU entries per chunk: 4 MB of float32
 
 
 def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -25,11 +25,14 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Tensor[B, N, G] (torchvision's ``box_iou`` arithmetic, batched)."""
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])  # [B, N]
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])  # [B, G]
-    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])  # [B, N, G, 2]
-    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])  # [B, N, G, 2]
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [B, N, G]
-    union = area1[:, :, None] + area2[:, None, :] - inter
+    a, b = boxes1[:, :, None, :], boxes2[:, None, :, :]  # [B, N, 1, 4], [B, 1, G, 4]
+    # per coordinate, so no [B, N, G, 2] intermediates: the same arithmetic as box_iou
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp_(
+        min=0
+    )  # [B, N, G]
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = (area1[:, :, None] + area2[:, None, :]).sub_(inter)
     return inter / union
 
 

@@ -178,8 +178,12 @@ class FasterRCNN(Detector):
         )  # [B, R, 4], [B, R], [B, R]
         b, r = mask.shape
         image_idx = torch.arange(b, device=images.device)[:, None].expand(b, r).reshape(-1)  # [B * R]
+        real = mask.reshape(-1).nonzero(as_tuple=True)[0]  # [K] the RoI head runs on real proposals only
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            logits, deltas = self._head(features, proposals.reshape(-1, 4), image_idx)
+            head_logits, head_deltas = self._head(features, proposals.reshape(-1, 4)[real], image_idx[real])
+        num_cls = self.box_predictor.cls_score.out_features
+        logits = head_logits.new_zeros(b * r, num_cls).index_put((real,), head_logits)  # [B * R, C + 1]
+        deltas = head_deltas.new_zeros(b * r, num_cls, 4).index_put((real,), head_deltas)
         outputs = {
             "objectness": objectness,
             "rpn_deltas": rpn_deltas,
