@@ -268,11 +268,8 @@ class FasterRCNN(Detector):
 
     def _priority(self, shape: tuple[int, int]) -> Tensor | None:
         """Sampling priority: random in training (None), a fixed hash in evaluation (deterministic losses)."""
-        return None if self.training else hash_priority(shape, self.box_coder_device)
-
-    @property
-    def box_coder_device(self) -> torch.device:
-        return self.box_predictor.cls_score.weight.device
+        device = self.box_predictor.cls_score.weight.device
+        return None if self.training else hash_priority(shape, device)
 
     @torch.no_grad()
     def _negative_losses(self, features: list[Tensor], candidates: Tensor, labels: Tensor) -> Tensor:
