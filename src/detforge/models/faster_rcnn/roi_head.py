@@ -1,0 +1,84 @@
+"""The RoI box head: multi-scale RoIAlign (torchvision's ``MultiScaleRoIAlign`` level mapping, on flat
+RoIs with their image index so any batch size traces into one graph), the two-FC head and the class-specific
+box predictor."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+__all__ = ["FastRCNNPredictor", "MultiScaleRoIPool", "TwoMLPHead"]
+
+
+class MultiScaleRoIPool(nn.Module):
+    """RoIAlign on the pyramid level a box's size picks (Feature Pyramid Networks, eq. 1; torchvision's
+    ``LevelMapper``: level ``floor(4 + log2(sqrt(area) / 224))`` clamped to the levels pooled).
+
+    Args:
+        strides: strides of the pooled levels (e.g. 4, 8, 16, 32: P2-P5), finest first.
+        output_size: RoIAlign output (7 x 7).
+        sampling_ratio: RoIAlign sampling points per bin (2, as torchvision).
+
+    ``forward(features [Tensor[B, C, H_l, W_l] per pooled level], boxes Tensor[K, 4], image_idx Tensor[K])
+    -> Tensor[K, C, output_size, output_size]``.
+    """
+
+    def __init__(self, strides: Sequence[int], output_size: int = 7, sampling_ratio: int = 2) -> None:
+        super().__init__()
+        self.scales = [1.0 / int(s) for s in strides]
+        self.k_min = int(round(math.log2(int(strides[0]))))
+        self.k_max = int(round(math.log2(int(strides[-1]))))
+        self.output_size = int(output_size)
+        self.sampling_ratio = int(sampling_ratio)
+
+    def levels(self, boxes: Tensor) -> Tensor:
+        """Pooled level index of each box (Tensor[K] int64)."""
+        size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()  # [K]
+        level = torch.floor(4 + torch.log2(size / 224) + torch.tensor(1e-6, dtype=size.dtype))
+        return (level.clamp(min=self.k_min, max=self.k_max) - self.k_min).to(torch.int64)
+
+    def forward(self, features: Sequence[Tensor], boxes: Tensor, image_idx: Tensor) -> Tensor:
+        rois = torch.cat([image_idx.to(boxes.dtype)[:, None], boxes], dim=1)  # [K, 5]
+        if len(features) == 1:
+            return roi_align(
+                features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, aligned=False
+            )
+        levels = self.levels(boxes)
+        channels = features[0].shape[1]
+        out = rois.new_zeros(rois.shape[0], channels, self.output_size, self.output_size)
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(levels == level)[0]  # [K_l]
+            pooled = roi_align(
+                feature, rois[idx], self.output_size, scale, self.sampling_ratio, aligned=False
+            )  # [K_l, C, S, S]
+            out = out.index_put((idx,), pooled.to(out.dtype))
+        return out
+
+
+class TwoMLPHead(nn.Module):
+    """Flatten + two fully connected layers with ReLU (torchvision's ``TwoMLPHead``): [K, C, S, S] -> [K, D]."""
+
+    def __init__(self, in_features: int, representation_size: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc7(torch.relu(self.fc6(x.flatten(1)))))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Class scores (``num_classes + 1``, index 0 the background) and class-specific box deltas
+    (torchvision's ``FastRCNNPredictor``): [K, D] -> (Tensor[K, C + 1], Tensor[K, C + 1, 4])."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, (num_classes + 1) * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x).reshape(x.shape[0], -1, 4)
