@@ -17,13 +17,13 @@ small default (mobilenetv3_small_100, head width 128, 256 px input).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 from torch import Tensor, nn
 
 from detforge.boxes import cell_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.yolov1 import YOLOv1Criterion
 from detforge.models.feature_body import FeatureBody
 from detforge.models.heads.yolov1 import YOLOv1Head
@@ -51,6 +51,8 @@ class YOLOv1(Detector):
 
     raw_outputs_on_grid = True
 
+    postprocess_defaults = {"nms_thresh": 0.5}
+
     def __init__(
         self,
         backbone: str | FeatureBackboneConfig | nn.Module,
@@ -60,16 +62,11 @@ class YOLOv1(Detector):
         head_width: int = 512,
         lambda_coord: float = 5.0,
         lambda_noobj: float = 0.5,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        max_detections_per_image: int = 100,
-        pre_nms_topk: int = 1000,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (448, 448),
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         if int(grid_size) < 1 or int(boxes_per_cell) < 1:
             raise ValueError(f"grid_size and boxes_per_cell must be >= 1, got {grid_size}, {boxes_per_cell}")
         self.grid_size = int(grid_size)

@@ -19,7 +19,7 @@ default (mobilenetv3_small_100, neck width 128, three-conv sets, 256 px input).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from detforge.anchors import COCO_ANCHORS, COCO_ANCHORS_SIZE, kmeans_anchors
 from detforge.boxes import anchor_grid, yolo_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.yolov3 import YOLOv3BoxLoss, YOLOv3Criterion
 from detforge.models.feature_body import FeatureBody
 from detforge.models.heads.yolov3 import YOLOv3Head
@@ -79,16 +79,11 @@ class YOLOv3(Detector):
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 5.0,
         obj_loss_weight: float = 1.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pre_nms_topk: int = 1000,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (416, 416),
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         self.features = FeatureBody(backbone, in_chans, tuple(input_size))
         channels, strides = self.features.channels[-3:], self.features.strides[-3:]
         if len(strides) < 3 or any(b <= a for a, b in zip(strides, strides[1:])):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from detforge.assigners.rcnn import BELOW_LOW, BETWEEN, hash_priority, match_boxes, sample_balanced
 from detforge.boxes import AnchorBoxCoder
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.base import Detector, NMSMethod, postprocess_args
+from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.common import check_labels
 from detforge.models.faster_rcnn.anchors import AnchorGenerator, default_anchor_sizes
 from detforge.models.faster_rcnn.detect import detections_flat, to_padded, to_per_image
@@ -63,6 +63,8 @@ class FasterRCNN(Detector):
 
     raw_outputs_on_grid = True  # the anchors of the example's size are in the graph
 
+    postprocess_defaults = {"nms_thresh": 0.5}
+
     def __init__(
         self,
         backbone: str | FeatureBackboneConfig | nn.Module,
@@ -89,17 +91,12 @@ class FasterRCNN(Detector):
         roi_sampling_ratio: int = 2,
         box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         hard_negative_mining: bool = False,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        pre_nms_topk: int = 1000,
-        max_detections_per_image: int = 100,
-        nms_method: NMSMethod = "hard",
-        soft_nms_sigma: float = 0.5,
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         normalize: bool = True,
+        **postprocess: Unpack[PostprocessOptions],
     ) -> None:
-        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess_args(locals()))
+        super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         for name in ("rpn_batch_size_per_image", "box_batch_size_per_image", "representation_size"):
             if int(locals()[name]) < 1:
                 raise ValueError(f"{name} must be >= 1, got {locals()[name]}")
