@@ -3,9 +3,12 @@
 Both use a resnet18 backbone (random init, trainable BatchNorm), a 256-channel FPN with P6/P7, a 4-conv GroupNorm
 head, the same batch of images and targets. torchvision's transform runs at min_size = max_size = image size
 so it does not resize. Prints median times over repeats after warm-up and the ratios detforge / torchvision
-(goal: training step <= 0.9, inference <= 1.0).
+(goal on a CPU: training step <= 1.0, inference <= 0.9, on AVX2 and AVX-512 machines alike). detforge's
+memory format is chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached)
+and printed with the CPU and its capability.
 
     uv run python benchmarks/train_step.py [--batch 8] [--size 320] [--classes 20] [--repeats 7] [--threads 2]
+        [--memory-format auto|channels_last|nchw]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from detforge.engine.memory_format import choose_channels_last, machine_key, set_channels_last
 from detforge.models.fcos import FCOS
 
 
@@ -76,6 +80,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--memory-format",
+        default="auto",
+        choices=("auto", "channels_last", "nchw"),
+        help="detforge's memory format: auto measures both on this machine (cached), as training does",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -112,11 +122,17 @@ def main() -> int:
         theirs.eval()
         theirs(list(images))
 
+    shape = tuple(images.shape)
+    formats = {}
+    for train in (True, False):
+        formats[train], why = choose_channels_last(ours, shape, train=train, mode=args.memory_format)
+        print(f"{'train' if train else 'inference'}: {why}")
     rows = []
-    for name, fn_ours, fn_theirs in (
-        ("train step", train_ours, train_theirs),
-        ("inference", infer_ours, infer_theirs),
+    for name, fn_ours, fn_theirs, train in (
+        ("train step", train_ours, train_theirs, True),
+        ("inference", infer_ours, infer_theirs, False),
     ):
+        set_channels_last(ours, formats[train])
         # Interleave the peers so slow drift on a shared machine hits both alike.
         t_ours, t_theirs = [], []
         for _ in range(3):
@@ -128,11 +144,14 @@ def main() -> int:
         f"batch {args.batch}, {args.size}x{args.size}, {args.classes} classes, resnet18 + FPN(256) + P6/P7, "
         f"torch threads {args.threads}, median over repeats"
     )
+    print(
+        f"CPU: {machine_key()} (torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()})"
+    )
     print(f"{'':12s} {'detforge':>12s} {'torchvision':>12s} {'ratio':>8s}")
     for name, a, b in rows:
         print(f"{name:12s} {a * 1000:10.1f}ms {b * 1000:10.1f}ms {a / b:8.3f}")
-    print(f"train step ratio (detforge / torchvision): {rows[0][1] / rows[0][2]:.3f} (goal <= 0.9)")
-    print(f"inference ratio  (detforge / torchvision): {rows[1][1] / rows[1][2]:.3f} (goal <= 1.0)")
+    print(f"train step ratio (detforge / torchvision): {rows[0][1] / rows[0][2]:.3f} (goal <= 1.0 on CPU)")
+    print(f"inference ratio  (detforge / torchvision): {rows[1][1] / rows[1][2]:.3f} (goal <= 0.9 on CPU)")
     return 0
 
 

@@ -136,7 +136,7 @@ def test_neck_from_a_stride_8_backbone_and_options():
         min_overlap=0.5,
         size_loss_weight=0.2,
     )
-    assert model.body.feature_info.reduction() == [8, 16, 32]
+    assert model.backbone.feature_info.reduction() == [8, 16, 32]
     assert len(model.neck.up) == 1
     out = model(torch.rand(1, 3, H, W))
     assert out["heatmap"].shape == (1, 2, H // 4, W // 4)

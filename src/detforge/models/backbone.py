@@ -40,6 +40,7 @@ from detforge.models.necks.simple_pyramid import SimplePyramid
 
 __all__ = [
     "FeatureBackboneConfig",
+    "FeatureBody",
     "PretrainedWeightsError",
     "PyramidBackbone",
     "build_backbone",
@@ -200,37 +201,36 @@ def freeze_backbone(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
-class PyramidBackbone(nn.Module):
-    """Input normalisation, a timm feature backbone and an FPN: images in [0, 1] -> pyramid features.
+class FeatureBody(nn.Module):
+    """Input normalisation and a timm feature backbone, no neck: images in [0, 1] -> NCHW feature maps,
+    finest first. What every family puts its own neck or head on (:class:`PyramidBackbone` adds an FPN).
 
     Args:
         backbone: a timm model name, a ``FeatureBackboneConfig`` or an already built timm feature extractor
             (anything with ``feature_info.channels()`` / ``.reduction()`` returning a list of feature maps,
             channels-last when its ``output_fmt`` is "NHWC").
-        fpn_channels: channels of every pyramid level.
-        extra_levels: stride-2 levels added above the pyramid's coarsest one (2 gives FCOS's P6, P7).
         in_chans: image channels; 1-channel images are normalised with the mean of the RGB statistics.
-        normalize: subtract the backbone's pretraining mean and divide by its std inside ``forward``
-            (timm's ``pretrained_cfg``, ImageNet statistics by default).
         input_size: (h, w) fixed-size transformer backbones are built for (see :func:`build_backbone`); pass
             the detector's input size so that its ONNX export works for ViT / DeiT.
+        normalize: subtract the backbone's pretraining mean and divide by its std inside ``forward``
+            (timm's ``pretrained_cfg``, ImageNet statistics by default).
+        pyramid_scales: when every level has the same stride (ViT, DeiT: 16), ``self.simple`` (a
+            :class:`SimplePyramid`) turns the last map into these scales of it (default: strides 8, 16, 32).
 
-    The FPN gets the backbone's levels as they are when their strides increase. When every level has the
-    same stride (ViT, DeiT: 16), ``self.simple`` (a :class:`SimplePyramid`) turns the last one into strides
-    s / 2, s, 2 s (8, 16, 32) first. ``self.strides`` holds the strides of the output levels.
+    Attributes:
+        body: the timm feature extractor (what ``freeze_backbone`` freezes).
+        channels, strides: of the maps ``forward`` returns, finest first (from ``feature_info``).
 
-    ``forward(images Tensor[B, in_chans, H, W] in [0, 1]) -> list[Tensor[B, fpn_channels, H / s, W / s]]``
-    for every stride ``s`` in ``self.strides``.
+    ``forward(images Tensor[B, in_chans, H, W] in [0, 1]) -> list[Tensor[B, C_i, H / s_i, W / s_i]]``.
     """
 
     def __init__(
         self,
         backbone: str | FeatureBackboneConfig | nn.Module,
-        fpn_channels: int = 256,
-        extra_levels: int = 2,
         in_chans: int = 3,
-        normalize: bool = True,
         input_size: tuple[int, int] | None = None,
+        normalize: bool = True,
+        pyramid_scales: tuple[float, ...] = (2.0, 1.0, 0.5),
     ) -> None:
         super().__init__()
         if isinstance(backbone, nn.Module):
@@ -244,12 +244,12 @@ class PyramidBackbone(nn.Module):
         self.channels_last_features = str(getattr(fmt, "value", fmt)) == "NHWC"
         self.fixed_input_size = fixed_input_size(self.body)
         if len(set(strides)) == 1:
-            self.simple: SimplePyramid | None = SimplePyramid(channels[-1], strides[-1])
+            self.simple: SimplePyramid | None = SimplePyramid(channels[-1], strides[-1], pyramid_scales)
             channels, strides = list(self.simple.channels), list(self.simple.strides)
         else:
             self.simple = None
-        self.fpn = FPN(channels, strides, fpn_channels, extra_levels)
-        self.strides: tuple[int, ...] = self.fpn.strides
+        self.channels: tuple[int, ...] = tuple(channels)
+        self.strides: tuple[int, ...] = tuple(strides)
         self.in_chans = int(in_chans)
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
@@ -272,7 +272,7 @@ class PyramidBackbone(nn.Module):
             features = [f.permute(0, 3, 1, 2) for f in features]  # [B, C_i, H_i, W_i]
         if self.simple is not None:
             features = self.simple(features[-1])
-        return self.fpn(features)
+        return list(features)
 
     def _run_body(self, images: Tensor) -> list[Tensor]:
         if self.fixed_input_size is None:
@@ -287,3 +287,36 @@ class PyramidBackbone(nn.Module):
                 f"for this size with FeatureBackboneConfig(..., extra_kwargs={{'img_size': ({h}, {w})}}) or, "
                 f"if the timm model has that option, for any size with extra_kwargs={{'dynamic_img_size': True}}"
             ) from err
+
+
+class PyramidBackbone(FeatureBody):
+    """Input normalisation, a timm feature backbone and an FPN: images in [0, 1] -> pyramid features.
+
+    Args:
+        backbone, in_chans, normalize, input_size: as in :class:`FeatureBody`.
+        fpn_channels: channels of every pyramid level.
+        extra_levels: stride-2 levels added above the pyramid's coarsest one (2 gives FCOS's P6, P7).
+
+    The FPN gets the backbone's levels (a single-stride ViT's through ViTDet's simple pyramid, strides 8-32);
+    ``self.strides`` holds the strides of the output levels.
+
+    ``forward(images Tensor[B, in_chans, H, W] in [0, 1]) -> list[Tensor[B, fpn_channels, H / s, W / s]]``
+    for every stride ``s`` in ``self.strides``.
+    """
+
+    def __init__(
+        self,
+        backbone: str | FeatureBackboneConfig | nn.Module,
+        fpn_channels: int = 256,
+        extra_levels: int = 2,
+        in_chans: int = 3,
+        normalize: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(backbone, in_chans, input_size, normalize)
+        self.fpn = FPN(list(self.channels), list(self.strides), fpn_channels, extra_levels)
+        self.strides = self.fpn.strides
+        self.channels = (int(fpn_channels),) * len(self.strides)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return self.fpn(super().forward(images))

@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detforge.boxes import grid_points, offset_size_to_xyxy
-from detforge.models.backbone import FeatureBackboneConfig, build_backbone, fixed_input_size
+from detforge.models.backbone import FeatureBackboneConfig, FeatureBody
 from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.centernet import CenterNetCriterion
 from detforge.models.heads.centernet import CenterNetHead
-from detforge.models.necks.simple_pyramid import SimplePyramid
 from detforge.models.necks.upsample import UpsampleNeck
 from detforge.models.registry import register_model, register_prefix
 from detforge.targets import pad_targets
@@ -91,17 +90,11 @@ class CenterNet(Detector):
         super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         if isinstance(backbone, str):
             backbone = FeatureBackboneConfig(backbone, out_indices=LAST_FOUR)
-        body = backbone if isinstance(backbone, nn.Module) else build_backbone(backbone, in_chans, input_size)
-        self.body = body
-        info = body.feature_info
-        channels, strides = [int(c) for c in info.channels()], [int(s) for s in info.reduction()]
-        fmt = getattr(body, "output_fmt", "NCHW")
-        self.channels_last_features = str(getattr(fmt, "value", fmt)) == "NHWC"
-        self.fixed_input_size = fixed_input_size(body)
-        self.simple: SimplePyramid | None = None
-        if len(set(strides)) == 1:  # ViT / DeiT: one stride, ViTDet's pyramid from the last map
-            self.simple = SimplePyramid(channels[-1], strides[-1], scale_factors=(4.0, 2.0, 1.0, 0.5))
-            channels, strides = list(self.simple.channels), list(self.simple.strides)
+        # ViT / DeiT (one stride): ViTDet's pyramid from the last map, down to stride 4
+        self.features = FeatureBody(
+            backbone, in_chans, tuple(input_size), pyramid_scales=(4.0, 2.0, 1.0, 0.5)
+        )
+        channels, strides = list(self.features.channels), list(self.features.strides)
         self.neck = UpsampleNeck(channels, strides, fpn_channels, output_stride, deformable)
         self.head = CenterNetHead(fpn_channels, num_classes, head_channels, head_num_convs)
         self.criterion = CenterNetCriterion(
@@ -115,13 +108,6 @@ class CenterNet(Detector):
             offset_weight=offset_loss_weight,
         )
         self.strides: tuple[int, ...] = (int(output_stride),)
-        cfg = getattr(body, "pretrained_cfg", None) or {}
-        mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
-        if mean.numel() != in_chans:
-            mean, std = mean.mean().expand(in_chans), std.mean().expand(in_chans)
-        self.register_buffer("pixel_mean", mean.reshape(1, -1, 1, 1).clone(), persistent=False)
-        self.register_buffer("pixel_std", std.reshape(1, -1, 1, 1).clone(), persistent=False)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -129,23 +115,14 @@ class CenterNet(Detector):
     @property
     def backbone(self) -> nn.Module:
         """The timm feature extractor: what ``ObjectDetector.freeze_backbone`` freezes."""
-        return self.body
+        return self.features.body
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]): ``heatmap`` (Tensor[B, C, h, w]
         logits), ``size`` and ``offset`` (Tensor[B, 2, h, w], map units), ``feat_sizes`` ([(h, w)])."""
-        if images.dim() != 4 or images.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape [B, {self.in_chans}, H, W], got {tuple(images.shape)}"
-            )
-        images = (images - self.pixel_mean) / self.pixel_std
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        features = self.body(images)  # list of Tensor[B, C_i, H_i, W_i] ([B, H_i, W_i, C_i] if NHWC)
-        if self.channels_last_features:
-            features = [f.permute(0, 3, 1, 2) for f in features]  # [B, C_i, H_i, W_i]
-        if self.simple is not None:
-            features = self.simple(features[-1])
+        features = self.features(images)  # list of Tensor[B, C_i, H_i, W_i], finest first
         return self.head(self.neck(features))
 
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:

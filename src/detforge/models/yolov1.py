@@ -22,10 +22,9 @@ from typing import Any, Unpack
 from torch import Tensor, nn
 
 from detforge.boxes import cell_to_xyxy
-from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.backbone import FeatureBackboneConfig, FeatureBody
 from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.yolov1 import YOLOv1Criterion
-from detforge.models.feature_body import FeatureBody
 from detforge.models.heads.yolov1 import YOLOv1Head
 from detforge.models.registry import register_model, register_prefix
 from detforge.targets import pad_targets

@@ -26,10 +26,9 @@ from torch import Tensor, nn
 
 from detforge.anchors import COCO_ANCHORS, COCO_ANCHORS_SIZE, kmeans_anchors
 from detforge.boxes import anchor_grid, yolo_to_xyxy
-from detforge.models.backbone import FeatureBackboneConfig
+from detforge.models.backbone import FeatureBackboneConfig, FeatureBody
 from detforge.models.base import Detector, PostprocessOptions
 from detforge.models.criteria.yolov3 import YOLOv3BoxLoss, YOLOv3Criterion
-from detforge.models.feature_body import FeatureBody
 from detforge.models.heads.yolov3 import YOLOv3Head
 from detforge.models.necks.yolov3 import YOLOv3Neck
 from detforge.models.registry import register_model, register_prefix
