@@ -48,3 +48,35 @@ def test_to_original_size_matches_scale_boxes():
     gt = metric_targets([t])[0]
     torch.testing.assert_close(gt["boxes"], scale_boxes(boxes, (48, 64), (300, 400)))
     torch.testing.assert_close(gt["area"], t["area"] * (300 / 48) * (400 / 64))
+
+
+def test_check_target_boxes_inverted_names_image_and_box():
+    import pytest
+
+    from detforge.targets import check_target_boxes
+
+    good = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}
+    bad = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0], [20.0, 5.0, 10.0, 30.0]]), "labels": torch.tensor([0, 1])}
+    with pytest.raises(ValueError, match=r"image 1 of the batch .*\[20\.0, 5\.0, 10\.0, 30\.0\]"):
+        check_target_boxes([good, bad])
+    with pytest.raises(ValueError, match="image_id 42 has an inverted box"):
+        check_target_boxes([good, dict(bad, image_id=torch.tensor(42))])
+
+
+def test_check_target_boxes_normalized_warns_once_with_count(recwarn):
+    import pytest
+
+    from detforge.targets import check_target_boxes
+
+    norm = {"boxes": torch.tensor([[0.1, 0.2, 0.5, 0.9]]), "labels": torch.tensor([0])}
+    pixels = {"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0], [3.0, 4.0, 60.0, 50.0]]), "labels": torch.tensor([0, 0])}
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    with pytest.warns(UserWarning, match=r"2 of 4 image\(s\).*first: image_id 7.*scale_boxes") as record:
+        check_target_boxes([pixels, dict(norm, image_id=7), empty, norm], (64, 96))
+    assert len(record) == 1
+    # border / degenerate / empty pixel boxes and tiny images stay silent
+    check_target_boxes([pixels, empty, {"boxes": torch.tensor([[0.0, 0.0, 96.0, 64.0]]), "labels": torch.tensor([0])}])
+    check_target_boxes([norm], (16, 16))
+    check_target_boxes([dict(norm, size=torch.tensor([12, 10]))])
+    check_target_boxes([])
+    assert not recwarn.list

@@ -6,10 +6,90 @@ Boxes flagged ``iscrowd`` or ``ignore`` never become training targets; evaluatio
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-__all__ = ["image_sizes_of", "metric_targets", "pad_targets", "to_original_size", "training_mask"]
+__all__ = [
+    "check_target_boxes",
+    "image_sizes_of",
+    "metric_targets",
+    "pad_targets",
+    "to_original_size",
+    "training_mask",
+]
+
+NORMALIZED_MAX = 1.5
+"""An image whose every box coordinate is within [0, NORMALIZED_MAX] looks normalized (if the image is larger)."""
+NORMALIZED_MIN_IMAGE = 16
+"""Images up to this many pixels on their longer side are never called normalized."""
+
+
+def _image_name(targets: list[dict], i: int) -> str:
+    image_id = targets[i].get("image_id")
+    if isinstance(image_id, Tensor) and image_id.numel() == 1:
+        image_id = image_id.item()
+    return f"image_id {image_id}" if image_id is not None else f"image {i} of the batch"
+
+
+def check_target_boxes(targets: list[dict], image_size: tuple[int, int] | None = None) -> None:
+    """Catch boxes that would train on nothing, before a loss sees them (every :class:`Detector` calls this).
+
+    - an inverted box (x2 < x1 or y2 < y1): ValueError naming the image (its ``image_id``, else its index in
+      the batch) and the box;
+    - an image whose boxes all lie within [0, 1.5] while the image is larger than 16 px (normalized
+      coordinates): one ``UserWarning`` per call, counting such images and naming the first, pointing to
+      :func:`detforge.boxes.scale_boxes`.
+
+    Args:
+        targets: per-image dicts with ``boxes`` (Tensor[N_i, 4] xyxy pixels), optional ``size`` (h, w) and
+            ``image_id``.
+        image_size: (h, w) of the batch tensor, for targets without ``size``; None: assume larger than 16 px.
+
+    One vectorised pass over the concatenated boxes and one host sync; Python runs per image only to build
+    the message when something is wrong.
+    """
+    counts = [t["boxes"].shape[0] for t in targets]
+    if not targets or sum(counts) == 0:
+        return
+    boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets]).detach()  # [N, 4]
+    device = boxes.device
+    owner = torch.repeat_interleave(torch.arange(len(targets), device=device), torch.tensor(counts, device=device))
+    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])  # [N]
+    small = ((boxes >= 0) & (boxes <= NORMALIZED_MAX)).all(dim=1)  # [N]
+    # per image: how many boxes are NOT within [0, 1.5] (an image is normalized-looking when none are)
+    outside = torch.zeros(len(targets), device=device).index_add_(0, owner, (~small).float())  # [B]
+    has_boxes = torch.tensor(counts, device=device) > 0  # [B]
+    big = torch.tensor(
+        [
+            max(int(v) for v in t["size"]) > NORMALIZED_MIN_IMAGE
+            if "size" in t
+            else image_size is None or max(image_size) > NORMALIZED_MIN_IMAGE
+            for t in targets
+        ],
+        device=device,
+    )  # [B]
+    normalized = has_boxes & big & (outside == 0)  # [B]
+    num_inverted, num_normalized = torch.stack([inverted.sum(), normalized.sum()]).tolist()
+    if num_inverted:
+        k = int(inverted.nonzero()[0, 0])
+        i = int(owner[k])
+        raise ValueError(
+            f"{_image_name(targets, i)} has an inverted box {boxes[k].tolist()} (x2 < x1 or y2 < y1; boxes are "
+            f"xyxy pixels); {num_inverted} inverted box(es) in this batch"
+        )
+    if num_normalized:
+        i = int(normalized.nonzero()[0, 0])
+        first = boxes[int((owner == i).nonzero()[0, 0])].tolist()
+        warnings.warn(
+            f"{num_normalized} of {len(targets)} image(s) have every box within [0, {NORMALIZED_MAX}]: they look "
+            f"normalized, but boxes are xyxy pixels (first: {_image_name(targets, i)}, box {first}); convert "
+            "with detforge.boxes.scale_boxes(boxes, (1, 1), (height, width)) "
+            "(or detforge.boxes.cxcywh_norm_to_xyxy for YOLO cx cy w h)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def training_mask(target: dict) -> Tensor:

@@ -122,3 +122,32 @@ def test_checkpoint_of_a_default_run_before_format_2_prints_the_same_table(tmp_p
         runs[name + "_json"] = json.loads((run / "predictions.json").read_text())
     assert "Average Precision" in runs["v1"] and runs["v1"] == runs["v2"]
     assert runs["v1_json"] == runs["v2_json"] and runs["v1_json"]
+
+
+def test_split_test_evaluates_the_runs_test_data(tmp_path, capsys) -> None:
+    """`detforge val --ckpt C --split test` evaluates the run's `data.test_data`; a run without one is one line."""
+    import lightning
+    import torch
+
+    from detforge.models.detector import ObjectDetector
+
+    model = ObjectDetector(
+        model="detforge_n", num_classes=5, score_thresh=0.0, imgsz=64, compile_model=False, deterministic=False
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    torch.save(ckpt, run / "best.ckpt")
+    (run / "config.yaml").write_text("data:\n  data: synthetic:8\n  test_data: null\n")
+    assert val.main(["--ckpt", str(run / "best.ckpt"), "--split", "test"]) == 1
+    assert "test_data" in capsys.readouterr().err
+    (run / "config.yaml").write_text("data:\n  data: synthetic:8\n  test_data: synthetic:200\n")
+    assert val.main(["--ckpt", str(run / "best.ckpt"), "--split", "test", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Average Precision" in out
+    # synthetic:200's evaluation split has 50 images (synthetic:8's, the val data, has 32)
+    assert len({p["image_id"] for p in json.loads((run / "predictions.json").read_text())}) == 50

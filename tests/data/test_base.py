@@ -77,3 +77,35 @@ def test_target_size_is_the_deprecated_name_of_imgsz(tmp_path):
     assert DetectionDataset(_records(tmp_path), ["x", "y"], imgsz=12).imgsz == (12, 12)  # int: a square
     with pytest.raises(TypeError, match="both 'imgsz' and its deprecated name 'target_size'"):
         DetectionDataset(_records(tmp_path), ["x", "y"], imgsz=(4, 4), target_size=(4, 4))
+
+
+def test_raw_v2_pipeline_moves_the_boxes(make_coco):
+    """A plain torchvision v2 pipeline as ``transforms=`` flips image and boxes alike (it is wrapped)."""
+    from torchvision.transforms import v2 as T
+
+    from detforge.data.coco import CocoDataset
+
+    image_dir, ann_file = make_coco()
+    plain = CocoDataset(image_dir, ann_file)
+    flipped = CocoDataset(image_dir, ann_file, transforms=T.Compose([T.RandomHorizontalFlip(1)]))
+    (image, target), (f_image, f_target) = plain[0], flipped[0]
+    w = image.shape[-1]
+    assert f_image.dtype == torch.float32 and torch.allclose(f_image, image.flip(-1))
+    expected = torch.stack([w - target["boxes"][:, 2], target["boxes"][:, 1], w - target["boxes"][:, 0],
+                            target["boxes"][:, 3]], dim=1)
+    assert type(f_target["boxes"]) is torch.Tensor and torch.allclose(f_target["boxes"], expected)
+    assert torch.equal(f_target["labels"], target["labels"]) and torch.equal(f_target["iscrowd"], target["iscrowd"])
+
+
+def test_raw_v2_pipeline_on_synthetic_and_mosaic():
+    from torchvision.transforms import v2 as T
+
+    from detforge.data.mosaic import Mosaic
+    from detforge.data.synthetic import SyntheticShapes
+
+    plain = SyntheticShapes(num_images=2, image_size=64, num_classes=3, seed=0)
+    flipped = SyntheticShapes(num_images=2, image_size=64, num_classes=3, seed=0, transforms=T.RandomHorizontalFlip(1))
+    (_, target), (_, f_target) = plain[0], flipped[0]
+    assert torch.allclose(f_target["boxes"][:, [2, 0]], 64 - target["boxes"][:, [0, 2]])
+    mosaic = Mosaic(plain, 64, prob=0.0, transforms=T.RandomHorizontalFlip(1))
+    assert mosaic[0][0].dtype == torch.float32

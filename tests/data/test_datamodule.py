@@ -142,3 +142,16 @@ def test_augmentation_switches_reach_the_train_pipeline():
     assert tuple(scale.scale_range) == (0.8, 1.2)
     images, _ = next(iter(jitter.train_dataloader()))
     assert images.shape[-2:] == (32, 32)
+
+
+def test_test_split_loader_and_clear_error_without_one():
+    from detforge.data.datamodule import DetectionDataModule
+
+    dm = DetectionDataModule(data="synthetic:8", test_data="synthetic:4", imgsz=64, batch_size=4, num_workers=0)
+    dm.setup("test")
+    assert dm.train_dataset is None and dm.val_dataset is None and len(dm.test_dataset) > 0
+    images, targets = next(iter(dm.test_dataloader()))
+    assert images.shape[-2:] == (64, 64) and len(targets) == images.shape[0]
+    assert dm.num_classes == dm.test_dataset.num_classes
+    with pytest.raises(ValueError, match="no test split.*test_data"):
+        DetectionDataModule(data="synthetic:8", imgsz=64, num_workers=0).test_dataloader()

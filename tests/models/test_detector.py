@@ -508,3 +508,27 @@ def test_top_level_names_load_lazily():
         "assert ObjectDetector.__name__ == 'ObjectDetector' and 'detforge_n' in list_models()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_trainer_test_with_a_test_split(tmp_path):
+    from detforge.data.datamodule import DetectionDataModule
+
+    dm = DetectionDataModule(
+        data="synthetic:8", test_data="synthetic:4", imgsz=64, batch_size=4, num_workers=0,
+        dataset_kwargs={"num_classes": 3},
+    )
+    model = tiny(imgsz=64)
+    (results,) = trainer(tmp_path).test(model, datamodule=dm, verbose=False)
+    assert {"test/loss", "test/map", "test/map_50"} <= set(results)
+    assert math.isfinite(results["test/loss"]) and 0.0 <= results["test/map"] <= 1.0
+
+
+def test_torchvision_tutorial_batch_is_a_clear_type_error():
+    """``tuple(zip(*batch))``: a tuple of image tensors and a tuple of dicts, as torchvision's tutorial collates."""
+    model = tiny()
+    batch = [SyntheticShapes(num_images=2, image_size=64, num_classes=3, seed=0)[i] for i in range(2)]
+    tutorial = tuple(zip(*batch))
+    with pytest.raises(TypeError, match=r"Tensor\[B, C, H, W\].*got a tuple of 2 Tensor.*detection_collate"):
+        model.training_step(tutorial, 0)
+    with pytest.raises(TypeError, match="detection_collate"):
+        model.validation_step(tutorial, 0)

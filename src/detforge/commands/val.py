@@ -3,6 +3,7 @@
 detforge val --gt instances_val.json --pred results.json [--plots DIR] [--save-json metrics.json]
 detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES [--imgsz 640 --batch 8 --device cpu --out DIR]
 detforge val --ckpt runs/train/exp/best.ckpt     # the run's own validation split and data settings
+detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's --data.test_data
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ HELP = "evaluate a checkpoint on a data set, or a COCO results JSON against its 
 _EXAMPLES = """examples:
   detforge val --gt instances_val.json --pred results.json --plots out/ --save-json out/metrics.json
   detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/
-  detforge val --ckpt runs/train/exp/best.ckpt     # the run's data, as in its config.yaml"""
+  detforge val --ckpt runs/train/exp/best.ckpt     # the run's data, as in its config.yaml
+  detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's test_data"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         type=json.loads,
         default=None,
         help="data set options as JSON, e.g. '{\"min_size\": 16}' (default: the run's, for the run's data)",
+    )
+    model.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="val: the run's validation data; test: the run's test data (--data.test_data of detforge train), "
+        "or --data as the test set",
     )
     model.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's)")
     model.add_argument("--batch", type=int, default=8)
@@ -131,6 +140,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         device=args.device,
         out_dir=args.out,
         dataset_kwargs=args.dataset_kwargs,
+        split=args.split,
     )
     return int(out) if isinstance(out, int) else 0
 

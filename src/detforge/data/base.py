@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from detforge.data.checks import IssueLog
 from detforge.data.deprecation import renamed_kwargs, warn_renamed
+from detforge.data.transforms import as_detection_transform
 from detforge.io import ImageMode, image_size, load_image_uint8, resize_uint8
 
 __all__ = ["Annotation", "DetectionDataset", "Record"]
@@ -75,7 +76,9 @@ class DetectionDataset(Dataset):
         imgsz: ``(H, W)`` (or an int for a square) to resize every image to, stretching (boxes scale with it);
             None keeps the file's size. ``target_size=`` is the deprecated name.
         transforms: called as ``transforms(image, target)`` with ``image`` uint8 ``Tensor[C, H, W]``; must
-            return ``(image float32 in [0, 1], target)``. None returns the image as float32 / 255.
+            return ``(image float32 in [0, 1], target)``. None returns the image as float32 / 255. A raw
+            torchvision v2 pipeline (``v2.Compose([...])``) is wrapped so it moves the boxes too
+            (:func:`detforge.data.transforms.as_detection_transform`).
         mode: ``"RGB"`` or ``"L"`` (single channel, thermal).
         issues: the problems the reader counted while parsing (kept as ``dataset.issues``).
     """
@@ -99,7 +102,7 @@ class DetectionDataset(Dataset):
         self.records = list(records)
         self.class_names = [str(n) for n in class_names]
         self.imgsz: tuple[int, int] | None = imgsz
-        self.transforms = transforms
+        self.transforms = as_detection_transform(transforms)
         self.mode = mode
         self.issues = issues if issues is not None else IssueLog(type(self).__name__)
         self._pack()

@@ -89,7 +89,7 @@ def _base_dataset(dataset: Dataset) -> Dataset:
 
 
 class DetectionDataModule(L.LightningDataModule):
-    """Train/val data for the Lightning trainer, from a spec string or ready data set objects.
+    """Train/val/test data for the Lightning trainer, from a spec string or ready data set objects.
 
     Args:
         data: dataset spec (``synthetic``, ``synthetic:1024``, ``coco:ANN.json:IMAGES``, ``voc:DIR``, ...; see
@@ -105,6 +105,8 @@ class DetectionDataModule(L.LightningDataModule):
             training augmentation; it is the costliest step on a CPU.
         scale_jitter: ``(lo, hi)`` random zoom range of the training augmentation; None disables it.
         val_data: spec or data set for validation; None uses ``data``'s ``val`` split (for an object: none).
+        test_data: spec or data set for ``trainer.test`` / ``detforge val --split test`` (evaluated like the
+            validation data: val pipeline; a spec is read with its ``val`` split); None: no test split.
         train_size: use only the first ``train_size`` training images.
         seed: seeds shuffling and the worker RNGs (torch, numpy, random) so runs repeat.
         dataset_kwargs: extra keyword arguments for the data set classes (e.g. ``{"mode": "L"}``).
@@ -123,6 +125,7 @@ class DetectionDataModule(L.LightningDataModule):
         photometric: bool = True,
         scale_jitter: tuple[float, float] | None = (0.5, 1.5),
         val_data: str | Dataset | None = None,
+        test_data: str | Dataset | None = None,
         train_size: int | None = None,
         seed: int = 0,
         dataset_kwargs: dict[str, Any] | None = None,
@@ -147,11 +150,13 @@ class DetectionDataModule(L.LightningDataModule):
         self.photometric = bool(photometric)
         self.scale_jitter = None if scale_jitter is None else (float(scale_jitter[0]), float(scale_jitter[1]))
         self.val_data = val_data
+        self.test_data = test_data
         self.train_size = train_size
         self.seed = int(seed)
         self.dataset_kwargs = dict(dataset_kwargs or {})
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
 
     # ------------------------------------------------------------------ datasets
     def _build(self, spec: str, split: str, transforms) -> Dataset:
@@ -175,6 +180,8 @@ class DetectionDataModule(L.LightningDataModule):
             self.train_dataset = self._make_train()
         if self.val_dataset is None and stage in (None, "fit", "validate"):
             self.val_dataset = self._make_val()
+        if self.test_dataset is None and stage in (None, "test") and self.test_data is not None:
+            self.test_dataset = self._make_eval(self.test_data)
 
     def _make_train(self) -> Dataset:
         if isinstance(self.data, str):
@@ -197,7 +204,11 @@ class DetectionDataModule(L.LightningDataModule):
         source = self.val_data if self.val_data is not None else self.data
         if not isinstance(source, str):
             return self.val_data  # an object given as ``data`` has no val split of its own
-        return self._build(source, "val", build_val_transforms(self.imgsz))
+        return self._make_eval(source)
+
+    def _make_eval(self, source: str | Dataset) -> Dataset:
+        """An evaluation data set: a spec's ``val`` split with the val pipeline, or an object as given."""
+        return self._build(source, "val", build_val_transforms(self.imgsz)) if isinstance(source, str) else source
 
     @property
     def num_classes(self) -> int:
@@ -210,7 +221,7 @@ class DetectionDataModule(L.LightningDataModule):
         return list(_base_dataset(self._any_dataset()).class_names)
 
     def _any_dataset(self) -> Dataset:
-        dataset = self.train_dataset if self.train_dataset is not None else self.val_dataset
+        dataset = next((d for d in (self.train_dataset, self.val_dataset, self.test_dataset) if d is not None), None)
         if dataset is None:
             raise RuntimeError("DetectionDataModule: call setup() before reading num_classes / class_names")
         return dataset
@@ -242,3 +253,13 @@ class DetectionDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_data is None:
+            raise ValueError(
+                "DetectionDataModule has no test split: give test_data= (a spec or a data set; "
+                "`detforge train --data.test_data SPEC`)"
+            )
+        if self.test_dataset is None:
+            self.setup("test")
+        return self._loader(self.test_dataset, shuffle=False)

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from detforge.data.transforms import PAD_VALUE, PER_BOX_KEYS
+from detforge.data.transforms import PAD_VALUE, PER_BOX_KEYS, as_detection_transform
 
 __all__ = ["Mosaic", "keep_uint8"]
 
@@ -68,7 +68,7 @@ class Mosaic(Dataset):
         self.imgsz = int(imgsz)
         self.prob = float(prob)
         self.seed = seed
-        self.transforms = transforms
+        self.transforms = as_detection_transform(transforms)  # a raw v2 pipeline moves the boxes too
 
     def __len__(self) -> int:
         return len(self.dataset)

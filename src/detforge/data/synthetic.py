@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from detforge.data.deprecation import renamed_kwargs, warn_renamed
+from detforge.data.transforms import as_detection_transform
 
 __all__ = ["SHAPE_NAMES", "SyntheticShapes"]
 
@@ -259,7 +260,7 @@ class SyntheticShapes(Dataset):
             imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
         self.imgsz: tuple[int, int] | None = imgsz
         self._sequence_background: tuple[int, np.ndarray | None] = (-1, None)
-        self.transforms = transforms
+        self.transforms = as_detection_transform(transforms)  # a raw v2 pipeline moves the boxes too
         self.cache = bool(cache)
         self._renders: dict[int, tuple[Tensor, dict]] = {}
 

@@ -30,6 +30,7 @@ __all__ = [
     "DetectionTransform",
     "PadBottomRight",
     "RecordSize",
+    "as_detection_transform",
     "build_train_transforms",
     "build_val_transforms",
     "pad_value",
@@ -145,6 +146,17 @@ class DetectionTransform:
 def _box_area(boxes: Tensor) -> Tensor:
     """Areas of xyxy ``boxes`` (Tensor[N, 4]) -> Tensor[N]."""
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def as_detection_transform(transforms: Any) -> Any:
+    """A data set's ``transforms`` argument, with a raw torchvision v2 pipeline (a ``v2.Transform`` such as
+    ``v2.Compose([v2.RandomHorizontalFlip(1)])``) wrapped in :class:`DetectionTransform` so its geometric ops
+    move the boxes too (``BoundingBoxes`` with the image's canvas size, back to plain tensors), then clamped,
+    degenerate boxes dropped with their per-box entries, and the image made float32 in [0, 1]. Any other
+    callable (detforge's builders, a ``DetectionTransform``, your own function) is returned unchanged."""
+    if isinstance(transforms, v2.Transform):
+        return DetectionTransform(v2.Compose([transforms, *_finish(False, (), ())]))
+    return transforms
 
 
 def _finish(normalize: bool, mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

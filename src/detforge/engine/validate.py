@@ -78,8 +78,9 @@ def validate_checkpoint(
     workers: int = 0,
     verbose: bool = True,
     dataset_kwargs: dict[str, Any] | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
-    """Evaluate ``ckpt`` on ``data``'s validation split; print the COCO table, write the COCO results JSON.
+    """Evaluate ``ckpt`` on ``data``'s validation (or test) split; print the COCO table, write the COCO results JSON.
 
     Args:
         ckpt: an ``ObjectDetector`` checkpoint (``best.ckpt`` / ``last.ckpt`` of a run).
@@ -94,6 +95,8 @@ def validate_checkpoint(
         verbose: print the table.
         dataset_kwargs: data set options (``DetectionDataModule(dataset_kwargs=...)``); None: the training run's
             when ``data`` is the run's data spec (e.g. the synthetic object sizes), else none.
+        split: ``"val"``, or ``"test"``: the run's ``test_data`` (``--data.test_data``) when ``data`` is None,
+            else ``data`` used as the test set.
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
@@ -104,22 +107,32 @@ def validate_checkpoint(
     from detforge.metrics import DetectionMAP, write_coco_results
     from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be one of ('val', 'test'), got {split!r}")
     run = run_data_config(ckpt)
     if data is None:
-        data = run.get("data")
+        data = run.get("data" if split == "val" else "test_data")
         if not isinstance(data, str):
-            raise ValueError(f"{ckpt}: no config.yaml with a data spec beside it; give the data set (--data SPEC)")
+            raise ValueError(
+                f"{ckpt}: no config.yaml with a {'data' if split == 'val' else 'test_data'} spec beside it; "
+                "give the data set (--data SPEC)"
+            )
     if dataset_kwargs is None:
-        dataset_kwargs = (run.get("dataset_kwargs") or {}) if run.get("data") == data else {}
+        dataset_kwargs = (run.get("dataset_kwargs") or {}) if data in (run.get("data"), run.get("test_data")) else {}
     model = load_detector(ckpt, device)
     dev = model.device
     imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
     dm = DetectionDataModule(
-        data=data, imgsz=imgsz, batch_size=batch, num_workers=workers, dataset_kwargs=dataset_kwargs
+        data=data,
+        imgsz=imgsz,
+        batch_size=batch,
+        num_workers=workers,
+        dataset_kwargs=dataset_kwargs,
+        test_data=data if split == "test" else None,
     )
-    dm.setup("validate")
-    dataset = dm.val_dataset
-    loader = dm.val_dataloader()
+    dm.setup("validate" if split == "val" else "test")
+    dataset = dm.val_dataset if split == "val" else dm.test_dataset
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
     if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
         raise ValueError(
             f"{ckpt}: the model has {model.num_classes} classes but data {data!r} has {dataset.num_classes}"

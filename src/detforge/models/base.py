@@ -29,7 +29,14 @@ from typing import Any, ClassVar, Literal, TypedDict, Unpack, get_args
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Detector", "NMSMethod", "PostprocessOptions", "PostprocessSettings", "check_nms_method"]
+__all__ = [
+    "Detector",
+    "NMSMethod",
+    "PostprocessOptions",
+    "PostprocessSettings",
+    "check_images",
+    "check_nms_method",
+]
 
 NMSMethod = Literal["hard", "gaussian", "linear", "none"]
 """Suppression: hard NMS, soft-NMS with linear or gaussian decay, or none (set prediction, heatmap peaks)."""
@@ -114,6 +121,61 @@ def _record_init_args(init):
     return wrapped
 
 
+def _checks_targets(method, with_images: bool):
+    """Wrap a subclass ``loss`` (``with_images=False``) or ``forward_loss`` so the outermost call checks the
+    targets' boxes first (:func:`detforge.targets.check_target_boxes`: inverted boxes raise, normalized-looking
+    ones warn); nested calls (``forward_loss`` -> ``loss``, ``super().loss``) skip the check."""
+
+    @functools.wraps(method)
+    def wrapped(self, first, targets, *args, **kwargs):
+        if self.__dict__.get("_checking_targets"):
+            return method(self, first, targets, *args, **kwargs)
+        from detforge.targets import check_target_boxes
+
+        if with_images:
+            check_images(first)
+        image_size = tuple(first.shape[-2:]) if with_images else None
+        check_target_boxes(targets, image_size)
+        self.__dict__["_checking_targets"] = True
+        try:
+            return method(self, first, targets, *args, **kwargs)
+        finally:
+            self.__dict__["_checking_targets"] = False
+
+    return wrapped
+
+
+def _checks_images(forward):
+    """Wrap a subclass ``forward`` so a list / tuple of images gets a clear TypeError (:func:`check_images`)."""
+
+    @functools.wraps(forward)
+    def wrapped(self, images, *args, **kwargs):
+        if not isinstance(images, Tensor):
+            check_images(images)
+        return forward(self, images, *args, **kwargs)
+
+    return wrapped
+
+
+def check_images(images: Any, batched: bool = True) -> None:
+    """TypeError unless ``images`` is a batch tensor Tensor[B, C, H, W] (any Tensor when ``batched`` is False),
+    e.g. for a torchvision-tutorial batch: a tuple of per-image tensors from ``tuple(zip(*batch))``."""
+    if isinstance(images, Tensor) and (images.ndim == 4 or not batched):
+        return
+    if isinstance(images, Tensor):
+        got = f"a Tensor of shape {tuple(images.shape)}"
+    elif isinstance(images, (list, tuple)):
+        inner = sorted({type(x).__name__ for x in images})
+        got = f"a {type(images).__name__} of {len(images)} {'/'.join(inner) or 'items'}"
+    else:
+        got = f"a {type(images).__name__}"
+    raise TypeError(
+        f"images must be one batch Tensor[B, C, H, W] (float in [0, 1]) with targets a list of dicts, got {got}; "
+        "collate a dataset with detforge.data.detection_collate (as DetectionDataModule's loaders do), or "
+        "torch.stack(list(images)) when the images share a size"
+    )
+
+
 def _setting(name: str) -> property:
     """A post-processing setting as an attribute: ``model.nms_thresh`` reads it, ``model.nms_thresh = 0.5``
     sets it (validated)."""
@@ -150,6 +212,12 @@ class Detector(nn.Module):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _record_init_args(cls.__dict__["__init__"])
+        if "loss" in cls.__dict__:
+            cls.loss = _checks_targets(cls.__dict__["loss"], with_images=False)
+        if "forward" in cls.__dict__:
+            cls.forward = _checks_images(cls.__dict__["forward"])
+        if "forward_loss" in cls.__dict__:
+            cls.forward_loss = _checks_targets(cls.__dict__["forward_loss"], with_images=True)
 
     def __init__(
         self,
@@ -291,3 +359,6 @@ class Detector(nn.Module):
                 self.train(was_training)
             self._export_meta[key] = {k: v for k, v in blank.items() if not isinstance(v, Tensor)}
         return {**self._export_meta[key], **raw}
+
+
+Detector.forward_loss = _checks_targets(Detector.forward_loss, with_images=True)
