@@ -236,32 +236,9 @@ class ObjectDetector(L.LightningModule):
         """Let a model that asks for it (``needs_data_fit``, e.g. YOLOv3 with ``anchors="auto"``) fit its
         data-dependent settings to the training boxes, once: a resumed run or a loaded checkpoint has them."""
         if getattr(self.model, "needs_data_fit", False):
-            self._fit_model_to_data()
+            from detforge.engine.data_fit import fit_model_to_data
 
-    def _fit_model_to_data(self) -> None:
-        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
-        datamodule = getattr(self.trainer, "datamodule", None)
-        dataset = getattr(datamodule, "train_dataset", None)
-        if dataset is None:
-            rank_zero_warn(
-                f"{type(self.model).__name__}: no datamodule with a train_dataset to fit the model to (e.g. "
-                "anchors='auto'); keeping its defaults"
-            )
-            return
-        from detforge.anchors import dataset_boxes_wh
-
-        imgsz = getattr(datamodule, "imgsz", None) or self.hparams.imgsz or max(self.model.default_input_size)
-        fitted = self.model.fit_to_data(dataset_boxes_wh(dataset, int(imgsz)))
-        # A weight-averaging callback (EMA) copied the model in its setup, before this: give it the new buffers.
-        for callback in self.trainer.callbacks:
-            averaged = getattr(callback, "_average_model", None)
-            if averaged is not None:
-                own = dict(self.named_buffers())
-                for name, buffer in averaged.module.named_buffers():
-                    if name in own and own[name].shape == buffer.shape:
-                        buffer.copy_(own[name])
-        rank_zero_info(f"{type(self.model).__name__} fitted to the training boxes at {imgsz} px: {fitted}")
+            fit_model_to_data(self.model, self.trainer, self, self.hparams.imgsz)
 
     # ------------------------------------------------------------------ steps
     def forward(self, images: Tensor) -> dict[str, Any]:
