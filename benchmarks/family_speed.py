@@ -13,36 +13,11 @@ each and the ratios model / FCOS. Names that are not registered are skipped with
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from detforge.models.registry import create_model, is_model
-
-
-def make_batch(batch: int, size: int, num_classes: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, 3, size, size, generator=gen)
-    targets = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 8, (1,), generator=gen))
-        xy = torch.rand(n, 2, generator=gen) * size * 0.7
-        wh = 16 + torch.rand(n, 2, generator=gen) * size * 0.3
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
-        targets.append({"boxes": boxes, "labels": torch.randint(0, num_classes, (n,), generator=gen)})
-    return images, targets
-
-
-def median_time(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import make_batch, median_time  # benchmarks/timing.py, beside this script
 
 
 def backbone_name(model: torch.nn.Module, name: str) -> str:

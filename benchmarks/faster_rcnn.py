@@ -18,12 +18,12 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+
+from timing import median_time  # benchmarks/timing.py, beside this script
 
 CLASSES = 20
 
@@ -62,17 +62,6 @@ def build_detforge(size: int):
     model = create_model("faster_rcnn_resnet18", num_classes=CLASSES, input_size=(size, size))
     model.features.body = freeze_batch_norm_2d(model.features.body)  # frozen BatchNorm, as torchvision's
     return model
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def time_models(args) -> dict[str, float]:

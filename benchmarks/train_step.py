@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torchvision.models import resnet18
@@ -25,20 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from detforge.engine.memory_format import choose_channels_last, machine_key, set_channels_last
 from detforge.models.fcos import FCOS
-
-
-def make_batch(batch: int, size: int, num_classes: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, 3, size, size, generator=gen)
-    targets = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 8, (1,), generator=gen))
-        xy = torch.rand(n, 2, generator=gen) * size * 0.7
-        wh = 16 + torch.rand(n, 2, generator=gen) * size * 0.3
-        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
-        labels = torch.randint(0, num_classes, (n,), generator=gen)
-        targets.append({"boxes": boxes, "labels": labels})
-    return images, targets
+from timing import make_batch, median_time  # benchmarks/timing.py, beside this script
 
 
 def build_torchvision(num_classes: int, size: int) -> torch.nn.Module:
@@ -59,17 +45,6 @@ def build_torchvision(num_classes: int, size: int) -> torch.nn.Module:
 
 def build_detforge(num_classes: int, size: int) -> torch.nn.Module:
     return FCOS("resnet18", num_classes, fpn_channels=256, head_num_convs=4, input_size=(size, size))
-
-
-def time_it(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -136,8 +111,8 @@ def main() -> int:
         # Interleave the peers so slow drift on a shared machine hits both alike.
         t_ours, t_theirs = [], []
         for _ in range(3):
-            t_ours.append(time_it(fn_ours, max(1, args.repeats // 3), args.warmup))
-            t_theirs.append(time_it(fn_theirs, max(1, args.repeats // 3), args.warmup))
+            t_ours.append(median_time(fn_ours, max(1, args.repeats // 3), args.warmup))
+            t_theirs.append(median_time(fn_theirs, max(1, args.repeats // 3), args.warmup))
         rows.append((name, statistics.median(t_ours), statistics.median(t_theirs)))
 
     print(

@@ -1,0 +1,36 @@
+"""What the speed benchmarks share: a seeded batch of random images and boxes, and a median timer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def make_batch(batch: int, size: int, num_classes: int, seed: int = 0):
+    """``batch`` random square images (Tensor[B, 3, size, size]) and 1-7 random xyxy boxes on each."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=gen)
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(1, 8, (1,), generator=gen))
+        xy = torch.rand(n, 2, generator=gen) * size * 0.7
+        wh = 16 + torch.rand(n, 2, generator=gen) * size * 0.3
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=1)
+        labels = torch.randint(0, num_classes, (n,), generator=gen)
+        targets.append({"boxes": boxes, "labels": labels})
+    return images, targets
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
