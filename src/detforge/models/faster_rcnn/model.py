@@ -156,6 +156,13 @@ class FasterRCNN(Detector):
         pooled = self.roi_pool(features[: len(self.roi_pool.scales)], boxes, image_idx)  # [K, C, S, S]
         return self.box_predictor(self.box_head(pooled))
 
+    def _proposals(self, objectness, rpn_deltas, anchors, counts, sizes, settings):
+        """:func:`select_proposals` with this model's coder and NMS IoU; ``settings`` is ``rpn_test`` or
+        ``rpn_train`` (per-level top-k, post-NMS count)."""
+        return select_proposals(
+            objectness, rpn_deltas, anchors, counts, sizes, self.rpn_coder, *settings, self.rpn_nms_thresh
+        )
+
     def _inference_path(
         self, images: Tensor, sizes: Tensor, grad: bool
     ) -> tuple[dict[str, Any], list[Tensor], Tensor, list[int]]:
@@ -163,15 +170,8 @@ class FasterRCNN(Detector):
         objectness, rpn_deltas = self.rpn_head(features)  # [B, A], [B, A, 4]
         feat_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         anchors, counts = self.anchor_generator(feat_sizes, images.device)  # [A, 4]
-        proposals, scores, mask = select_proposals(
-            objectness,
-            rpn_deltas,
-            anchors,
-            counts,
-            sizes,
-            self.rpn_coder,
-            *self.rpn_test,
-            self.rpn_nms_thresh,
+        proposals, scores, mask = self._proposals(
+            objectness, rpn_deltas, anchors, counts, sizes, self.rpn_test
         )  # [B, R, 4], [B, R], [B, R]
         b, r = mask.shape
         image_idx = torch.arange(b, device=images.device)[:, None].expand(b, r).reshape(-1)  # [B * R]
@@ -225,15 +225,8 @@ class FasterRCNN(Detector):
         )
         # RoIs: proposals (training settings in training mode) + ground truth, matched and sampled
         if self.training:
-            proposals, _, valid = select_proposals(
-                objectness,
-                rpn_deltas,
-                anchors,
-                counts,
-                sizes,
-                self.rpn_coder,
-                *self.rpn_train,
-                self.rpn_nms_thresh,
+            proposals, _, valid = self._proposals(
+                objectness, rpn_deltas, anchors, counts, sizes, self.rpn_train
             )
         else:
             proposals, valid = outputs["proposals"], outputs["proposal_mask"]
