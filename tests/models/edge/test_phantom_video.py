@@ -215,3 +215,25 @@ def test_bad_frame_size_is_a_clear_error(model):
     video = PhantomVideo(torch_network(model.net), memory=None)
     with pytest.raises(ValueError, match="divisible by 4"):
         video.infer(np.zeros((3, 30, 32), np.float32))
+
+
+def test_decode_face_maps_keeps_local_maxima_only():
+    """Decoding = the shared detect on the 3 x 3 local maxima of the map: a reference loop over cells finds the
+    same peaks, and a map above the threshold everywhere decodes to its peaks, not to every cell."""
+    rng = np.random.default_rng(0)
+    cls = rng.normal(0.0, 1.0, (1, 8, 8)).astype(np.float32)  # untrained-looking: ~all cells above 0.25
+    deltas = np.zeros((4, 8, 8), np.float32)
+    deltas[2:] = np.log(0.5)  # 2 x 2 pixel boxes at stride 4: no two boxes overlap, NMS removes nothing
+    boxes, scores = decode_face_maps(cls, deltas, stride=4, score_thresh=0.25, nms_thresh=0.3)
+    m = cls[0]
+    peaks = [
+        (r, c)
+        for r in range(8)
+        for c in range(8)
+        if m[r, c] >= m[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max() and 1 / (1 + np.exp(-m[r, c])) > 0.25
+    ]
+    assert 0 < len(peaks) < 64 // 2
+    expected = sorted((4 * c - 1.0, 4 * r - 1.0) for r, c in peaks)  # box of cell (r, c): centre (4c, 4r)
+    got = sorted((float(x1), float(y1)) for x1, y1, _, _ in boxes)
+    np.testing.assert_allclose(np.clip(expected, 0, None), got, atol=1e-5)
+    assert np.all(np.diff(scores) <= 0)

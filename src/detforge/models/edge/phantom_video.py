@@ -13,7 +13,7 @@ Per frame:
    4 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
    frame's cells. A frame without active tiles runs no network at all.
 3. Decoding on the cached maps: ``Phantom``'s own box decoding (``decode_face_boxes``) and the shared
-   ``detforge.postprocess.detect`` (threshold, NMS).
+   ``detforge.postprocess.detect`` (threshold, NMS) on the 3 x 3 local maxima of the score map.
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
    ``detection_threshold``.
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from detforge.models.edge.tracker import ObjectTracker, TrackMemory
@@ -103,7 +104,13 @@ def decode_face_maps(
     cls: np.ndarray, deltas: np.ndarray, stride: int, score_thresh: float, nms_thresh: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes and scores from Phantom's maps: ``decode_face_boxes`` and the shared ``detect`` (scores above
-    ``score_thresh``, NMS at ``nms_thresh``, boxes clipped to the frame the maps cover).
+    ``score_thresh``, NMS at ``nms_thresh``, boxes clipped to the frame the maps cover), on the cells that are
+    the maximum of their 3 x 3 neighbourhood only.
+
+    The peak filter keeps a frame's decode cheap whatever the map holds: a face lights up a blob of adjacent
+    cells whose boxes NMS would suppress anyway, and an untrained or confused map that passes the threshold
+    everywhere (1,024 cells at 128 px) would otherwise cost an NMS over all of them, several milliseconds on
+    a laptop CPU, more than the network.
 
     Args:
         cls: [1, H, W] logits. deltas: [4, H, W] (dx, dy, log w, log h).
@@ -114,7 +121,9 @@ def decode_face_maps(
     from detforge.models.edge.phantom import decode_face_boxes
 
     h, w = cls.shape[-2:]
-    scores = torch.from_numpy(np.ascontiguousarray(cls, dtype=np.float32)).reshape(1, h * w, 1).sigmoid()
+    logits = torch.from_numpy(np.ascontiguousarray(cls, dtype=np.float32)).reshape(1, 1, h, w)
+    peaks = F.max_pool2d(logits, 3, stride=1, padding=1) == logits  # [1, 1, H, W] local maxima (ties kept)
+    scores = (logits.sigmoid() * peaks).reshape(1, h * w, 1)  # [1, HW, 1] zero off the peaks
     boxes = decode_face_boxes(torch.from_numpy(np.ascontiguousarray(deltas, dtype=np.float32))[None], stride)
     cells = max(h * w, 1)  # no top-k or max-detections cut
     sizes = [(h * stride, w * stride)]
