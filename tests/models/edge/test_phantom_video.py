@@ -230,7 +230,8 @@ def test_decode_face_maps_keeps_local_maxima_only():
         (r, c)
         for r in range(8)
         for c in range(8)
-        if m[r, c] >= m[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max() and 1 / (1 + np.exp(-m[r, c])) > 0.25
+        if m[r, c] >= m[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].max()
+        and 1 / (1 + np.exp(-m[r, c])) > 0.25
     ]
     assert 0 < len(peaks) < 64 // 2
     expected = sorted((4 * c - 1.0, 4 * r - 1.0) for r, c in peaks)  # box of cell (r, c): centre (4c, 4r)
