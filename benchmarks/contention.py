@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import torch
 
 from detforge.data.datamodule import DetectionDataModule
 from detforge.engine.adaptive_threads import AdaptiveThreads, ThreadController, ThreadPolicy
+from detforge.engine.memory_format import cpu_name
 from detforge.engine.threads import available_cpus
 from detforge.models.registry import create_model
 
@@ -168,17 +168,6 @@ def run_segment(dm, mode: str, steps: int, warmup: int, all_threads: int, policy
     return result
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per segment")
@@ -206,7 +195,7 @@ def main() -> int:
     modes = ["1"] + ([str(all_threads)] if all_threads > 1 else []) + ["adaptive"]
     policy = ThreadPolicy()
     print(
-        f"CPU: {cpu_model()}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
+        f"CPU: {cpu_name()}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(
         f"available CPUs {all_threads} (os.cpu_count {os.cpu_count()}); detforge_n, batch {args.batch}, "

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 __all__ = [
     "MemoryFormatChoice",
     "cache_path",
+    "cpu_name",
     "choose_channels_last",
     "machine_key",
     "set_channels_last",
@@ -48,7 +49,8 @@ def cache_path() -> Path:
     return Path(root) / "memory_format.json"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -60,7 +62,7 @@ def _cpu_name() -> str:
 
 def machine_key() -> str:
     """The CPU model, its kernel capability (``AVX2``, ``AVX512``, ...) and the intra-op thread count."""
-    return f"{_cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()} threads"
+    return f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{torch.get_num_threads()} threads"
 
 
 def set_channels_last(model: nn.Module, channels_last: bool) -> None:
