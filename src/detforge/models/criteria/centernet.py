@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from detforge.assigners.centernet import CenterNetTargetBuilder
 from detforge.losses.heatmap_focal import HeatmapFocalLoss
-from detforge.models.criteria.common import check_labels, positives_normaliser
+from detforge.models.criteria.common import check_labels, loss_dict, positives_normaliser
 
 __all__ = ["CenterNetCriterion"]
 
@@ -98,15 +98,11 @@ class CenterNetCriterion(nn.Module):
         offset_loss = ((pred_offset - targets.offset_size[..., :2]).abs() * mask).sum() / (2 * normaliser)
         size_loss = ((pred_size - targets.offset_size[..., 2:]).abs() * mask).sum() / (2 * normaliser)
 
-        total = (
-            self.heatmap_weight * heatmap_loss
-            + self.size_weight * size_loss
-            + self.offset_weight * offset_loss
+        return loss_dict(
+            {
+                "heatmap_loss": (self.heatmap_weight, heatmap_loss),
+                "size_loss": (self.size_weight, size_loss),
+                "offset_loss": (self.offset_weight, offset_loss),
+            },
+            num_objects,
         )
-        return {
-            "loss": total,
-            "heatmap_loss": heatmap_loss.detach(),
-            "size_loss": size_loss.detach(),
-            "offset_loss": offset_loss.detach(),
-            "num_pos": num_objects.detach().float(),
-        }

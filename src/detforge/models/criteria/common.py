@@ -1,11 +1,11 @@
-"""What every criterion shares: the label check and the normaliser averaged over DDP ranks."""
+"""What every criterion shares: the label check, the normaliser averaged over DDP ranks and the loss dict."""
 
 from __future__ import annotations
 
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["check_labels", "mean_over_ranks", "positives_normaliser"]
+__all__ = ["check_labels", "loss_dict", "mean_over_ranks", "positives_normaliser"]
 
 
 def check_labels(gt_labels: Tensor, gt_mask: Tensor, num_classes: int) -> None:
@@ -33,3 +33,16 @@ def positives_normaliser(num_pos: Tensor) -> Tensor:
     """The loss normaliser of a batch with ``num_pos`` positives (Tensor[]): their count averaged over DDP
     ranks, at least 1, so every rank divides by the same number and an empty batch never divides by zero."""
     return mean_over_ranks(num_pos).clamp(min=1.0)
+
+
+def loss_dict(parts: dict[str, tuple[float, Tensor]], num_pos: Tensor) -> dict[str, Tensor]:
+    """A criterion's output: ``loss`` = the weighted sum of ``parts`` (name -> (weight, Tensor[])) in their
+    order, each part unweighted and detached under its name, and ``num_pos`` (this rank's positives, float)."""
+    weighted = [weight * value for weight, value in parts.values()]
+    total = weighted[0]
+    for term in weighted[1:]:
+        total = total + term
+    out = {"loss": total}
+    out.update({name: value.detach() for name, (_, value) in parts.items()})
+    out["num_pos"] = num_pos.detach().float()
+    return out

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from detforge.assigners.simota import SimOTAAssigner
 from detforge.boxes import grid_points
 from detforge.losses import get_loss
-from detforge.models.criteria.common import check_labels, positives_normaliser
+from detforge.models.criteria.common import check_labels, loss_dict, positives_normaliser
 from detforge.models.criteria.fcos import IoULossName
 
 __all__ = ["YOLOXCriterion"]
@@ -110,11 +110,11 @@ class YOLOXCriterion(nn.Module):
         matched = gt_boxes[image_of, assigned.matched_gt[fg]]  # [M, 4]
         reg_loss = self.reg_loss_fn(boxes[fg], matched) / num_fg
 
-        total = self.cls_weight * cls_loss + self.reg_weight * reg_loss + self.obj_weight * obj_loss
-        return {
-            "loss": total,
-            "cls_loss": cls_loss.detach(),
-            "reg_loss": reg_loss.detach(),
-            "obj_loss": obj_loss.detach(),
-            "num_pos": fg.sum().detach().float(),
-        }
+        return loss_dict(
+            {
+                "cls_loss": (self.cls_weight, cls_loss),
+                "reg_loss": (self.reg_weight, reg_loss),
+                "obj_loss": (self.obj_weight, obj_loss),
+            },
+            fg.sum(),
+        )

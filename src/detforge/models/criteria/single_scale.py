@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from detforge.assigners.single_scale import SingleScaleAssigner
 from detforge.losses import FocalLoss, SmoothL1Loss
-from detforge.models.criteria.common import positives_normaliser
+from detforge.models.criteria.common import loss_dict, positives_normaliser
 
 __all__ = ["SingleScaleCriterion"]
 
@@ -77,9 +77,6 @@ class SingleScaleCriterion(nn.Module):
         cls_loss = self.cls_loss_fn(cls_map[:, 0], assigned.cls) / num_pos
         pred = box_map.permute(0, 2, 3, 1)  # [B, H, W, 4]
         reg_loss = self.reg_loss_fn(pred[pos], assigned.bbox[pos]) / num_pos
-        return {
-            "loss": self.cls_weight * cls_loss + self.reg_weight * reg_loss,
-            "cls_loss": cls_loss.detach(),
-            "reg_loss": reg_loss.detach(),
-            "num_pos": pos.sum().detach().float(),
-        }
+        return loss_dict(
+            {"cls_loss": (self.cls_weight, cls_loss), "reg_loss": (self.reg_weight, reg_loss)}, pos.sum()
+        )

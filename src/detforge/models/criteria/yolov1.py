@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from detforge.assigners.yolov1 import assign_cells
 from detforge.losses.iou import paired_box_iou
-from detforge.models.criteria.common import check_labels, mean_over_ranks
+from detforge.models.criteria.common import check_labels, loss_dict, mean_over_ranks
 
 __all__ = ["YOLOv1Criterion"]
 
@@ -92,12 +92,12 @@ class YOLOv1Criterion(nn.Module):
         coord_loss, obj_loss, noobj_loss, cls_loss = (
             v / batch for v in (coord_loss, obj_loss, noobj_loss, cls_loss)
         )
-        total = self.lambda_coord * coord_loss + obj_loss + self.lambda_noobj * noobj_loss + cls_loss
-        return {
-            "loss": total,
-            "coord_loss": coord_loss.detach(),
-            "obj_loss": obj_loss.detach(),
-            "noobj_loss": noobj_loss.detach(),
-            "cls_loss": cls_loss.detach(),
-            "num_pos": has_obj.sum().detach().float(),
-        }
+        return loss_dict(
+            {
+                "coord_loss": (self.lambda_coord, coord_loss),
+                "obj_loss": (1.0, obj_loss),
+                "noobj_loss": (self.lambda_noobj, noobj_loss),
+                "cls_loss": (1.0, cls_loss),
+            },
+            has_obj.sum(),
+        )

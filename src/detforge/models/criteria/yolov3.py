@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from detforge.assigners.yolov3 import YOLOv3Assigner
 from detforge.boxes import anchor_grid, xyxy_to_yolo
 from detforge.losses import get_loss
-from detforge.models.criteria.common import check_labels, positives_normaliser
+from detforge.models.criteria.common import check_labels, loss_dict, positives_normaliser
 
 __all__ = ["YOLOv3BoxLoss", "YOLOv3Criterion"]
 
@@ -116,11 +116,11 @@ class YOLOv3Criterion(nn.Module):
             pred = torch.cat([box_t[pos][:, :2].sigmoid(), box_t[pos][:, 2:]], dim=-1).float()  # [M, 4]
             reg_loss = (scale[:, None] * (pred - target_t) ** 2).sum() / num_pos
 
-        total = self.cls_weight * cls_loss + self.reg_weight * reg_loss + self.obj_weight * obj_loss
-        return {
-            "loss": total,
-            "cls_loss": cls_loss.detach(),
-            "reg_loss": reg_loss.detach(),
-            "obj_loss": obj_loss.detach(),
-            "num_pos": pos.sum().detach().float(),
-        }
+        return loss_dict(
+            {
+                "cls_loss": (self.cls_weight, cls_loss),
+                "reg_loss": (self.reg_weight, reg_loss),
+                "obj_loss": (self.obj_weight, obj_loss),
+            },
+            pos.sum(),
+        )
