@@ -220,10 +220,17 @@ class DetectionDataModule(L.LightningDataModule):
         if self.test_dataset is None and stage in (None, "test") and self.test_data is not None:
             self.test_dataset = self._make_eval(self.test_data)
 
+    def _synthetic(self, name: str) -> bool:
+        """Whether the ``name`` ("training" / "validation") data is a synthetic spec (rendered, not decoded)."""
+        from detforge.data.spec import parse_spec
+
+        source = self.data if name == "training" or self.val_data is None else self.val_data
+        return isinstance(source, str) and parse_spec(source)[0].startswith("synthetic")
+
     def _cached(self, dataset: Dataset | None, name: str) -> Dataset | None:
         """With ``cache="ram"``, fill the decoded-image cache of ``dataset``'s reader from what is left of
         ``cache_gb`` (in this process, before any worker starts, so workers share the decoded pages)."""
-        if self.cache != "ram" or dataset is None:
+        if self.cache != "ram" or dataset is None or self._synthetic(name):
             return dataset
         from detforge.data.cache import cache_images
 

@@ -80,14 +80,38 @@ def check_scheduler(scheduler: str | dict[str, Any] | None) -> None:
         raise ValueError(f"scheduler dict needs a 'class' key (dotted path), got keys {sorted(scheduler)}")
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two groups of the trainable parameters: weights (``weight_decay``) and biases / norm parameters (0)."""
-    decay, no_decay = [], []
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    lr: float | None = None,
+    lr_multipliers: dict[int, float] | None = None,
+) -> list[dict]:
+    """Two groups of the trainable parameters: weights (``weight_decay``) and biases / norm parameters (0).
+
+    With ``lr_multipliers`` (``id(parameter) -> multiplier``, e.g. a backbone's), the parameters it names go
+    into two more groups of the same kinds whose ``lr`` is ``lr * multiplier`` (one multiplier per call).
+    """
+    decay, no_decay, scaled_decay, scaled_no_decay = [], [], [], []
+    multipliers = lr_multipliers or {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        no_wd = param.ndim <= 1 or name.endswith(".bias")
+        if id(param) in multipliers:
+            (scaled_no_decay if no_wd else scaled_decay).append(param)
+        else:
+            (no_decay if no_wd else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if multipliers:
+        values = set(multipliers.values())
+        if len(values) != 1 or lr is None:
+            raise ValueError(f"lr_multipliers needs lr and one multiplier, got {sorted(values)}")
+        scaled_lr = lr * values.pop()
+        groups += [
+            {"params": scaled_decay, "weight_decay": weight_decay, "lr": scaled_lr},
+            {"params": scaled_no_decay, "weight_decay": 0.0, "lr": scaled_lr},
+        ]
+    return groups
 
 
 def _fusable(groups: list[dict]) -> bool:
@@ -102,8 +126,10 @@ def create_optimizer(
     lr: float,
     weight_decay: float,
     optimizer_kwargs: dict[str, Any] | None = None,
+    lr_multipliers: dict[int, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer over ``model``'s trainable parameters (see :func:`param_groups`).
+    """The optimizer over ``model``'s trainable parameters (see :func:`param_groups`; ``lr_multipliers``:
+    ``id(parameter) -> multiplier`` of the learning rate, e.g. ``backbone_lr_mult`` on the backbone's).
 
     Args:
         optimizer: a name in :data:`OPTIMIZERS` or ``{"class": "pkg.Cls", "params": {...}}``.
@@ -117,11 +143,13 @@ def create_optimizer(
         kwargs.update(optimizer.get("params", {}))
     else:
         cls = import_class(OPTIMIZERS[optimizer.lower()], "optimizer")
-    groups = param_groups(model.named_parameters(), weight_decay)
+    groups = param_groups(model.named_parameters(), weight_decay, kwargs["lr"], lr_multipliers)
     if cls in _FUSED_OPTIMIZERS and not {"fused", "foreach"} & set(kwargs) and _fusable(groups):
         kwargs["fused"] = True  # one kernel for all parameters: AdamW's step 1.9 ms instead of 7.7 (CPU)
     if "weight_decay" in kwargs:  # an explicit weight decay wins over the default split
-        groups[0]["weight_decay"] = kwargs.pop("weight_decay")
+        decay = kwargs.pop("weight_decay")
+        for group in groups[::2]:  # the decayed groups (the backbone's too)
+            group["weight_decay"] = decay
     return cls(groups, **kwargs)
 
 
