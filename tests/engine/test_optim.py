@@ -95,3 +95,22 @@ def test_warmup_per_step_beside_an_epoch_scheduler():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="per step"):
         _schedule("cosine", {"interval": "epoch"}, warmup=4)
+
+
+def test_lr_multipliers_put_the_named_parameters_in_groups_of_their_own():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    backbone = {id(p): 0.1 for p in model[:2].parameters()}
+    opt = create_optimizer(model, "sgd", 0.01, 1e-4, {"weight_decay": 5e-4}, lr_multipliers=backbone)
+    groups = [(g["lr"], g["weight_decay"], {id(p) for p in g["params"]}) for g in opt.param_groups]
+    assert [(lr, wd) for lr, wd, _ in groups] == [
+        (0.01, 5e-4),
+        (0.01, 0.0),
+        (pytest.approx(1e-3), 5e-4),
+        (pytest.approx(1e-3), 0.0),
+    ]
+    assert groups[2][2] == {id(model[0].weight)} and groups[0][2] == {id(model[2].weight)}
+    assert groups[3][2] == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+    with pytest.raises(ValueError, match="one multiplier"):
+        create_optimizer(
+            model, "sgd", 0.01, 0.0, lr_multipliers={id(model[0].weight): 0.1, id(model[2].weight): 0.5}
+        )
