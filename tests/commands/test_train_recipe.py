@@ -111,7 +111,10 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
     ema = module.configure_callbacks()
     assert isinstance(ema[0], ExponentialMovingAverage) and ema[0].warmup_updates == 30.0
     monkeypatch.setattr(module, "_total_steps", lambda interval="step": 100)  # no trainer attached
-    opt = module.configure_optimizers()["optimizer"]
+    configured = module.configure_optimizers()
+    opt = configured["optimizer"]
+    schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]  # WarmupCosine
+    assert schedule.warmup_steps == FINETUNE_RECIPE["model.warmup_steps"]
     backbone_ids = {id(p) for p in body.parameters()}
     for group in (g for g in opt.param_groups if g["params"]):
         in_body = {id(p) in backbone_ids for p in group["params"]}
