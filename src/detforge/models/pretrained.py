@@ -17,6 +17,7 @@ Classifier weights and the layers a feature extractor drops (MobileNetV2's last 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -83,9 +84,9 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
 }
 # torchvision's MobileNetV2 blocks features.1 ... features.17 by timm stage: (1, 2, 3, 4, 3, 3, 1) blocks.
 _MNV2_STAGE_DEPTHS = (1, 2, 3, 4, 3, 3, 1)
-_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+@functools.cache
 def _mobilenet_v2_names() -> dict[str, str]:
     """torchvision MobileNetV2 module prefix -> timm ``mobilenetv2_*`` module prefix (convs and BatchNorms)."""
     names = {"features.0.0": "conv_stem", "features.0.1": "bn1", "features.18.0": "conv_head",
