@@ -95,3 +95,27 @@ def test_warmup_per_step_beside_an_epoch_scheduler():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="per step"):
         _schedule("cosine", {"interval": "epoch"}, warmup=4)
+
+
+def test_lr_multipliers_put_the_named_parameters_in_groups_of_their_own():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    backbone = {"0.": 0.1, "1.": 0.1}  # name prefixes, as backbone_lr_mult gives them
+    opt = create_optimizer(model, "sgd", 0.01, 1e-4, {"weight_decay": 5e-4}, lr_multipliers=backbone)
+    groups = [(g["lr"], g["weight_decay"], {id(p) for p in g["params"]}) for g in opt.param_groups]
+    assert [(lr, wd) for lr, wd, _ in groups] == [
+        (0.01, 5e-4),
+        (0.01, 0.0),
+        (pytest.approx(1e-3), 5e-4),
+        (pytest.approx(1e-3), 0.0),
+    ]
+    assert groups[2][2] == {id(model[0].weight)} and groups[0][2] == {id(model[2].weight)}
+    assert groups[3][2] == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+
+
+def test_explicit_lr_multipliers_come_before_the_models_own():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1))
+    model.lr_multipliers = {"0.": 0.1, "1.": 0.5}
+    opt = create_optimizer(model, "sgd", 0.01, 0.0, lr_multipliers={"0.": 0.25})
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model[0].weight)] == pytest.approx(0.0025)  # the explicit prefix wins
+    assert lr_of[id(model[1].weight)] == pytest.approx(0.005)  # the model's own still applies

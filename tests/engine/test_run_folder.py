@@ -7,6 +7,7 @@ from PIL import Image
 
 from detforge.engine.callbacks import (
     atomic_write,
+    draw_ground_truth,
     draw_predictions,
     format_table,
     plot_curves,
@@ -100,6 +101,29 @@ def test_prediction_grid_and_drawing():
     assert torch.equal(below, (images[2] * 255).to(torch.uint8))  # low-score boxes are not
     grid = prediction_grid(images, preds, ["a", "b"])
     assert grid.dtype == torch.uint8 and grid.shape[0] == 3 and grid.shape[1] >= 80
+
+
+def test_prediction_grid_draws_ground_truth_beside_predictions():
+    """Each tile is [GT | predictions] of one image: the GT panel has the target's box drawn (with no score
+    threshold), the predictions panel only the detections; grid shape from make_grid's tiling."""
+    images = [torch.full((3, 40, 50), 0.5), torch.full((3, 40, 50), 0.5)]
+    no_preds = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    targets = [
+        {"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0]]), "labels": torch.tensor([0])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    grid = prediction_grid(images, [no_preds, no_preds], ["a"], targets=targets, gap=4)
+    tile_w, tile_h = 50 + 4 + 50, 40
+    assert grid.shape == (3, 4 + tile_h + 4, 4 + 2 * (tile_w + 4))  # 2 tiles in a row, make_grid padding 4
+    tile = grid[:, 4 : 4 + tile_h, 4 : 4 + tile_w]
+    plain = torch.full((3, 40, 50), 127, dtype=torch.uint8)
+    assert not torch.equal(tile[:, :, :50], plain)  # the GT box is drawn on the left panel
+    assert torch.equal(tile[:, :, 50:54], torch.full((3, 40, 4), 255, dtype=torch.uint8))  # white gap
+    assert torch.equal(tile[:, :, 54:], plain)  # no detections on the right panel
+    second = grid[:, 4 : 4 + tile_h, 4 + tile_w + 4 : 4 + 2 * tile_w + 4]
+    assert torch.equal(second[:, :, :50], plain)  # an image without objects: an empty GT panel
+    gt = draw_ground_truth(images[0], targets[0], ["a"])
+    assert torch.equal(gt, tile[:, :, :50])
 
 
 def test_format_table_matches_pycocotools_layout():

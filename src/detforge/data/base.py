@@ -105,6 +105,7 @@ class DetectionDataset(Dataset):
         self.transforms = as_detection_transform(transforms)
         self.mode = mode
         self.issues = issues if issues is not None else IssueLog(type(self).__name__)
+        self.image_cache = None  # an ImageCache of decoded images (detforge.data.cache.cache_images)
         self._pack()
 
     def _pack(self) -> None:
@@ -153,7 +154,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor | int]]:
         if index < 0:
             index += len(self)
-        image = load_image_uint8(self._paths[index], self.mode)  # [C, H, W] uint8
+        cached = self.image_cache.get(index) if self.image_cache is not None else None
+        image = load_image_uint8(self._paths[index], self.mode) if cached is None else cached  # [C, H, W] uint8
         orig_h, orig_w = int(image.shape[-2]), int(image.shape[-1])
         lo, hi = self._offsets[index], self._offsets[index + 1]
         boxes = self._boxes[lo:hi]  # [N, 4]

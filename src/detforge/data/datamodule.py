@@ -8,7 +8,7 @@ its unpadded ``size`` (h, w).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,7 +19,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from detforge.data.mosaic import Mosaic, keep_uint8
 from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
 
-__all__ = ["DetectionDataModule", "detection_collate"]
+__all__ = ["DetectionDataModule", "auto_num_workers", "detection_collate"]
+
+
+def auto_num_workers(cpus: int | None = None) -> int:
+    """DataLoader workers for ``num_workers="auto"``: none on 1-2 usable CPUs (a worker process would take a
+    core from the model's intra-op threads, while decoding and augmenting a batch costs a few per cent of a
+    training step there, less with ``cache="ram"``), else ``cpus // 4 + 1`` up to 8 (2 on 4 CPUs, 5 on 16).
+    ``cpus``: the usable CPUs (default :func:`detforge.engine.threads.available_cpus`)."""
+    if cpus is None:
+        from detforge.engine.threads import available_cpus
+
+        cpus = available_cpus()
+    return 0 if cpus <= 2 else min(8, cpus // 4 + 1)
 
 
 def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
@@ -96,11 +108,19 @@ class DetectionDataModule(L.LightningDataModule):
             ``detforge.data.spec``) or a data set object used for training as given (its own transforms).
         imgsz: network input side; images are letterboxed to ``imgsz x imgsz``.
         batch_size: images per batch (per device under DDP).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (decoding and augmentation off the training thread);
+            ``"auto"``: by the usable CPUs (:func:`auto_num_workers`: none on a 2-core machine).
         pin_memory: pin host memory; only takes effect when CUDA is available.
         persistent_workers: keep workers alive between epochs; only when ``num_workers > 0``.
         mosaic: probability of a 4-image mosaic per training sample (0 disables).
         augment: use the training augmentation (flip, photometric, scale jitter); False uses the val pipeline.
+        overhead: augmentation for overhead (aerial, satellite, microscope) imagery, where there is no up:
+            vertical flips (p 0.5) and random 90-degree rotations on top of the horizontal flips.
+        cache: ``"ram"``: decode the images of the training and validation data sets once and keep them in
+            memory (:func:`detforge.data.cache.cache_images`) up to ``cache_gb``, for small data sets whose
+            decoding costs a fair part of an epoch; a warning says when not all fit. ``"none"``: decode every
+            time. Readers of image files only (the synthetic data has its own ``dataset_kwargs`` cache).
+        cache_gb: the cache's size limit in GiB (decoded uint8 images, training data first).
         photometric: include the colour jitter (brightness, contrast, saturation, hue, channel shuffle) in the
             training augmentation; it is the costliest step on a CPU.
         scale_jitter: ``(lo, hi)`` random zoom range of the training augmentation; None disables it.
@@ -117,7 +137,7 @@ class DetectionDataModule(L.LightningDataModule):
         data: str | Dataset = "synthetic",
         imgsz: int = 256,
         batch_size: int = 16,
-        num_workers: int = 2,
+        num_workers: int | Literal["auto"] = "auto",
         pin_memory: bool = True,
         persistent_workers: bool = True,
         mosaic: float = 0.0,
@@ -129,12 +149,21 @@ class DetectionDataModule(L.LightningDataModule):
         train_size: int | None = None,
         seed: int = 0,
         dataset_kwargs: dict[str, Any] | None = None,
+        overhead: bool = False,
+        cache: Literal["none", "ram"] = "none",
+        cache_gb: float = 4.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if num_workers == "auto":
+            num_workers = auto_num_workers()
+        if isinstance(num_workers, str) or num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or 'auto', got {num_workers!r}")
+        if cache not in ("none", "ram"):
+            raise ValueError(f"cache must be one of ('none', 'ram'), got {cache!r}")
+        if cache_gb < 0:
+            raise ValueError(f"cache_gb must be >= 0, got {cache_gb}")
         if not 0.0 <= mosaic <= 1.0:
             raise ValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
         if train_size is not None and train_size < 1:
@@ -154,6 +183,10 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_size = train_size
         self.seed = int(seed)
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.overhead = bool(overhead)
+        self.cache = cache
+        self.cache_gb = float(cache_gb)
+        self._cache_bytes_left = int(self.cache_gb * 2**30)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -170,18 +203,43 @@ class DetectionDataModule(L.LightningDataModule):
     def _train_transforms(self):
         if self.augment:
             return build_train_transforms(
-                self.imgsz, photometric=self.photometric, scale_jitter=self.scale_jitter
+                self.imgsz,
+                photometric=self.photometric,
+                scale_jitter=self.scale_jitter,
+                vflip=0.5 if self.overhead else 0.0,
+                rotate90=self.overhead,
             )
         return build_val_transforms(self.imgsz)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets (every process builds its own, so this works under DDP without prepare_data)."""
         if self.train_dataset is None and stage in (None, "fit"):
-            self.train_dataset = self._make_train()
+            self.train_dataset = self._cached(self._make_train(), "training")
         if self.val_dataset is None and stage in (None, "fit", "validate"):
-            self.val_dataset = self._make_val()
+            self.val_dataset = self._cached(self._make_val(), "validation")
         if self.test_dataset is None and stage in (None, "test") and self.test_data is not None:
             self.test_dataset = self._make_eval(self.test_data)
+
+    def _synthetic(self, name: str) -> bool:
+        """Whether the ``name`` ("training" / "validation") data is a synthetic spec (rendered, not decoded)."""
+        from detforge.data.spec import parse_spec
+
+        source = self.data if name == "training" or self.val_data is None else self.val_data
+        return isinstance(source, str) and parse_spec(source)[0].startswith("synthetic")
+
+    def _cached(self, dataset: Dataset | None, name: str) -> Dataset | None:
+        """With ``cache="ram"``, fill the decoded-image cache of ``dataset``'s reader from what is left of
+        ``cache_gb`` (in this process, before any worker starts, so workers share the decoded pages)."""
+        if self.cache != "ram" or dataset is None or self._synthetic(name):
+            return dataset
+        from detforge.data.cache import cache_images
+
+        base = _base_dataset(dataset)
+        if getattr(base, "image_cache", None) is None:
+            filled = cache_images(base, self._cache_bytes_left, name)
+            if filled is not None:
+                self._cache_bytes_left -= filled.nbytes
+        return dataset
 
     def _make_train(self) -> Dataset:
         if isinstance(self.data, str):

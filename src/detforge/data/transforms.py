@@ -29,6 +29,7 @@ __all__ = [
     "PER_BOX_KEYS",
     "DetectionTransform",
     "PadBottomRight",
+    "RandomRotate90",
     "RecordSize",
     "as_detection_transform",
     "build_train_transforms",
@@ -75,6 +76,37 @@ class PadBottomRight(v2.Transform):
             return inpt
         fill = pad_value(inpt.dtype) if self.fill is None else self.fill
         return self._call_kernel(TF.pad, inpt, padding=params["padding"], fill=fill)
+
+
+class RandomRotate90(v2.Transform):
+    """Rotate the image by a random multiple of 90 degrees (counter-clockwise, each of 0, 90, 180, 270 equally
+    likely), its boxes with it, exactly (``torch.rot90``, no interpolation). For overhead imagery, where
+    there is no up."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(4, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        k = params["k"]
+        if k == 0:
+            return inpt
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            return _rot90_boxes(inpt, k)
+        if isinstance(inpt, Tensor) and inpt.ndim >= 2:
+            return tv_tensors.wrap(torch.rot90(inpt, k, dims=(-2, -1)), like=inpt)
+        return inpt
+
+
+def _rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
+    """Boxes of a ``k`` times 90-degree counter-clockwise ``torch.rot90``: (x, y) -> (y, W - x) per turn."""
+    xyxy = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY).as_subclass(Tensor)
+    h, w = boxes.canvas_size
+    for _ in range(k):
+        x1, y1, x2, y2 = xyxy.unbind(-1)
+        xyxy = torch.stack([y1, w - x2, y2, w - x1], dim=-1)  # [N, 4]
+        h, w = w, h
+    out = tv_tensors.BoundingBoxes(xyxy, format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(h, w))
+    return TF.convert_bounding_box_format(out, new_format=boxes.format)
 
 
 class RecordSize(v2.Transform):
@@ -175,6 +207,8 @@ def build_train_transforms(
     *,
     letterbox: bool = True,
     hflip: float = 0.5,
+    vflip: float = 0.0,
+    rotate90: bool = False,
     photometric: bool = True,
     scale_jitter: tuple[float, float] | None = (0.5, 1.5),
     iou_crop: float = 0.0,
@@ -188,6 +222,8 @@ def build_train_transforms(
         imgsz: output side in pixels.
         letterbox: keep the aspect ratio (fit the longer side, pad with grey); False stretches to a square.
         hflip: probability of a horizontal flip.
+        vflip: probability of a vertical flip (overhead imagery).
+        rotate90: rotate by a random multiple of 90 degrees (:class:`RandomRotate90`; overhead imagery).
         photometric: SSD-style brightness/contrast/saturation/hue jitter and channel shuffle (grey images
             get brightness and contrast only).
         scale_jitter: ``(lo, hi)`` range of the random zoom relative to the fitted size; a zoomed-in image is
@@ -197,13 +233,15 @@ def build_train_transforms(
     """
     if imgsz < 8:
         raise ValueError(f"imgsz must be >= 8, got {imgsz}")
-    if not 0.0 <= hflip <= 1.0 or not 0.0 <= iou_crop <= 1.0:
-        raise ValueError(f"hflip and iou_crop are probabilities in [0, 1], got {hflip} and {iou_crop}")
+    if not all(0.0 <= p <= 1.0 for p in (hflip, vflip, iou_crop)):
+        raise ValueError(f"hflip, vflip and iou_crop are probabilities in [0, 1], got {hflip}, {vflip}, {iou_crop}")
     if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
         raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
     steps: list[v2.Transform] = []
     if iou_crop > 0:
         steps.append(v2.RandomApply([v2.RandomIoUCrop()], p=iou_crop))
+    if rotate90:  # before the resize, so a rotated non-square image is letterboxed like any other
+        steps.append(RandomRotate90())
     if not letterbox:
         steps.append(v2.Resize((imgsz, imgsz), antialias=True))
     if scale_jitter is not None:
@@ -215,6 +253,8 @@ def build_train_transforms(
         steps += [v2.Resize(None, max_size=imgsz, antialias=True), RecordSize(), PadBottomRight(imgsz)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if vflip > 0:
+        steps.append(v2.RandomVerticalFlip(p=vflip))
     if photometric:
         steps.append(v2.RandomPhotometricDistort(p=0.5))
     return DetectionTransform(v2.Compose(steps + _finish(normalize, mean, std)))

@@ -36,6 +36,7 @@ __all__ = [
     "LastCheckpoint",
     "RunArtifacts",
     "atomic_write",
+    "draw_ground_truth",
     "draw_predictions",
     "plot_curves",
     "prediction_grid",
@@ -223,17 +224,22 @@ def draw_predictions(
     image: Tensor, pred: dict[str, Tensor], class_names: list[str] | None = None, score_thresh: float = 0.3
 ) -> Tensor:
     """Draw ``pred`` (boxes Tensor[K, 4] xyxy pixels of ``image``, scores, labels) on ``image``
-    (Tensor[C, H, W] float in [0, 1], C = 1 or 3); returns uint8 Tensor[3, H, W]."""
+    (Tensor[C, H, W] float in [0, 1], C = 1 or 3); returns uint8 Tensor[3, H, W]. ``scores=None``: every box,
+    labelled without a score (how :func:`draw_ground_truth` draws targets)."""
     from torchvision.utils import draw_bounding_boxes
 
     img = (image.detach().float().clamp(0, 1) * 255).to(torch.uint8).cpu()
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
-    keep = pred["scores"].detach().cpu() >= score_thresh
-    boxes = pred["boxes"].detach().float().cpu()[keep]
-    labels = pred["labels"].detach().cpu()[keep].tolist()
-    scores = pred["scores"].detach().cpu()[keep].tolist()
-    names = [f"{class_names[c] if class_names else c} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
+    if pred["scores"] is None:  # ground truth: every box, names without scores
+        boxes, labels = pred["boxes"], pred["labels"].tolist()
+        names = [f"{class_names[c] if class_names else c}" for c in labels]
+    else:
+        keep = pred["scores"].detach().cpu() >= score_thresh
+        boxes = pred["boxes"].detach().float().cpu()[keep]
+        labels = pred["labels"].detach().cpu()[keep].tolist()
+        scores = pred["scores"].detach().cpu()[keep].tolist()
+        names = [f"{class_names[c] if class_names else c} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
     if boxes.numel() == 0:
         return img.contiguous()
     palette = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
@@ -241,15 +247,42 @@ def draw_predictions(
     return draw_bounding_boxes(img, boxes, labels=names, colors=colors, width=2)
 
 
-def prediction_grid(images: list[Tensor], preds: list[dict], class_names: list[str] | None = None) -> Tensor:
-    """Images with their predictions drawn, tiled in a grid: uint8 Tensor[3, H', W']."""
+def draw_ground_truth(image: Tensor, target: dict[str, Tensor], class_names: list[str] | None = None) -> Tensor:
+    """Draw ``target``'s boxes (Tensor[N, 4] xyxy pixels of ``image``) with their class names on ``image``
+    (Tensor[C, H, W] float in [0, 1]); returns uint8 Tensor[3, H, W]. Ignored / crowd boxes are drawn too."""
+    boxes = target["boxes"].detach().float().cpu().reshape(-1, 4)
+    labels = target["labels"].detach().cpu().reshape(-1)
+    return draw_predictions(image, {"boxes": boxes, "labels": labels, "scores": None}, class_names, 0.0)
+
+
+def prediction_grid(
+    images: list[Tensor],
+    preds: list[dict],
+    class_names: list[str] | None = None,
+    targets: list[dict] | None = None,
+    gap: int = 4,
+) -> Tensor:
+    """Images with their predictions drawn, tiled in a grid: uint8 Tensor[3, H', W'].
+
+    With ``targets`` each tile is the ground truth (left) beside the predictions (right) of one image,
+    ``gap`` white pixels apart, so what the model misses shows at once.
+    """
     from torchvision.utils import make_grid
 
     drawn = [draw_predictions(img, p, class_names) for img, p in zip(images, preds, strict=True)]
+    if targets is not None:
+        truth = [draw_ground_truth(img, t, class_names) for img, t in zip(images, targets, strict=True)]
+        drawn = [_side_by_side(g, d, gap) for g, d in zip(truth, drawn, strict=True)]
     h = max(d.shape[-2] for d in drawn)
     w = max(d.shape[-1] for d in drawn)
     padded = [torch.nn.functional.pad(d, (0, w - d.shape[-1], 0, h - d.shape[-2])) for d in drawn]
     return make_grid(padded, nrow=max(1, math.ceil(math.sqrt(len(padded)))), padding=4, pad_value=255)
+
+
+def _side_by_side(left: Tensor, right: Tensor, gap: int) -> Tensor:
+    """Two uint8 Tensor[3, H, W] panels of one image next to each other with a white gap: [3, H, 2W + gap]."""
+    spacer = torch.full((3, left.shape[-2], gap), 255, dtype=left.dtype)
+    return torch.cat([left, spacer, right], dim=-1)
 
 
 def _save_png(tensor: Tensor, path: Path) -> Path:
@@ -261,7 +294,7 @@ def _save_png(tensor: Tensor, path: Path) -> Path:
 
 class RunArtifacts(L.Callback):
     """At the end of ``fit`` (rank 0): ``curves.png`` (losses, mAP), ``pr_curves.png`` when the metric gives
-    precision arrays, ``val_predictions.png`` (a grid of validation images with their detections),
+    precision arrays, ``val_predictions.png`` (a grid of validation images: ground truth beside the detections),
     ``results.json`` (the final validation stats) and the COCO table on the console.
 
     Args:
@@ -329,7 +362,8 @@ class RunArtifacts(L.Callback):
         images = [
             img[:, : int(t["size"][0]), : int(t["size"][1])] for img, t in zip(images, targets, strict=True)
         ]
-        return _save_png(prediction_grid(images, preds, class_names), self.run_dir / "val_predictions.png")
+        grid = prediction_grid(images, preds, class_names, targets=targets)  # GT | predictions per image
+        return _save_png(grid, self.run_dir / "val_predictions.png")
 
 
 def format_table(stats: dict[str, Any], class_names: list[str] | None = None) -> str:

@@ -21,7 +21,9 @@ Any timm backbone feeds the FPN through :class:`PyramidBackbone`:
 
 Pretrained weights: ``pretrained=False`` (the default) never touches the network; ``pretrained=True`` loads
 timm's hub weights (needs internet); ``pretrained="PATH"`` loads a local weight file through timm's
-``pretrained_cfg_overlay=dict(file=PATH)``.
+``pretrained_cfg_overlay=dict(file=PATH)``, or a torchvision ImageNet checkpoint (``mobilenet_v2-b0353104.pth``,
+``resnet50-*.pth``: ``torchvision.models`` state dicts) for the matching timm model (``mobilenetv2_100``,
+``resnet50``), mapped and checked tensor by tensor (:mod:`detforge.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ from torch import Tensor, nn
 
 from detforge.models.necks.fpn import FPN
 from detforge.models.necks.simple_pyramid import SimplePyramid
+from detforge.models.pretrained import (
+    check_known_layout,
+    detect_layout,
+    load_into,
+    load_state_dict_file,
+    torchvision_to_timm,
+)
 
 __all__ = [
     "FeatureBackboneConfig",
@@ -60,7 +69,8 @@ class FeatureBackboneConfig:
     Attributes:
         model_name: any timm model name that supports ``features_only`` (``timm.list_models()``).
         pretrained: False (random init), True (timm hub download) or a path to a local weight file
-            (``.safetensors``, ``.pth``, ``.bin``) in timm's layout for ``model_name``.
+            (``.safetensors``, ``.pth``, ``.bin``) in timm's layout for ``model_name``, or a torchvision
+            ImageNet state dict of the same architecture (``resnet*``, ``mobilenetv2_*``).
         out_indices: which feature levels to return (indices into the model's ``feature_info``). None (the
             default): the last three, read from timm's ``feature_info`` (timm's ``out_indices=3``): strides 8,
             16, 32 on ResNets / MobileNets (the same levels as (2, 3, 4)), ConvNeXt and Swin (4 stages), the
@@ -99,6 +109,7 @@ def build_backbone(
     Raises:
         ValueError: unknown timm model name.
         FileNotFoundError: ``pretrained`` is a path that does not exist.
+        WeightMappingError: a torchvision weight file does not fit the model (names the first tensor).
         PretrainedWeightsError: ``pretrained=True`` and the hub download failed.
     """
     cfg = FeatureBackboneConfig(backbone) if isinstance(backbone, str) else backbone
@@ -126,8 +137,16 @@ def build_backbone(
             raise FileNotFoundError(
                 f"pretrained weight file for backbone {cfg.model_name!r} not found: {path}"
             )
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
-        return _create(cfg.model_name, kwargs, optional)
+        state = load_state_dict_file(path)
+        layout = detect_layout(state)
+        if layout == "other":  # timm's own layout: timm loads it (and adapts stem / classifier)
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=path))
+            model = _create(cfg.model_name, kwargs, optional)
+            check_known_layout(model, state, cfg.model_name, path)
+            return model
+        model = _create(cfg.model_name, dict(kwargs, pretrained=False), optional)
+        mapped = torchvision_to_timm(state, layout, cfg.model_name)
+        return load_into(model, mapped, cfg.model_name, f"{path} ({layout})")
     if not pretrained:
         return _create(cfg.model_name, dict(kwargs, pretrained=False), optional)
     try:

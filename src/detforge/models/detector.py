@@ -77,6 +77,11 @@ class ObjectDetector(L.LightningModule):
         ema_decay / ema_warmup_steps: keep an exponential moving average of the weights (validation and
             checkpoints use it); None disables.
         freeze_backbone: freeze the backbone (``freeze_backbone()``) right away.
+        freeze_backbone_bn: turn the backbone's BatchNorm layers into ``FrozenBatchNorm2d`` (statistics and
+            affine fixed at their pretrained values; the rest of the backbone trains), as torchvision's
+            detection models do with pretrained backbones: small batches give poor BatchNorm statistics.
+        backbone_lr_mult: the backbone body's learning rate is ``lr * backbone_lr_mult`` (the neck and head
+            train at ``lr``); for fine-tuning a pretrained backbone. Needs a model with a ``backbone``.
         compile_model / compile_kwargs: ``torch.compile`` the detector (state-dict keys stay the same).
         seed / deterministic: seed everything when not None; with a seed, deterministic algorithms (warn-only).
         class_names: optional class names, saved with the checkpoint for tables and drawings.
@@ -133,6 +138,8 @@ class ObjectDetector(L.LightningModule):
         nms_method: NMSMethod | None = None,
         soft_nms_sigma: float | None = None,
         anchors: list[list[float]] | Literal["auto"] | None = None,
+        freeze_backbone_bn: bool = False,
+        backbone_lr_mult: float = 1.0,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -148,6 +155,8 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
 
@@ -174,6 +183,14 @@ class ObjectDetector(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else None
         if freeze_backbone:
             self.freeze_backbone()
+        elif freeze_backbone_bn:
+            from timm.utils.model import freeze_batch_norm_2d
+
+            body = self.backbone_body
+            for name, child in list(body.named_children()):
+                body.add_module(name, freeze_batch_norm_2d(child))
+        if backbone_lr_mult != 1.0:
+            self.backbone_body  # noqa: B018 (a ValueError now for a model without a backbone)
 
         self.logging_config = from_plain(LoggingConfig, logging_config) or LoggingConfig()
         from detforge.engine.metrics import build_metrics
@@ -209,6 +226,14 @@ class ObjectDetector(L.LightningModule):
         if not isinstance(body, nn.Module):
             raise ValueError(f"model {type(self.model).__name__} has no backbone to freeze")
         return body
+
+    @property
+    def backbone_body(self) -> nn.Module:
+        """The pretrained part of the backbone: the timm body of a ``FeatureBody`` / ``PyramidBackbone``
+        (its ``body``, without the FPN), else :attr:`backbone` itself."""
+        backbone = self.backbone
+        body = getattr(backbone, "body", None)
+        return body if isinstance(body, nn.Module) else backbone
 
     def freeze_backbone(self) -> None:
         """Freeze the backbone: no gradients, BatchNorm becomes ``FrozenBatchNorm2d`` (statistics fixed in
@@ -340,11 +365,25 @@ class ObjectDetector(L.LightningModule):
             return max(int(self.trainer.max_epochs or 1), 1)
         return max(int(self.trainer.estimated_stepping_batches), 1)
 
+    def _backbone_body_prefix(self) -> str:
+        """The parameter-name prefix of :attr:`backbone_body` inside the model (e.g. ``"features.body."``)."""
+        body = self.backbone_body
+        name = next(name for name, module in self.model.named_modules() if module is body)
+        return f"{name}." if name else ""  # "": the whole model is the backbone
+
     def configure_optimizers(self) -> Any:
         from detforge.engine.optim import configure_schedule, create_optimizer
 
         hp = self.hparams
-        optimizer = create_optimizer(self.model, hp.optimizer, hp.lr, hp.weight_decay, hp.optimizer_kwargs)
+        lr_mult = hp.get("backbone_lr_mult", 1.0)
+        optimizer = create_optimizer(
+            self.model,
+            hp.optimizer,
+            hp.lr,
+            hp.weight_decay,
+            hp.optimizer_kwargs,
+            lr_multipliers={self._backbone_body_prefix(): lr_mult} if lr_mult != 1.0 else None,
+        )
         return configure_schedule(
             optimizer,
             hp.scheduler,

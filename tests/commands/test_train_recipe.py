@@ -1,0 +1,128 @@
+"""The fine-tuning recipe: when ``--recipe auto`` picks it, that command-line options win over it, and that
+each of its options reaches the object it names (optimizer groups, frozen BatchNorm, EMA, data module)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from jsonargparse import Namespace
+
+from detforge.commands.train import (
+    FINETUNE_RECIPE,
+    apply_recipe,
+    build_cli,
+    choose_recipe,
+    pretrained_backbone,
+)
+
+
+def _cfg(data="coco:a.json:imgs", recipe="auto", model_kwargs=None, backbone=None, model="fcos_resnet18"):
+    return Namespace(
+        recipe=recipe,
+        data=Namespace(data=data),
+        model=Namespace(model=model, model_kwargs=model_kwargs, backbone=backbone, lr=3e-3),
+    )
+
+
+def test_auto_picks_finetune_for_a_pretrained_backbone_on_real_data():
+    assert choose_recipe(_cfg(model_kwargs={"pretrained": "mnv2.pth"})) == (
+        "finetune",
+        "pretrained backbone, real data",
+    )
+    assert choose_recipe(_cfg(backbone={"model_name": "resnet18", "pretrained": True}))[0] == "finetune"
+    class_path = {
+        "class_path": "detforge.models.fcos.FCOS",
+        "init_args": {"backbone": {"pretrained": "r.pth"}},
+    }
+    assert choose_recipe(_cfg(model=class_path))[0] == "finetune"
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        _cfg(),  # from scratch
+        _cfg(model_kwargs={"pretrained": False}),
+        _cfg(data="synthetic:64", model_kwargs={"pretrained": "mnv2.pth"}),  # synthetic data
+        _cfg(data="synthetic-dense", model_kwargs={"pretrained": "mnv2.pth"}),
+        _cfg(recipe="none", model_kwargs={"pretrained": "mnv2.pth"}),
+    ],
+)
+def test_auto_keeps_the_default_recipe_otherwise(cfg):
+    assert choose_recipe(cfg)[0] is None
+
+
+def test_finetune_by_name_and_unknown_names():
+    assert choose_recipe(_cfg(data="synthetic:64", recipe="finetune"))[0] == "finetune"
+    assert not pretrained_backbone(_cfg())
+    with pytest.raises(ValueError, match="--recipe must be one of"):
+        choose_recipe(_cfg(recipe="fast"))
+
+
+def test_command_line_options_override_the_recipe():
+    cfg = Namespace({"model.lr": 3e-3, "model.backbone_lr_mult": 1.0, "data.cache": "none"})
+    applied = apply_recipe(cfg, ["--model.lr", "1e-4", "--data.cache=none"], "finetune")
+    assert "model.lr" not in applied and "data.cache" not in applied
+    assert cfg["model.lr"] == 3e-3  # left as parsed (jsonargparse already holds the given value)
+    assert cfg["model.backbone_lr_mult"] == FINETUNE_RECIPE["model.backbone_lr_mult"]
+    assert apply_recipe(cfg, ["--config", "run.yaml"], "finetune") == []
+    assert apply_recipe(cfg, [], None) == []
+
+
+@pytest.fixture(scope="module")
+def pretrained_file(tmp_path_factory):
+    import timm
+
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), path)
+    return str(path)
+
+
+def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsys, monkeypatch):
+    from detforge.data.synthetic import SyntheticShapes
+    from detforge.data.writers import write_coco
+    from detforge.engine.ema import ExponentialMovingAverage
+
+    ann = write_coco(SyntheticShapes(4, (48, 64), num_classes=2, seed=0), tmp_path, split="train")
+    argv = [
+        "--model=fcos_test_resnet",
+        f'--model.model_kwargs={{"pretrained": "{pretrained_file}"}}',
+        "--model.fpn_channels=16",
+        "--model.head_num_convs=1",
+        f"--data=coco:{ann}:{tmp_path / 'train'}",
+        "--imgsz=64",
+        "--batch=2",
+        "--model.ema_decay=0.9",  # a command-line option wins over the recipe
+        f"--project={tmp_path / 'runs'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    cli = build_cli(argv)
+    assert (
+        "recipe: finetune (pretrained backbone, real data); kept from the command line: model.ema_decay"
+        in (capsys.readouterr().err)
+    )
+    module, data = cli.model, cli.datamodule
+    hp = module.hparams
+    assert hp.lr == FINETUNE_RECIPE["model.lr"] and hp.ema_decay == 0.9
+    assert hp.ema_warmup_steps == FINETUNE_RECIPE["model.ema_warmup_steps"]
+    assert module.model.postprocess_settings.max_detections_per_image == 300
+    body = module.backbone_body
+    assert any(type(m).__name__.startswith("FrozenBatchNorm") for m in body.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    ema = module.configure_callbacks()
+    assert isinstance(ema[0], ExponentialMovingAverage) and ema[0].warmup_updates == 30.0
+    monkeypatch.setattr(module, "_total_steps", lambda interval="step": 100)  # no trainer attached
+    configured = module.configure_optimizers()
+    opt = configured["optimizer"]
+    schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]  # WarmupCosine
+    assert schedule.warmup_steps == FINETUNE_RECIPE["model.warmup_steps"]
+    backbone_ids = {id(p) for p in body.parameters()}
+    for group in (g for g in opt.param_groups if g["params"]):
+        in_body = {id(p) in backbone_ids for p in group["params"]}
+        assert len(in_body) == 1
+        expected = hp.lr * (FINETUNE_RECIPE["model.backbone_lr_mult"] if in_body == {True} else 1.0)
+        assert group["initial_lr"] == pytest.approx(expected)  # the scheduler scales "lr" from it
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(
+        1 for p in module.model.parameters() if p.requires_grad
+    )
+    assert data.cache == "ram" and not data.photometric and data.scale_jitter == (0.75, 1.25)
+    assert data.num_workers >= 0
