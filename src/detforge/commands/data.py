@@ -4,7 +4,8 @@
 to disk (a train split with seed ``--seed`` and a val split with seed ``--seed + 1``, the same images ``--data
 synthetic`` trains and validates on), so any tool that reads COCO, VOC, YOLO or WIDER FACE can use it.
 ``--format widerface`` draws one shape class (circles, the "faces") unless ``--num-classes`` says otherwise,
-and ``--mode sequence`` writes video frames (one WIDER event folder per sequence).
+and ``--mode sequence`` writes video frames (one WIDER event folder per sequence). ``--mode dense`` writes the
+crowded small-object scenes of ``--data synthetic-dense`` (images of 512 to 1024 px, ``--image-size`` unused).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="train seed; val uses seed + 1 (default 0)")
     synth.add_argument(
         "--mode",
-        choices=("rgb", "thermal", "sequence"),
+        choices=("rgb", "thermal", "sequence", "dense"),
         default="rgb",
-        help="colour, 1-channel thermal, or moving shapes in sequences of video frames",
+        help="colour, 1-channel thermal, moving shapes in sequences of video frames, or dense: 20 to 80 "
+        "objects of 6 to 40 px in 512 to 1024 px images (synthetic-dense)",
     )
     synth.add_argument(
         "--image-format", choices=("png", "jpg"), default="png", help="image files (default png)"
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def synth(args: argparse.Namespace) -> int:
     from detforge.data.synthetic import SyntheticShapes
+    from detforge.data.synthetic_dense import SyntheticDense
     from detforge.data.writers import write_coco, write_voc, write_widerface, write_yolo
 
     if args.num_images < 1:
@@ -60,13 +63,16 @@ def synth(args: argparse.Namespace) -> int:
         if count < 1:
             continue
         try:
-            dataset = SyntheticShapes(
-                num_images=count,
-                image_size=args.image_size,
-                num_classes=num_classes,
-                seed=seed,
-                mode=args.mode,
-            )
+            if args.mode == "dense":
+                dataset = SyntheticDense(num_images=count, num_classes=num_classes, seed=seed)
+            else:
+                dataset = SyntheticShapes(
+                    num_images=count,
+                    image_size=args.image_size,
+                    num_classes=num_classes,
+                    seed=seed,
+                    mode=args.mode,
+                )
         except ValueError as err:
             print(f"detforge data synth: {err}", file=sys.stderr)
             return 2
