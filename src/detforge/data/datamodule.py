@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from detforge.data.mosaic import Mosaic, keep_uint8
+from detforge.data.sliced import SlicedDataset
 from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
 
 __all__ = ["DetectionDataModule", "detection_collate"]
@@ -82,8 +83,8 @@ def _share_storage(targets: list[dict]) -> None:
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:
-    """The data set under any ``Subset`` / ``Mosaic`` wrappers."""
-    while isinstance(dataset, Subset | Mosaic):
+    """The data set under any ``Subset`` / ``Mosaic`` / ``SlicedDataset`` wrappers."""
+    while isinstance(dataset, Subset | Mosaic | SlicedDataset):
         dataset = dataset.dataset
     return dataset
 
@@ -110,6 +111,13 @@ class DetectionDataModule(L.LightningDataModule):
         train_size: use only the first ``train_size`` training images.
         seed: seeds shuffling and the worker RNGs (torch, numpy, random) so runs repeat.
         dataset_kwargs: extra keyword arguments for the data set classes (e.g. ``{"mode": "L"}``).
+        slice: sliced training: train on ``slice x slice`` tiles of the training images, cut on the fly
+            (:class:`~detforge.data.sliced.SlicedDataset`), then augmented and letterboxed to ``imgsz`` (set
+            ``imgsz`` to the slice to keep the pixels' scale); None trains on whole images. Validation and
+            test stay on whole images.
+        overlap: overlap ratio of neighbouring tiles, in [0, 1).
+        slice_min_area: a box is kept in a tile when at least this fraction of its area is inside it.
+        slice_empty_ratio: empty tiles (no kept box) drawn per non-empty tile, anew each epoch.
     """
 
     def __init__(
@@ -129,6 +137,10 @@ class DetectionDataModule(L.LightningDataModule):
         train_size: int | None = None,
         seed: int = 0,
         dataset_kwargs: dict[str, Any] | None = None,
+        slice: int | None = None,
+        overlap: float = 0.2,
+        slice_min_area: float = 0.5,
+        slice_empty_ratio: float = 0.1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -139,6 +151,14 @@ class DetectionDataModule(L.LightningDataModule):
             raise ValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {train_size}")
+        if slice is not None and slice < 8:
+            raise ValueError(f"slice must be >= 8 pixels or None, got {slice}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if not 0.0 < slice_min_area <= 1.0:
+            raise ValueError(f"slice_min_area is a fraction in (0, 1], got {slice_min_area}")
+        if slice_empty_ratio < 0:
+            raise ValueError(f"slice_empty_ratio must be >= 0, got {slice_empty_ratio}")
         self.data = data
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
@@ -154,6 +174,10 @@ class DetectionDataModule(L.LightningDataModule):
         self.train_size = train_size
         self.seed = int(seed)
         self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.slice = None if slice is None else int(slice)
+        self.overlap = float(overlap)
+        self.slice_min_area = float(slice_min_area)
+        self.slice_empty_ratio = float(slice_empty_ratio)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -184,16 +208,22 @@ class DetectionDataModule(L.LightningDataModule):
             self.test_dataset = self._make_eval(self.test_data)
 
     def _make_train(self) -> Dataset:
+        wrapped = self.mosaic > 0 or self.slice is not None  # the wrappers augment, the data set stays raw
         if isinstance(self.data, str):
-            if self.mosaic > 0:
-                dataset = self._build(self.data, "train", keep_uint8)
-                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
-            else:
-                dataset = self._build(self.data, "train", self._train_transforms())
+            dataset = self._build(self.data, "train", keep_uint8 if wrapped else self._train_transforms())
         else:
             dataset = self.data
-            if self.mosaic > 0:
-                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
+        if self.slice is not None:
+            dataset = SlicedDataset(
+                dataset,
+                self.slice,
+                overlap=self.overlap,
+                min_area=self.slice_min_area,
+                empty_ratio=self.slice_empty_ratio,
+                transforms=keep_uint8 if self.mosaic > 0 else self._train_transforms(),
+            )
+        if self.mosaic > 0:
+            dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
         if self.train_size is not None and self.train_size < len(dataset):
             dataset = Subset(dataset, range(self.train_size))
         if len(dataset) == 0:

@@ -48,6 +48,8 @@ class SyntheticDense(Dataset):
         imgsz: optional ``(h, w)`` (or int) to resize the image and boxes to, as the file readers' ``imgsz``.
         transforms: optional ``transforms(image_uint8 Tensor[3, H, W], target) -> (image, target)``; without
             it the image is returned as float32 in [0, 1].
+        cache: keep each rendered uint8 image and target in memory (per process), about ``H * W * 3`` bytes
+            per image; worth it when every image is read several times per epoch (sliced training).
 
     The target has ``boxes`` (float32 [N, 4] xyxy pixels), ``labels`` (int64 [N]), ``image_id``,
     ``orig_size``, ``size``, ``iscrowd`` and ``ignore`` (bool [N], all False) and ``area`` (float32 [N]).
@@ -69,6 +71,7 @@ class SyntheticDense(Dataset):
         noise: float = 6.0,
         imgsz: int | tuple[int, int] | None = None,
         transforms: Callable | None = None,
+        cache: bool = False,
     ) -> None:
         if num_images < 0:
             raise ValueError(f"num_images must be >= 0, got {num_images}")
@@ -103,6 +106,8 @@ class SyntheticDense(Dataset):
             imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
         self.imgsz: tuple[int, int] | None = imgsz
         self.transforms = as_detection_transform(transforms)
+        self.cache = bool(cache)
+        self._renders: dict[int, tuple[Tensor, dict]] = {}
 
     def __len__(self) -> int:
         return self.num_images
@@ -159,7 +164,12 @@ class SyntheticDense(Dataset):
 
     @staticmethod
     def _centre(
-        rng: np.random.Generator, clusters: np.ndarray, spread: np.ndarray, cluster: int, height: int, width: int
+        rng: np.random.Generator,
+        clusters: np.ndarray,
+        spread: np.ndarray,
+        cluster: int,
+        height: int,
+        width: int,
     ) -> tuple[float, float]:
         """A centre anywhere (``cluster < 0``) or Gaussian around ``clusters[cluster]`` (float [K, 2] xy)."""
         if cluster < 0:
@@ -178,7 +188,9 @@ class SyntheticDense(Dataset):
         canvas = background.copy()
         owner = np.full((height, width), -1, dtype=np.int16)  # which drawn shape each pixel shows
         num_clusters = int(rng.integers(2, 7))
-        clusters = rng.uniform((0.1 * width, 0.1 * height), (0.9 * width, 0.9 * height), size=(num_clusters, 2))
+        clusters = rng.uniform(
+            (0.1 * width, 0.1 * height), (0.9 * width, 0.9 * height), size=(num_clusters, 2)
+        )
         spread = rng.uniform(12, 45, size=num_clusters)  # [K] cluster radius, pixels
         keep = 1.0 - self.max_occlusion
         labels: list[int] = []
@@ -201,7 +213,9 @@ class SyntheticDense(Dataset):
                 shape = _Shape(shape.label, cx, cy, shape.rx, shape.ry, shape.angle, shape.color, shape.shade)
             else:
                 continue  # no room: left out of the image
-            color = _contrasting(rng, background[min(int(shape.cy), height - 1), min(int(shape.cx), width - 1)])
+            color = _contrasting(
+                rng, background[min(int(shape.cy), height - 1), min(int(shape.cx), width - 1)]
+            )
             owner[y0:y1, x0:x1][mask] = len(labels)
             ramp = (np.arange(x0, x1, dtype=np.float32)[None, :] - shape.cx) / max(shape.rx, 1.0)  # [1, w]
             shaded = color + (shape.shade * ramp)[..., None].repeat(mask.shape[0], 0)[mask]  # [M, 3]
@@ -239,7 +253,13 @@ class SyntheticDense(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         if index < 0:
             index += self.num_images
-        image, target = self.render(index)
+        if self.cache:
+            if index not in self._renders:
+                self._renders[index] = self.render(index)
+            image, target = self._renders[index]
+            target = {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
+        else:
+            image, target = self.render(index)
         height, width = image.shape[-2:]
         if self.imgsz is not None and tuple(self.imgsz) != (height, width):
             th, tw = self.imgsz
