@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from detforge.data.mosaic import Mosaic, keep_uint8
+from detforge.data.multi_scale import MultiScale, model_stride
 from detforge.data.sliced import SlicedDataset
 from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
 
@@ -118,6 +119,12 @@ class DetectionDataModule(L.LightningDataModule):
         overlap: overlap ratio of neighbouring tiles, in [0, 1).
         slice_min_area: a box is kept in a tile when at least this fraction of its area is inside it.
         slice_empty_ratio: empty tiles (no kept box) drawn per non-empty tile, anew each epoch.
+        multi_scale: multi-scale training: ``(lo, hi)`` factors of ``imgsz``; each training batch (on its
+            device) is resized to a size drawn in that range, a multiple of the model's largest stride, the
+            same on every DDP rank (:class:`~detforge.data.multi_scale.MultiScale`; a keep-ratio shortest
+            edge per image for models with ``keeps_aspect_ratio``). None: off.
+        multi_scale_every: draw a new size every this many batches.
+        multi_scale_off_epochs: train the last this many epochs at ``imgsz`` (needs ``max_epochs``).
     """
 
     def __init__(
@@ -141,6 +148,9 @@ class DetectionDataModule(L.LightningDataModule):
         overlap: float = 0.2,
         slice_min_area: float = 0.5,
         slice_empty_ratio: float = 0.1,
+        multi_scale: tuple[float, float] | None = None,
+        multi_scale_every: int = 1,
+        multi_scale_off_epochs: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -178,6 +188,15 @@ class DetectionDataModule(L.LightningDataModule):
         self.overlap = float(overlap)
         self.slice_min_area = float(slice_min_area)
         self.slice_empty_ratio = float(slice_empty_ratio)
+        self.multi_scale = None
+        if multi_scale is not None:
+            self.multi_scale = MultiScale(
+                multi_scale,
+                every=multi_scale_every,
+                off_epochs=multi_scale_off_epochs,
+                seed=seed,
+                num_draws=batch_size,
+            )
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -283,6 +302,19 @@ class DetectionDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Multi-scale training: resize a training batch (on its device) to this step's size; other batches
+        (validation, test, predict) and the last ``multi_scale_off_epochs`` epochs pass unchanged."""
+        trainer = self.trainer
+        if self.multi_scale is None or trainer is None or not trainer.training:
+            return batch
+        if not self.multi_scale.active(trainer.current_epoch, trainer.max_epochs):
+            return batch
+        model = getattr(trainer.lightning_module, "model", trainer.lightning_module)
+        mode = "keep_ratio" if getattr(model, "keeps_aspect_ratio", False) else "fixed"
+        images, targets = batch
+        return self.multi_scale(images, targets, model_stride(model), mode)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_data is None:
