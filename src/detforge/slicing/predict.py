@@ -22,7 +22,7 @@ from torch import Tensor
 from detforge.slicing.merge import MatchMetric, MergeMethod, merge_detections
 from detforge.slicing.tiles import pair, tile_windows
 
-__all__ = ["Predictor", "as_predictor", "sliced_predict"]
+__all__ = ["Predictor", "add_slicing_arguments", "as_predictor", "sliced_predict", "slicing_options"]
 
 Predictor = Callable[[Tensor, list[tuple[int, int]]], list[dict[str, Tensor]]]
 """``predict(images Tensor[B, C, H, W] in [0, 1], image_sizes [(h, w)] unpadded) -> [dict(boxes, scores,
@@ -166,3 +166,31 @@ def _merge_image(
     merged = merge_detections(boxes, scores, labels, merge, metric, thresh)
     out = {k: merged[k] for k in ("boxes", "scores", "labels")}
     return {k: v[:limit] for k, v in out.items()} if limit is not None else out
+
+
+def add_slicing_arguments(parser: Any) -> None:
+    """The sliced-inference flags of ``detforge predict`` and ``detforge val`` (an argparse parser)."""
+    group = parser.add_argument_group("sliced inference (images larger than the network input)")
+    group.add_argument("--slice", type=int, default=None, help="tile size in pixels; off when not given")
+    group.add_argument("--overlap", type=float, default=0.2, help="tile overlap ratio in [0, 1) (0.2)")
+    group.add_argument(
+        "--full-image", action="store_true", help="also run the whole image letterboxed to --imgsz (large objects)"
+    )
+    group.add_argument("--merge", choices=("nms", "nmm"), default="nms", help="merge of tile duplicates (nms)")
+    group.add_argument("--match-metric", choices=("iou", "ios"), default="ios", help="merge match metric (ios)")
+    group.add_argument("--match-thresh", type=float, default=0.5, help="merge match threshold (0.5)")
+
+
+def slicing_options(args: Any, full_image_size: int | None = None) -> dict[str, Any] | None:
+    """:func:`sliced_predict`'s keywords from :func:`add_slicing_arguments`' flags (None without ``--slice``)."""
+    if args.slice is None:
+        return None
+    return {
+        "slice_size": int(args.slice),
+        "overlap": float(args.overlap),
+        "full_image_pass": bool(args.full_image),
+        "full_image_size": full_image_size,
+        "merge": args.merge,
+        "match_metric": args.match_metric,
+        "match_thresh": float(args.match_thresh),
+    }
