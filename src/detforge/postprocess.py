@@ -146,23 +146,22 @@ def batched_soft_nms(
     iou = inter / (area.index_select(0, src) + area.index_select(0, dst) - inter).clamp(min=1e-9)  # [P]
     edge = (iou > (0.0 if method == "gaussian" else iou_thresh)).nonzero(as_tuple=True)[0]  # [E] interacting
     a, b, iou = src.index_select(0, edge), dst.index_select(0, edge), iou.index_select(0, edge)  # [E] each
+    a, b = torch.minimum(a, b), torch.maximum(a, b)  # a < b: on equal scores a wins
     decay = torch.exp(-(iou * iou) / sigma) if method == "gaussian" else 1.0 - iou  # [E]
     alive = torch.ones(m, dtype=torch.bool, device=device)
     picked = torch.zeros(m, dtype=torch.bool, device=device)
     final = torch.zeros_like(work)  # [M] score at the time a box is taken
     while True:
         # every edge joins two alive boxes; a box is taken when no neighbour beats it (score, then index)
-        ka, kb = work.index_select(0, a), work.index_select(0, b)  # [E] each
-        loser = torch.where((ka > kb) | ((ka == kb) & (a < b)), b, a)  # [E]
+        loser = torch.where(work.index_select(0, a) >= work.index_select(0, b), b, a)  # [E]
         take = alive & (torch.bincount(loser, minlength=m) == 0)  # [M]
         final = torch.where(take, work, final)
         picked |= take
-        alive &= ~take
         # two neighbours are never taken in the same round: the other end of a taken box's edge decays
         ta, tb = take.index_select(0, a), take.index_select(0, b)  # [E] each
-        factor = torch.where(ta | tb, decay, torch.ones_like(decay))  # [E]
+        factor = torch.where(ta | tb, decay, 1.0)  # [E]
         work = work.scatter_reduce(0, torch.where(ta, b, a), factor, "prod")
-        alive &= work >= score_thresh
+        alive = alive & ~take & (work >= score_thresh)
         if not bool(alive.any()):
             break
         live = (alive.index_select(0, a) & alive.index_select(0, b)).nonzero(as_tuple=True)[0]  # edges left
