@@ -179,3 +179,27 @@ def test_data_slice_writes_a_coco_copy_that_reads_back(tmp_path, capsys):
         assert torch.equal(got_image, image)
         torch.testing.assert_close(got_target["boxes"], target["boxes"], atol=1e-3, rtol=0)
         assert torch.equal(got_target["labels"], target["labels"])
+
+
+def test_file_readers_are_indexed_from_their_annotations(make_coco, monkeypatch):
+    image_dir, ann_file = make_coco()
+    coco = CocoDataset(image_dir, ann_file, transforms=keep_uint8)
+    from_annotations = SlicedDataset(coco, 32, overlap=0.25, empty_ratio=1.0, seed=0)
+
+    class Loaded(torch.utils.data.Dataset):  # the same samples, without the parsed records
+        def __len__(self):
+            return len(coco)
+
+        def __getitem__(self, i):
+            return coco[i]
+
+    monkeypatch.setattr(CocoDataset, "__getitem__", lambda self, i: pytest.fail("loaded an image to index"))
+    assert len(SlicedDataset(coco, 32, overlap=0.25)) > 0  # indexing reads no image
+    monkeypatch.undo()
+    loaded = SlicedDataset(Loaded(), 32, overlap=0.25, empty_ratio=1.0, seed=0)
+    assert torch.equal(from_annotations.windows, loaded.windows)
+    assert torch.equal(from_annotations.nonempty, loaded.nonempty) and len(from_annotations) == len(loaded)
+    for i in range(len(loaded)):
+        a, b = from_annotations[i], loaded[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+        assert torch.equal(a[1]["iscrowd"], b[1]["iscrowd"])
