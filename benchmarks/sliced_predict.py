@@ -13,11 +13,10 @@ SAHI post-process type forced (SAHI switches to NMS/IoU below confidence 0.1 oth
 Checks that the detections are the same (count, and boxes / scores / labels within 1e-3 after sorting) and
 prints the median time per image of each and the speed ratio, with the CPU and its capability.
 
-Differences that can show up (none on the default run): SAHI suppresses a box when the match metric is >=
-the threshold, detforge when it is > (torchvision's convention), so exact ties at the threshold differ; SAHI
-re-checks each member of an NMM cluster against the growing merged box, detforge merges the whole cluster of
-the kept box (so --merge nmm may give different unions); SAHI computes the merge in float64 on Python
-floats, detforge in float32; an image smaller than the slice is padded by detforge, passed as is by SAHI.
+Both match at metric >= threshold and NMM grows the kept box member by member, best first, as SAHI's
+``_apply_merge``. Differences that can show up: SAHI computes the merge in float64 on Python floats, detforge
+in float32 (a metric within ~1e-7 of the threshold); equal scores are ordered by SAHI on the coordinates, by
+detforge on the index; an image smaller than the slice is padded by detforge, passed as is by SAHI.
 
     uv run --group bench python benchmarks/sliced_predict.py --model detforge_n --images 4 --size 1024 \\
         --slice 512 --overlap 0.2 --batch 8 --repeats 3 --threads 2
