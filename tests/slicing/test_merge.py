@@ -15,20 +15,21 @@ def metric(a, b, kind):
 
 
 def greedy_reference(boxes, scores, labels, merge, kind, thresh):
-    """Per class: take the best remaining box, remove (nms) or absorb into a union box (nmm) every remaining
-    box that matches the taken one."""
+    """Per class: take the best remaining box, remove (nms) or absorb (nmm) every remaining box that matches
+    the taken one; nmm then merges them best first into a union box while they still match it (SAHI)."""
     out = []
     for c in labels.unique().tolist():
         rest = sorted((i for i in range(len(boxes)) if labels[i] == c), key=lambda i: (-float(scores[i]), i))
         while rest:
             best, rest = rest[0], rest[1:]
-            matched = [i for i in rest if metric(boxes[best].tolist(), boxes[i].tolist(), kind) > thresh]
+            matched = [i for i in rest if metric(boxes[best].tolist(), boxes[i].tolist(), kind) >= thresh]
             rest = [i for i in rest if i not in matched]
             box = boxes[best].tolist()
             if merge == "nmm":
                 for i in matched:
                     b = boxes[i].tolist()
-                    box = [min(box[0], b[0]), min(box[1], b[1]), max(box[2], b[2]), max(box[3], b[3])]
+                    if metric(box, b, kind) >= thresh:
+                        box = [min(box[0], b[0]), min(box[1], b[1]), max(box[2], b[2]), max(box[3], b[3])]
             out.append((best, box))
     return sorted(out)
 

@@ -92,8 +92,8 @@ def test_real_tiny_detector_one_tile_equals_the_plain_prediction():
         "resnet10t", 3, fpn_channels=16, head_num_convs=1, input_size=(64, 64), score_thresh=0.01
     ).eval()
     image = torch.rand(3, 50, 60, generator=torch.Generator().manual_seed(0))
-    # one tile holding the whole image and nothing merged (no metric exceeds 1): the model's own detections
-    found = sliced_predict(model, image, slice_size=64, match_thresh=1.0)[0]
+    # one tile holding the whole image and nothing merged (no metric reaches 1.5): the model's own detections
+    found = sliced_predict(model, image, slice_size=64, match_thresh=1.5)[0]
     padded = torch.full((1, 3, 64, 64), 114 / 255)
     padded[0, :, :50, :60] = image
     with torch.no_grad():

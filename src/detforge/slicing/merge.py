@@ -2,13 +2,14 @@
 IoU or on intersection over the smaller area (IoS), class-aware.
 
 Both are the greedy algorithms SAHI runs (``sahi.postprocess.combine``): boxes are taken best first; a taken
-box removes (NMS) or absorbs (NMM) every remaining box of its group that matches it (``metric >
-match_thresh``). They are computed in parallel rounds, not one box at a time: the matching pairs are found
+box removes (NMS) or absorbs (NMM) every remaining box of its group that matches it (``metric >=
+match_thresh``, as SAHI). They are computed in parallel rounds, not one box at a time: the matching pairs are found
 once (an x-sweep, :func:`detforge.postprocess._same_group_x_overlaps`, no N x N table), and each round takes
 every remaining box that no remaining match beats; such a box is taken by the greedy loop too, since every
 better box it matches has already been removed. An absorbed box goes to its best taken match (the first
-one the greedy loop meets); a merged detection is the union box of its members with the taken box's score and
-label (SAHI's ``merge_object_prediction_pair``: union box, the higher score, its category).
+one the greedy loop meets). NMM then grows the taken box member by member, best first, as SAHI's
+``_apply_merge`` does: a member still matching the merged box so far is merged in (union box; the taken box's
+score and label, SAHI's ``merge_object_prediction_pair``), one that no longer matches it is dropped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MatchMetric = Literal["iou", "ios"]
 def match_pairs(
     boxes: Tensor, groups: Tensor, match_metric: MatchMetric, match_thresh: float
 ) -> tuple[Tensor, Tensor]:
-    """Pairs (i, j) of boxes of the same group whose IoU / IoS exceeds ``match_thresh``, listed once.
+    """Pairs (i, j) of boxes of the same group whose IoU / IoS is at least ``match_thresh``, listed once.
 
     Args:
         boxes: Tensor[N, 4] xyxy; groups: Tensor[N] int64.
@@ -53,7 +54,7 @@ def match_pairs(
     else:
         denominator = torch.minimum(area_a, area_b)
     metric = inter / denominator.clamp(min=1e-9)  # [P]
-    match = (metric > match_thresh).nonzero(as_tuple=True)[0]  # [E]
+    match = (metric >= match_thresh).nonzero(as_tuple=True)[0]  # [E]
     return a.index_select(0, match), b.index_select(0, match)
 
 
@@ -89,11 +90,11 @@ def merge_detections(
 
     Args:
         boxes: Tensor[N, 4] xyxy; scores: Tensor[N]; labels: Tensor[N] int64.
-        merge: "nms" keeps the best box of each match cluster; "nmm" replaces it by the union box of the
-            cluster (score and label of the best).
+        merge: "nms" keeps the best box of each match cluster; "nmm" grows it into the union box of the
+            cluster members that still match it as it grows (score and label of the best; see the module doc).
         match_metric: "iou" or "ios" (intersection over the smaller box's area: a box cut by a tile border
             lies inside the whole one, so its IoS is high while its IoU may be low).
-        match_thresh: boxes match when the metric is above it.
+        match_thresh: boxes match when the metric is at least this (> 0; above 1 nothing matches).
         groups: Tensor[N] int64 boxes that may match each other (default: the labels; pass image * C + label
             to merge several images at once).
 
@@ -103,8 +104,8 @@ def merge_detections(
     """
     if merge not in ("nms", "nmm"):
         raise ValueError(f"merge must be one of ('nms', 'nmm'), got {merge!r}")
-    if not 0.0 <= match_thresh <= 1.0:
-        raise ValueError(f"match_thresh must be in [0, 1], got {match_thresh}")
+    if not match_thresh > 0.0:
+        raise ValueError(f"match_thresh must be > 0 (above 1: nothing matches), got {match_thresh}")
     groups = labels if groups is None else groups
     a, b = match_pairs(boxes, groups, match_metric, match_thresh)
     keep_mask = _greedy_keep(scores, a, b)  # [N]
@@ -124,10 +125,37 @@ def merge_detections(
         first = src.new_full((n,), n).scatter_reduce(
             0, dst, torch.where(scores[src] == best[dst], src, src.new_full(src.shape, n)), "amin"
         )  # [N] the kept box each absorbed box joins (n if none); equal scores: the lower index
-        owner = torch.where(keep_mask, torch.arange(n, device=boxes.device), first)  # [N]
-        member = owner < n
-        owner, member_boxes = owner[member][:, None].expand(-1, 2), boxes[member]  # [M, 2], [M, 4]
-        lo = boxes[:, :2].clone().scatter_reduce(0, owner, member_boxes[:, :2], "amin")  # [N, 2]
-        hi = boxes[:, 2:].clone().scatter_reduce(0, owner, member_boxes[:, 2:], "amax")  # [N, 2]
-        out_boxes = torch.cat([lo[keep], hi[keep]], dim=1)  # [K, 4] union box of each cluster
+        out_boxes = _grow_clusters(boxes, scores, keep_mask, first, match_metric, match_thresh)[keep]
     return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep], "index": keep}
+
+
+def _grow_clusters(
+    boxes: Tensor, scores: Tensor, keep_mask: Tensor, owner: Tensor, metric: MatchMetric, thresh: float
+) -> Tensor:
+    """Each kept box grown by its absorbed boxes (``owner``: Tensor[N], the kept box of each, N if none),
+    best first, a member merged while it still matches the merged box: Tensor[N, 4] (rows of kept boxes)."""
+    n = boxes.shape[0]
+    merged = boxes.clone()  # [N, 4] the growing box of each kept one
+    member = (~keep_mask & (owner < n)).nonzero(as_tuple=True)[0]  # [M]
+    if member.numel() == 0:
+        return merged
+    member = member[scores[member].argsort(descending=True, stable=True)]  # best first ...
+    member = member[owner[member].argsort(stable=True)]  # ... within each kept box
+    ow = owner[member]  # [M] sorted
+    rank = torch.arange(member.numel(), device=boxes.device) - torch.searchsorted(ow, ow)  # [M] place in cluster
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
+    for r in range(int(rank.max()) + 1):  # the r-th member of every cluster at once
+        at = rank == r
+        m, k = member[at], ow[at]  # [S] each; distinct kept boxes
+        box_m, box_k = boxes[m], merged[k]  # [S, 4] each
+        wh = (torch.minimum(box_m[:, 2:], box_k[:, 2:]) - torch.maximum(box_m[:, :2], box_k[:, :2])).clamp(min=0)
+        inter = wh[:, 0] * wh[:, 1]
+        area_k = (box_k[:, 2] - box_k[:, 0]) * (box_k[:, 3] - box_k[:, 1])
+        if metric == "iou":
+            value = inter / (area[m] + area_k - inter).clamp(min=1e-9)
+        else:
+            value = inter / torch.minimum(area[m], area_k).clamp(min=1e-9)
+        ok = value >= thresh
+        m, k = m[ok], k[ok]
+        merged[k] = torch.cat([torch.minimum(merged[k, :2], boxes[m, :2]), torch.maximum(merged[k, 2:], boxes[m, 2:])], 1)
+    return merged
