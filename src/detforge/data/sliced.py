@@ -133,6 +133,10 @@ class SlicedDataset(Dataset):
         self.nonempty = torch.nonzero(counts_all > 0).flatten()  # [P] tile positions
         self.empty = torch.nonzero(counts_all == 0).flatten()  # [E]
         self.num_empty = min(int(round(self.empty_ratio * len(self.nonempty))), len(self.empty))
+        self._fixed_empty = torch.zeros(0, dtype=torch.int64)  # [num_empty] the empty tiles of an int seed
+        if self.seed is not None and self.num_empty:
+            order = torch.from_numpy(np.random.default_rng([self.seed, 7]).permutation(len(self.empty)))
+            self._fixed_empty = self.empty[order[: self.num_empty]]
 
     def __len__(self) -> int:
         return len(self.nonempty) + self.num_empty
@@ -158,8 +162,7 @@ class SlicedDataset(Dataset):
         slot = item - len(self.nonempty)
         if self.seed is None:
             return int(self.empty[torch.randint(len(self.empty), ())])
-        order = np.random.default_rng([self.seed, 7]).permutation(len(self.empty))
-        return int(self.empty[order[slot]])
+        return int(self._fixed_empty[slot])
 
     def __getitem__(self, item: int) -> tuple[Tensor, dict]:
         if item < 0:
