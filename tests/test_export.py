@@ -207,3 +207,11 @@ def test_static_int8_with_calibration_is_smaller_than_dynamic(tmp_path):
     assert abs(zeros_state.stat().st_size - static.stat().st_size) < 1024
     with pytest.raises(ValueError, match="lacks the graph inputs"):
         quantize_int8(path, tmp_path / "x.onnx", [{"images": frames[0]}])
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_soft_nms_model_refuses_an_nms_graph_naming_the_option(method, tmp_path):
+    model = FCOS("resnet10t", 3, fpn_channels=16, head_num_convs=1, input_size=(SIZE, SIZE), nms_method=method)
+    with pytest.raises(ValueError, match=rf"nms_method is '{method}' \(soft-NMS\).*nms_method='hard'"):
+        export_onnx(model, tmp_path / "soft.onnx", with_nms=True)
+    assert not (tmp_path / "soft.onnx").exists()

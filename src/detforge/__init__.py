@@ -1,6 +1,6 @@
 """detforge: train, evaluate and export object detectors on PyTorch.
 
-``from detforge import ObjectDetector, DetectionDataModule, create_model, list_models``: the names load on
+``from detforge import ObjectDetector, DetectionDataModule, create_model, list_models, sliced_predict``: the names load on
 first use, so ``import detforge`` stays cheap (no torch, Lightning or timm until one is asked for).
 """
 
@@ -16,6 +16,7 @@ _LAZY = {
     "DetectionDataModule": "detforge.data.datamodule",
     "create_model": "detforge.models.registry",
     "list_models": "detforge.models.registry",
+    "sliced_predict": "detforge.slicing.predict",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -127,6 +127,20 @@ def _example_input(model: nn.Module, example: Tensor | None, image_size: tuple[i
     return torch.rand(1, getattr(model, "in_chans", 3), h, w, device=next(model.parameters()).device)
 
 
+def _check_soft_nms(model: nn.Module, with_nms: bool) -> None:
+    """Soft-NMS has no faithful ONNX form (its rounds depend on the data, and there is no operator): a graph
+    with detections would silently run hard NMS, so a model set to soft-NMS is refused with the way out."""
+    settings = getattr(model, "postprocess_settings", None)
+    method = getattr(settings, "nms_method", "hard")
+    if with_nms and method in ("gaussian", "linear"):
+        raise ValueError(
+            f"this model's nms_method is {method!r} (soft-NMS), which an ONNX graph cannot run faithfully: "
+            "export with NMS in the graph after model.set_postprocess(nms_method='hard') (on the CLI: "
+            "--model.nms_method hard at training, or a checkpoint trained with it), or export without NMS in "
+            "the graph (with_nms=False / no --nms) and run detforge.postprocess.batched_soft_nms on its outputs"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     save_path: str | os.PathLike,
@@ -149,10 +163,13 @@ def export_onnx(
             example's. The batch axis may always be dynamic; height and width only for raw graphs without
             decoded boxes (:func:`raw_outputs_on_grid` False), since decoding fixes the location grid.
             ``"auto"``: dynamic batch on every input, and height / width too where they may be.
-        with_nms: end the graph in detections (boxes, scores, labels, num_detections) instead of raw heads.
+        with_nms: end the graph in detections (boxes, scores, labels, num_detections) instead of raw heads;
+            ValueError when the model's ``nms_method`` is soft-NMS (``"gaussian"`` / ``"linear"``: no faithful
+            ONNX form).
         image_size: (h, w) of the default example input.
         fold_bn, compact: export :func:`fold_batchnorm`'s copy; rewrite the file with :func:`compact_names`.
     """
+    _check_soft_nms(model, with_nms)
     path = Path(save_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example_input(model, example_input, image_size)

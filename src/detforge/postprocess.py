@@ -75,6 +75,28 @@ def select_candidates(
     return (*selected, point_idx) if return_points else selected
 
 
+def _same_group_x_overlaps(boxes: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """Every pair (i, j) of boxes of the same group whose x extents overlap, listed once: Tensor[P] int64 x 2.
+
+    A sweep without the N x N table: groups are shifted apart along x, boxes sorted by left edge, and each box
+    pairs with the later-starting boxes that start before its right edge (a contiguous run of the order).
+    """
+    n = boxes.shape[0]
+    _, dense = torch.unique(groups, return_inverse=True)  # [N] 0..G-1
+    x = boxes[:, 0::2].double()  # [N, 2] (x1, x2); float64 so the shift keeps sub-pixel precision
+    span = float((x[:, 1].max() - x[:, 0].min()).clamp(min=0)) + 1.0
+    x = x + (dense.double() * 2.0 * span)[:, None]  # groups far apart: no cross-group pair
+    order = x[:, 0].argsort()  # [N]
+    left, right = x.index_select(0, order).T.contiguous()  # [N] each, sorted by left edge
+    stop = torch.searchsorted(left, right)  # [N] first sorted box starting at or after each right edge
+    begin = torch.arange(1, n + 1, device=boxes.device)  # [N] the next box in the order
+    counts = (stop - begin).clamp(min=0)  # [N] partners of each sorted box
+    first = torch.repeat_interleave(torch.arange(n, device=boxes.device), counts)  # [P]
+    offsets = counts.cumsum(0) - counts  # [N]
+    second = torch.arange(first.shape[0], device=boxes.device) + (begin - offsets).index_select(0, first)  # [P]
+    return order.index_select(0, first), order.index_select(0, second)
+
+
 def batched_soft_nms(
     boxes: Tensor,
     scores: Tensor,
@@ -86,9 +108,15 @@ def batched_soft_nms(
 ) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017) inside each group of boxes, all groups at once.
 
-    Each round takes the best remaining box of every group and decays the scores of the rest of its group:
-    ``s *= exp(-iou^2 / sigma)`` (gaussian) or ``s *= 1 - iou`` where ``iou > iou_thresh`` (linear). Boxes
-    whose score falls below ``score_thresh`` are dropped. Rounds = the largest group's size.
+    The result is the textbook sequential algorithm's: repeatedly take the best remaining box of a group and
+    decay the scores of the rest of its group, ``s *= exp(-iou^2 / sigma)`` (gaussian) or ``s *= 1 - iou``
+    where ``iou > iou_thresh`` (linear); a box whose score falls below ``score_thresh`` is dropped (ties: the
+    lower index first). It is computed in parallel rounds: the boxes that interact (gaussian: IoU > 0,
+    linear: IoU > ``iou_thresh``) are found once with an x-sweep, and each round takes at once every box
+    that beats all the remaining boxes it interacts with (the sequential algorithm takes them at those same
+    scores, since only interacting boxes decay each other and decays commute). Rounds = the longest chain of
+    interacting boxes, not the group size. Computed in float64 when the boxes or scores are float64,
+    else float32.
 
     Args:
         boxes: Tensor[N, 4] xyxy.
@@ -97,50 +125,51 @@ def batched_soft_nms(
 
     Returns:
         kept indices into the inputs (Tensor[K] int64, by decayed score, best first) and their decayed
-        scores (Tensor[K]).
+        scores (Tensor[K], the dtype of ``scores``).
     """
     if method not in ("gaussian", "linear"):
         raise ValueError(f"soft-NMS method must be one of ('gaussian', 'linear'), got {method!r}")
-    n = boxes.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device), scores.new_zeros(0)
-    _, group_id = torch.unique(groups, return_inverse=True)  # [N] dense 0..G-1
-    num_groups = int(group_id.max()) + 1
-    work = scores.clone().float()  # [N] decayed scores
-    alive = work >= score_thresh  # [N]
-    final = torch.zeros_like(work)  # [N] score at the time a box was picked
-    picked = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
-    index = torch.arange(n, device=boxes.device)
-    while bool(alive.any()):
-        masked = torch.where(alive, work, torch.full_like(work, -1.0))  # [N]
-        best = torch.full((num_groups,), -1.0, device=boxes.device).scatter_reduce(
-            0, group_id, masked, "amax"
-        )
-        is_max = alive & (masked == best[group_id])  # [N]
-        first = torch.full((num_groups,), n, device=boxes.device).scatter_reduce(
-            0, group_id, torch.where(is_max, index, torch.full_like(index, n)), "amin"
-        )  # [G] lowest index among ties, n for finished groups
-        chosen = first[first < n]  # [S]
-        picked[chosen] = True
-        final[chosen] = work[chosen]
-        alive[chosen] = False
-        # IoU of every box with the box just picked in its group.
-        pick_of_group = first[group_id]  # [N]
-        has_pick = pick_of_group < n
-        ref = boxes[pick_of_group.clamp(max=n - 1)]  # [N, 4]
-        wh = (torch.minimum(boxes[:, 2:], ref[:, 2:]) - torch.maximum(boxes[:, :2], ref[:, :2])).clamp(min=0)
-        inter = wh[:, 0] * wh[:, 1]  # [N]
-        iou = inter / (area + area[pick_of_group.clamp(max=n - 1)] - inter).clamp(min=1e-9)  # [N]
-        if method == "gaussian":
-            decay = torch.exp(-(iou * iou) / sigma)
-        else:
-            decay = torch.where(iou > iou_thresh, 1.0 - iou, torch.ones_like(iou))
-        work = torch.where(alive & has_pick, work * decay, work)
-        alive &= work >= score_thresh
+    device = boxes.device
+    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
+    dtype = torch.float64 if torch.float64 in (boxes.dtype, scores.dtype) else torch.float32
+    cand = (scores >= score_thresh).nonzero(as_tuple=True)[0]  # [M] boxes that start alive
+    if cand.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device), scores.new_zeros(0, dtype=out_dtype)
+    box = boxes[cand].to(dtype)  # [M, 4]
+    work = scores[cand].to(dtype)  # [M] decayed scores
+    m = cand.shape[0]
+    src, dst = _same_group_x_overlaps(box, groups[cand])  # [P] each
+    box_s, box_d = box.index_select(0, src), box.index_select(0, dst)  # [P, 4] each
+    wh = (torch.minimum(box_s[:, 2:], box_d[:, 2:]) - torch.maximum(box_s[:, :2], box_d[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]  # [P]
+    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])  # [M]
+    iou = inter / (area.index_select(0, src) + area.index_select(0, dst) - inter).clamp(min=1e-9)  # [P]
+    edge = (iou > (0.0 if method == "gaussian" else iou_thresh)).nonzero(as_tuple=True)[0]  # [E] interacting
+    a, b, iou = src.index_select(0, edge), dst.index_select(0, edge), iou.index_select(0, edge)  # [E] each
+    a, b = torch.minimum(a, b), torch.maximum(a, b)  # a < b: on equal scores a wins
+    decay = torch.exp(-(iou * iou) / sigma) if method == "gaussian" else 1.0 - iou  # [E]
+    alive = torch.ones(m, dtype=torch.bool, device=device)
+    picked = torch.zeros(m, dtype=torch.bool, device=device)
+    final = torch.zeros_like(work)  # [M] score at the time a box is taken
+    while True:
+        # every edge joins two alive boxes; a box is taken when no neighbour beats it (score, then index)
+        loser = torch.where(work.index_select(0, a) >= work.index_select(0, b), b, a)  # [E]
+        take = alive & (torch.bincount(loser, minlength=m) == 0)  # [M]
+        final = torch.where(take, work, final)
+        picked |= take
+        # two neighbours are never taken in the same round: the other end of a taken box's edge decays
+        ta, tb = take.index_select(0, a), take.index_select(0, b)  # [E] each
+        factor = torch.where(ta | tb, decay, 1.0)  # [E]
+        work = work.scatter_reduce(0, torch.where(ta, b, a), factor, "prod")
+        alive = alive & ~take & (work >= score_thresh)
+        if not bool(alive.any()):
+            break
+        live = (alive.index_select(0, a) & alive.index_select(0, b)).nonzero(as_tuple=True)[0]  # edges left
+        a, b, decay = a.index_select(0, live), b.index_select(0, live), decay.index_select(0, live)
     keep = picked.nonzero(as_tuple=True)[0]  # [K]
-    order = final[keep].argsort(descending=True)
-    return keep[order], final[keep][order]
+    kept_scores = final[keep]
+    order = kept_scores.argsort(descending=True, stable=True)
+    return cand[keep[order]], kept_scores[order].to(out_dtype)
 
 
 def _nms(

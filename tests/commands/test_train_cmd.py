@@ -74,6 +74,24 @@ def test_model_recipe_fills_what_the_command_line_leaves_out():
     assert apply_model_recipe(c, []) == []
 
 
+def test_synthetic_recipe_is_reset_for_synthetic_dense():
+    from jsonargparse import Namespace
+
+    from detforge.commands.train import drop_synthetic_recipe
+
+    def cfg(spec):
+        data = Namespace(
+            data=spec, imgsz=128, photometric=False, scale_jitter=(0.75, 1.25), dataset_kwargs={"cache": True}
+        )
+        return Namespace(data=data, model=Namespace(imgsz=128))
+
+    c = cfg("synthetic-dense:64")
+    assert "data.dataset_kwargs" in drop_synthetic_recipe(c, ["--data.data", "synthetic-dense:64"])
+    assert c.data.dataset_kwargs is None and c.data.imgsz == 256 and c.model.imgsz == 256
+    c = cfg("synthetic:64")
+    assert drop_synthetic_recipe(c, ["--data.data", "synthetic:64"]) == [] and c.data.imgsz == 128
+
+
 def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
     project = tmp_path / "runs"
     assert main([*TINY, "--epochs=1", f"--project={project}", "--name=t"]) == 0

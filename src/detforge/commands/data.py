@@ -4,7 +4,13 @@
 to disk (a train split with seed ``--seed`` and a val split with seed ``--seed + 1``, the same images ``--data
 synthetic`` trains and validates on), so any tool that reads COCO, VOC, YOLO or WIDER FACE can use it.
 ``--format widerface`` draws one shape class (circles, the "faces") unless ``--num-classes`` says otherwise,
-and ``--mode sequence`` writes video frames (one WIDER event folder per sequence).
+and ``--mode sequence`` writes video frames (one WIDER event folder per sequence). ``--mode dense`` writes the
+crowded small-object scenes of ``--data synthetic-dense`` (images of 512 to 1024 px, ``--image-size`` unused).
+
+``detforge data slice SRC OUT --slice 512 --overlap 0.2`` writes a tiled COCO copy of the data set spec ``SRC``
+(``coco:ANN.json:IMAGES``, ``voc:DIR``, ``synthetic-dense:64``, ...): the tiles and box rule of sliced training
+(:class:`detforge.data.sliced.SlicedDataset`), every non-empty tile and ``--empty-ratio`` empty tiles per
+non-empty one (a fixed choice), one file per tile, for tools that train on tiles.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "data set utilities: `detforge data synth --out DIR --format coco|voc|yolo|widerface`"
+HELP = (
+    "data set utilities: `detforge data synth --out DIR --format coco|voc|yolo|widerface`, "
+    "`detforge data slice SRC OUT --slice 512`"
+)
 
 FORMATS = ("coco", "voc", "yolo", "widerface")
 
@@ -36,18 +45,61 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="train seed; val uses seed + 1 (default 0)")
     synth.add_argument(
         "--mode",
-        choices=("rgb", "thermal", "sequence"),
+        choices=("rgb", "thermal", "sequence", "dense"),
         default="rgb",
-        help="colour, 1-channel thermal, or moving shapes in sequences of video frames",
+        help="colour, 1-channel thermal, moving shapes in sequences of video frames, or dense: 20 to 80 "
+        "objects of 6 to 40 px in 512 to 1024 px images (synthetic-dense)",
     )
     synth.add_argument(
         "--image-format", choices=("png", "jpg"), default="png", help="image files (default png)"
     )
+    cut = sub.add_parser("slice", help="write a tiled COCO copy of a data set (sliced training's tiles)")
+    cut.add_argument("src", help="data set spec, e.g. coco:ANN.json:IMAGES or synthetic-dense:64")
+    cut.add_argument("out", help="output folder (created if missing)")
+    cut.add_argument("--slice", type=int, required=True, help="tile side in pixels")
+    cut.add_argument("--overlap", type=float, default=0.2, help="overlap of neighbouring tiles (default 0.2)")
+    cut.add_argument(
+        "--min-area",
+        type=float,
+        default=0.5,
+        help="keep a box in a tile when at least this fraction of its area is inside (default 0.5)",
+    )
+    cut.add_argument(
+        "--empty-ratio", type=float, default=0.0, help="empty tiles per non-empty tile (default 0: none)"
+    )
+    cut.add_argument("--split", choices=("train", "val"), default="train", help="split to read and write")
+    cut.add_argument("--image-format", choices=("png", "jpg"), default="png", help="tile files (default png)")
     return parser
+
+
+def slice_command(args: argparse.Namespace) -> int:
+    from detforge.data.mosaic import keep_uint8
+    from detforge.data.sliced import SlicedDataset
+    from detforge.data.spec import build_dataset
+    from detforge.data.writers import write_coco
+
+    try:
+        dataset = build_dataset(args.src, split=args.split, transforms=keep_uint8)
+        tiles = SlicedDataset(
+            dataset,
+            args.slice,
+            overlap=args.overlap,
+            min_area=args.min_area,
+            empty_ratio=args.empty_ratio,
+            seed=0,
+            transforms=keep_uint8,
+        )
+    except ValueError as err:
+        print(f"detforge data slice: {err}", file=sys.stderr)
+        return 2
+    path = write_coco(tiles, args.out, split=args.split, image_format=args.image_format)
+    print(f"{args.split}: {len(dataset)} images -> {len(tiles)} tiles -> {path}")
+    return 0
 
 
 def synth(args: argparse.Namespace) -> int:
     from detforge.data.synthetic import SyntheticShapes
+    from detforge.data.synthetic_dense import SyntheticDense
     from detforge.data.writers import write_coco, write_voc, write_widerface, write_yolo
 
     if args.num_images < 1:
@@ -60,13 +112,16 @@ def synth(args: argparse.Namespace) -> int:
         if count < 1:
             continue
         try:
-            dataset = SyntheticShapes(
-                num_images=count,
-                image_size=args.image_size,
-                num_classes=num_classes,
-                seed=seed,
-                mode=args.mode,
-            )
+            if args.mode == "dense":
+                dataset = SyntheticDense(num_images=count, num_classes=num_classes, seed=seed)
+            else:
+                dataset = SyntheticShapes(
+                    num_images=count,
+                    image_size=args.image_size,
+                    num_classes=num_classes,
+                    seed=seed,
+                    mode=args.mode,
+                )
         except ValueError as err:
             print(f"detforge data synth: {err}", file=sys.stderr)
             return 2
@@ -80,5 +135,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.action == "synth":
         return synth(args)
+    if args.action == "slice":
+        return slice_command(args)
     parser.print_help()
     return 2

@@ -3,6 +3,11 @@
 For every image it writes a copy with the boxes drawn (``DIR/<name>.png``) and, for all of them,
 ``DIR/predictions.json``: one record per image with its file, (h, w) and detections (``box`` xyxy pixels of
 the original image, ``score``, ``label``, ``class_name``).
+
+``--slice 512 --overlap 0.2`` runs sliced inference (:func:`detforge.slicing.sliced_predict`): each image is
+cut into overlapping tiles at its own resolution, the tiles run ``--batch`` at a time, and the duplicates
+cut at tile borders are merged (``--merge nms|nmm --match-metric ios|iou --match-thresh 0.5``);
+``--full-image`` adds a whole-image pass at ``--imgsz`` for large objects.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-draw", action="store_true", help="only write predictions.json")
+    from detforge.slicing.predict import add_slicing_arguments
+
+    add_slicing_arguments(parser)
     return parser
 
 
@@ -63,6 +71,7 @@ def main(argv: list[str]) -> int:
     from detforge.engine.callbacks import atomic_write, draw_predictions
     from detforge.engine.validate import load_detector
     from detforge.io import load_image_uint8
+    from detforge.slicing.predict import sliced_predict, slicing_options
     from detforge.targets import to_original_size
 
     files = collect_images(args.sources)
@@ -71,6 +80,7 @@ def main(argv: list[str]) -> int:
         args.imgsz or model.hparams.get("imgsz") or max(getattr(model.model, "default_input_size", (640,)))
     )
     transform = build_val_transforms(int(imgsz))
+    slicing = slicing_options(args, full_image_size=int(imgsz))
     mode = "L" if model.hparams.in_chans == 1 else "RGB"
     names = model.class_names
     out = Path(args.out)
@@ -89,9 +99,13 @@ def main(argv: list[str]) -> int:
             originals.append(raw)
             images.append(image)
             targets.append(target)
-        batch = torch.stack(images).to(model.device)  # [B, C, S, S]
-        sizes = [tuple(int(v) for v in t["size"]) for t in targets]
-        preds = to_original_size(model.predict(batch, sizes), targets)
+        if slicing is not None:  # tiles of the originals, boxes already in their pixels
+            full = [raw.to(model.device).float() / 255 for raw in originals]  # [C, H, W] each
+            preds = sliced_predict(model, full, batch_size=args.batch, **slicing)
+        else:
+            batch = torch.stack(images).to(model.device)  # [B, C, S, S]
+            sizes = [tuple(int(v) for v in t["size"]) for t in targets]
+            preds = to_original_size(model.predict(batch, sizes), targets)
         for path, raw, pred in zip(chunk, originals, preds, strict=True):
             keep = pred["scores"] >= args.conf
             pred = {k: v[keep].cpu() for k, v in pred.items()}

@@ -4,6 +4,7 @@ detforge val --gt instances_val.json --pred results.json [--plots DIR] [--save-j
 detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES [--imgsz 640 --batch 8 --device cpu --out DIR]
 detforge val --ckpt runs/train/exp/best.ckpt     # the run's own validation split and data settings
 detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's --data.test_data
+detforge val --ckpt C --data synthetic-dense:50 --slice 512 --overlap 0.2   # sliced inference, full images
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--batch", type=int, default=8)
     model.add_argument("--device", default="cpu")
     model.add_argument("--out", type=Path, default=None, help="folder for results JSON, metrics and plots")
+    from detforge.slicing.predict import add_slicing_arguments
+
+    add_slicing_arguments(p)
     return p
 
 
@@ -123,6 +127,8 @@ def _evaluate_files(args: argparse.Namespace) -> int:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from detforge.slicing.predict import slicing_options
+
     try:
         from detforge.engine.validate import validate_checkpoint
     except ImportError as err:
@@ -141,6 +147,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         out_dir=args.out,
         dataset_kwargs=args.dataset_kwargs,
         split=args.split,
+        slicing=slicing_options(args),
     )
     return int(out) if isinstance(out, int) else 0
 

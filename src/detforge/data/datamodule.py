@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from detforge.data.mosaic import Mosaic, keep_uint8
+from detforge.data.multi_scale import MultiScale, model_stride
+from detforge.data.sliced import SlicedDataset
 from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
 
 __all__ = ["DetectionDataModule", "auto_num_workers", "detection_collate"]
@@ -94,8 +96,8 @@ def _share_storage(targets: list[dict]) -> None:
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:
-    """The data set under any ``Subset`` / ``Mosaic`` wrappers."""
-    while isinstance(dataset, Subset | Mosaic):
+    """The data set under any ``Subset`` / ``Mosaic`` / ``SlicedDataset`` wrappers."""
+    while isinstance(dataset, Subset | Mosaic | SlicedDataset):
         dataset = dataset.dataset
     return dataset
 
@@ -130,6 +132,19 @@ class DetectionDataModule(L.LightningDataModule):
         train_size: use only the first ``train_size`` training images.
         seed: seeds shuffling and the worker RNGs (torch, numpy, random) so runs repeat.
         dataset_kwargs: extra keyword arguments for the data set classes (e.g. ``{"mode": "L"}``).
+        slice: sliced training: train on ``slice x slice`` tiles of the training images, cut on the fly
+            (:class:`~detforge.data.sliced.SlicedDataset`), then augmented and letterboxed to ``imgsz`` (set
+            ``imgsz`` to the slice to keep the pixels' scale); None trains on whole images. Validation and
+            test stay on whole images.
+        overlap: overlap ratio of neighbouring tiles, in [0, 1).
+        slice_min_area: a box is kept in a tile when at least this fraction of its area is inside it.
+        slice_empty_ratio: empty tiles (no kept box) drawn per non-empty tile, anew each epoch.
+        multi_scale: multi-scale training: ``(lo, hi)`` factors of ``imgsz``; each training batch (on its
+            device) is resized to a size drawn in that range, a multiple of the model's largest stride, the
+            same on every DDP rank (:class:`~detforge.data.multi_scale.MultiScale`; a keep-ratio shortest
+            edge per image for models with ``keeps_aspect_ratio``). None: off.
+        multi_scale_every: draw a new size every this many batches.
+        multi_scale_off_epochs: train the last this many epochs at ``imgsz`` (needs ``max_epochs``).
     """
 
     def __init__(
@@ -152,6 +167,13 @@ class DetectionDataModule(L.LightningDataModule):
         overhead: bool = False,
         cache: Literal["none", "ram"] = "none",
         cache_gb: float = 4.0,
+        slice: int | None = None,
+        overlap: float = 0.2,
+        slice_min_area: float = 0.5,
+        slice_empty_ratio: float = 0.1,
+        multi_scale: tuple[float, float] | None = None,
+        multi_scale_every: int = 1,
+        multi_scale_off_epochs: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -168,6 +190,14 @@ class DetectionDataModule(L.LightningDataModule):
             raise ValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {train_size}")
+        if slice is not None and slice < 8:
+            raise ValueError(f"slice must be >= 8 pixels or None, got {slice}")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if not 0.0 < slice_min_area <= 1.0:
+            raise ValueError(f"slice_min_area is a fraction in (0, 1], got {slice_min_area}")
+        if slice_empty_ratio < 0:
+            raise ValueError(f"slice_empty_ratio must be >= 0, got {slice_empty_ratio}")
         self.data = data
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
@@ -187,6 +217,19 @@ class DetectionDataModule(L.LightningDataModule):
         self.cache = cache
         self.cache_gb = float(cache_gb)
         self._cache_bytes_left = int(self.cache_gb * 2**30)
+        self.slice = None if slice is None else int(slice)
+        self.overlap = float(overlap)
+        self.slice_min_area = float(slice_min_area)
+        self.slice_empty_ratio = float(slice_empty_ratio)
+        self.multi_scale = None
+        if multi_scale is not None:
+            self.multi_scale = MultiScale(
+                multi_scale,
+                every=multi_scale_every,
+                off_epochs=multi_scale_off_epochs,
+                seed=seed,
+                num_draws=batch_size,
+            )
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -196,7 +239,7 @@ class DetectionDataModule(L.LightningDataModule):
         from detforge.data.spec import build_dataset, parse_spec
 
         kwargs = dict(self.dataset_kwargs)
-        if parse_spec(spec)[0].startswith("synthetic"):
+        if parse_spec(spec)[0] in ("synthetic", "synthetic-thermal", "synthetic-sequence"):
             kwargs.setdefault("image_size", self.imgsz)
         return build_dataset(spec, split=split, transforms=transforms, **kwargs)
 
@@ -242,16 +285,22 @@ class DetectionDataModule(L.LightningDataModule):
         return dataset
 
     def _make_train(self) -> Dataset:
+        wrapped = self.mosaic > 0 or self.slice is not None  # the wrappers augment, the data set stays raw
         if isinstance(self.data, str):
-            if self.mosaic > 0:
-                dataset = self._build(self.data, "train", keep_uint8)
-                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
-            else:
-                dataset = self._build(self.data, "train", self._train_transforms())
+            dataset = self._build(self.data, "train", keep_uint8 if wrapped else self._train_transforms())
         else:
             dataset = self.data
-            if self.mosaic > 0:
-                dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
+        if self.slice is not None:
+            dataset = SlicedDataset(
+                dataset,
+                self.slice,
+                overlap=self.overlap,
+                min_area=self.slice_min_area,
+                empty_ratio=self.slice_empty_ratio,
+                transforms=keep_uint8 if self.mosaic > 0 else self._train_transforms(),
+            )
+        if self.mosaic > 0:
+            dataset = Mosaic(dataset, self.imgsz, prob=self.mosaic, transforms=self._train_transforms())
         if self.train_size is not None and self.train_size < len(dataset):
             dataset = Subset(dataset, range(self.train_size))
         if len(dataset) == 0:
@@ -311,6 +360,19 @@ class DetectionDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             return []
         return self._loader(self.val_dataset, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Multi-scale training: resize a training batch (on its device) to this step's size; other batches
+        (validation, test, predict) and the last ``multi_scale_off_epochs`` epochs pass unchanged."""
+        trainer = self.trainer
+        if self.multi_scale is None or trainer is None or not trainer.training:
+            return batch
+        if not self.multi_scale.active(trainer.current_epoch, trainer.max_epochs):
+            return batch
+        model = getattr(trainer.lightning_module, "model", trainer.lightning_module)
+        mode = "keep_ratio" if getattr(model, "keeps_aspect_ratio", False) else "fixed"
+        images, targets = batch
+        return self.multi_scale(images, targets, model_stride(model), mode)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_data is None:

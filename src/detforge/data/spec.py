@@ -4,6 +4,9 @@ Accepted forms:
 
 - ``synthetic[:N]``, ``synthetic-thermal[:N]``, ``synthetic-sequence[:N]``: the built-in procedural shapes.
   train: N images (default 512), seed 0; val: ``max(N // 4, 32)`` images, seed 1.
+- ``synthetic-dense[:N]``: crowded scenes, 20 to 80 objects of 6 to 40 px in images of 512 to 1024 px
+  (:class:`~detforge.data.synthetic_dense.SyntheticDense`); train N images (default 256), seed 0; val
+  ``max(N // 4, 32)``, seed 1. Images keep their drawn sizes (no ``image_size``).
 - ``coco:ANN.json:IMAGES_DIR``: the same file and folder for train and val.
 - ``voc:DIR``: a VOC tree (``ImageSets/Main/{split}.txt`` picks the images when it exists, else every xml)
   or a plain folder of image + xml pairs (the whole folder for both splits).
@@ -27,6 +30,7 @@ SPEC_FORMS = (
     "synthetic[:N]",
     "synthetic-thermal[:N]",
     "synthetic-sequence[:N]",
+    "synthetic-dense[:N]",
     "coco:ANN.json:IMAGES_DIR",
     "voc:DIR",
     "yolo:DATA.yaml",
@@ -49,7 +53,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
         raise _bad(str(spec), "empty")
     kind, _, rest = spec.strip().partition(":")
     parts = _split_paths(rest) if rest else []
-    if kind in _SYNTHETIC_MODES:
+    if kind in _SYNTHETIC_MODES or kind == "synthetic-dense":
         if len(parts) > 1 or (parts and not parts[0].isdigit()) or (parts and int(parts[0]) <= 0):
             raise _bad(spec, "N must be a positive integer")
     elif kind == "coco":
@@ -106,6 +110,15 @@ def build_dataset(
         raise ValueError(f"split must be one of ('train', 'val'), got {split!r}")
     kind, parts = parse_spec(spec)
     common = {"imgsz": imgsz, "transforms": transforms, **kwargs}
+    if kind == "synthetic-dense":
+        from detforge.data.synthetic_dense import SyntheticDense
+
+        n = int(parts[0]) if parts else 256
+        num_images, seed = (n, 0) if split == "train" else (max(n // 4, 32), 1)
+        mode = common.pop("mode", None)
+        if mode not in (None, "RGB"):
+            raise ValueError(f"dataset spec {spec!r}: synthetic-dense renders RGB images only, got mode={mode!r}")
+        return SyntheticDense(num_images=num_images, seed=seed, **common)
     if kind in _SYNTHETIC_MODES:
         from detforge.data.synthetic import SyntheticShapes
 

@@ -79,6 +79,7 @@ def validate_checkpoint(
     verbose: bool = True,
     dataset_kwargs: dict[str, Any] | None = None,
     split: str = "val",
+    slicing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``'s validation (or test) split; print the COCO table, write the COCO results JSON.
 
@@ -97,6 +98,10 @@ def validate_checkpoint(
             when ``data`` is the run's data spec (e.g. the synthetic object sizes), else none.
         split: ``"val"``, or ``"test"``: the run's ``test_data`` (``--data.test_data``) when ``data`` is None,
             else ``data`` used as the test set.
+        slicing: :func:`detforge.slicing.sliced_predict` keywords (``slice_size``, ``overlap``, ``merge``, ...)
+            to evaluate sliced inference: the images are read at their own size (no resize to ``imgsz``) and
+            cut into tiles, ``batch`` tiles per forward; the whole-image pass (``full_image_pass``) runs at
+            ``imgsz``. None: the usual resize to ``imgsz``.
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
@@ -106,6 +111,7 @@ def validate_checkpoint(
     from detforge.engine.callbacks import format_table
     from detforge.metrics import DetectionMAP, write_coco_results
     from detforge.models.base import forward_with_sizes
+    from detforge.slicing.predict import sliced_predict
     from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
     if split not in ("val", "test"):
@@ -133,6 +139,11 @@ def validate_checkpoint(
     )
     dm.setup("validate" if split == "val" else "test")
     dataset = dm.val_dataset if split == "val" else dm.test_dataset
+    if slicing is not None:  # the images as they are: sliced_predict cuts them
+        if not hasattr(dataset, "transforms"):
+            raise ValueError(f"sliced evaluation needs a detforge data set (with .transforms), got {dataset!r}")
+        dataset.transforms = None
+        slicing = {"full_image_size": imgsz, **{k: v for k, v in slicing.items() if v is not None}}
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
     if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
         raise ValueError(
@@ -145,8 +156,12 @@ def validate_checkpoint(
         for images, targets in loader:
             images = images.to(dev)
             sizes = image_sizes_of(targets, images)
-            outputs = forward_with_sizes(model.model, images, sizes)
-            preds = model.model.postprocess(outputs, sizes)
+            if slicing is not None:
+                crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)]
+                preds = sliced_predict(model, crops, batch_size=batch, **slicing)
+            else:
+                outputs = forward_with_sizes(model.model, images, sizes)
+                preds = model.model.postprocess(outputs, sizes)
             preds = [{k: v.cpu() for k, v in p.items()} for p in to_original_size(preds, targets)]
             gts = metric_targets(targets)
             metric.update(preds, gts)

@@ -213,6 +213,9 @@ class Detector(nn.Module):
 
     Attributes:
         postprocess_defaults: a subclass's own post-processing defaults (e.g. ``{"score_thresh": 0.3}``).
+        keeps_aspect_ratio: True for models trained on images that keep their aspect ratio at varying sizes
+            (two-stage, DETR-style); multi-scale training then draws a shortest edge per image instead of
+            one square size per batch (:mod:`detforge.data.multi_scale`). False by default.
         init_args: the arguments of the outermost ``__init__`` call (a subclass's) with every post-processing
             setting in effect, recorded automatically;
             tests and the Lightning module use it to check that every option reached the model.
@@ -220,6 +223,7 @@ class Detector(nn.Module):
 
     init_args: dict[str, Any]
     postprocess_defaults: ClassVar[dict[str, Any]] = {}
+    keeps_aspect_ratio: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -64,6 +64,7 @@ class FasterRCNN(Detector):
     raw_outputs_on_grid = True  # the anchors of the example's size are in the graph
 
     postprocess_defaults = {"nms_thresh": 0.5}
+    keeps_aspect_ratio = True  # multi-scale training: a shortest edge per image (torchvision / mmdet)
 
     def __init__(
         self,
