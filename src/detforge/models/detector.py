@@ -81,7 +81,8 @@ class ObjectDetector(L.LightningModule):
             affine fixed at their pretrained values; the rest of the backbone trains), as torchvision's
             detection models do with pretrained backbones: small batches give poor BatchNorm statistics.
         backbone_lr_mult: the backbone body's learning rate is ``lr * backbone_lr_mult`` (the neck and head
-            train at ``lr``); for fine-tuning a pretrained backbone. Needs a model with a ``backbone``.
+            train at ``lr``); for fine-tuning a pretrained backbone. Needs a model with a ``backbone``. None:
+            the model's own multipliers (DETR's 0.1 on its backbone; 1 for the others).
         compile_model / compile_kwargs: ``torch.compile`` the detector (state-dict keys stay the same).
         seed / deterministic: seed everything when not None; with a seed, deterministic algorithms (warn-only).
         class_names: optional class names, saved with the checkpoint for tables and drawings.
@@ -139,7 +140,7 @@ class ObjectDetector(L.LightningModule):
         soft_nms_sigma: float | None = None,
         anchors: list[list[float]] | Literal["auto"] | None = None,
         freeze_backbone_bn: bool = False,
-        backbone_lr_mult: float = 1.0,
+        backbone_lr_mult: float | None = None,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -155,7 +156,7 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        if backbone_lr_mult < 0:
+        if backbone_lr_mult is not None and backbone_lr_mult < 0:
             raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
@@ -189,7 +190,7 @@ class ObjectDetector(L.LightningModule):
             body = self.backbone_body
             for name, child in list(body.named_children()):
                 body.add_module(name, freeze_batch_norm_2d(child))
-        if backbone_lr_mult != 1.0:
+        if backbone_lr_mult is not None:
             self.backbone_body  # noqa: B018 (a ValueError now for a model without a backbone)
 
         self.logging_config = from_plain(LoggingConfig, logging_config) or LoggingConfig()
@@ -375,14 +376,14 @@ class ObjectDetector(L.LightningModule):
         from detforge.engine.optim import configure_schedule, create_optimizer
 
         hp = self.hparams
-        lr_mult = hp.get("backbone_lr_mult", 1.0)
+        lr_mult = hp.get("backbone_lr_mult")
         optimizer = create_optimizer(
             self.model,
             hp.optimizer,
             hp.lr,
             hp.weight_decay,
             hp.optimizer_kwargs,
-            lr_multipliers={self._backbone_body_prefix(): lr_mult} if lr_mult != 1.0 else None,
+            lr_multipliers=None if lr_mult is None else {self._backbone_body_prefix(): lr_mult},
         )
         return configure_schedule(
             optimizer,
