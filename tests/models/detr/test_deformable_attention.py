@@ -110,8 +110,13 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     inputs = (torch.randn(2, 4, 16), torch.rand(2, 4, 3, 4), torch.randn(2, s, 16))
     path = tmp_path / "attn.onnx"
     torch.onnx.export(
-        Wrapper(), inputs, str(path), opset_version=17, input_names=["query", "refs", "value"],
-        output_names=["out"], dynamic_axes={"query": {0: "b"}, "refs": {0: "b"}, "value": {0: "b"}},
+        Wrapper(),
+        inputs,
+        str(path),
+        opset_version=17,
+        input_names=["query", "refs", "value"],
+        output_names=["out"],
+        dynamic_axes={"query": {0: "b"}, "refs": {0: "b"}, "value": {0: "b"}},
         dynamo=False,
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

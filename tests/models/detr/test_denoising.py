@@ -12,15 +12,27 @@ SIZES = torch.tensor([[64, 96], [64, 96]])
 
 def _targets():
     return [
-        {"boxes": torch.tensor([[4.0, 4.0, 20.0, 28.0], [30.0, 10.0, 70.0, 50.0]]), "labels": torch.tensor([0, 2])},
+        {
+            "boxes": torch.tensor([[4.0, 4.0, 20.0, 28.0], [30.0, 10.0, 70.0, 50.0]]),
+            "labels": torch.tensor([0, 2]),
+        },
         {"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0]]), "labels": torch.tensor([1])},
     ]
 
 
 def test_layout_and_attention_mask():
     boxes, labels, mask = pad_targets(_targets())
-    dn = denoising_queries(boxes, labels, mask, SIZES, 3, num_matching_queries=5, num_denoising=7,
-                           label_noise_ratio=0.0, generator=torch.Generator().manual_seed(0))
+    dn = denoising_queries(
+        boxes,
+        labels,
+        mask,
+        SIZES,
+        3,
+        num_matching_queries=5,
+        num_denoising=7,
+        label_noise_ratio=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     g, groups = 2, 3  # 7 // 2
     d = 2 * g * groups
     assert dn.num_groups == groups and dn.labels.shape == (2, d) and dn.boxes.shape == (2, d, 4)
@@ -47,8 +59,18 @@ def test_layout_and_attention_mask():
 
 def test_noise_bounds():
     boxes, labels, mask = pad_targets(_targets())
-    dn = denoising_queries(boxes, labels, mask, SIZES, 3, num_matching_queries=4, num_denoising=400,
-                           box_noise_scale=0.4, label_noise_ratio=1.0, generator=torch.Generator().manual_seed(1))
+    dn = denoising_queries(
+        boxes,
+        labels,
+        mask,
+        SIZES,
+        3,
+        num_matching_queries=4,
+        num_denoising=400,
+        box_noise_scale=0.4,
+        label_noise_ratio=1.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     scale = torch.tensor([96.0, 64.0, 96.0, 64.0])
     gt = boxes[:, dn.gt_index] / scale  # [B, D, 4] normalised xyxy
     got = dn.boxes
@@ -60,7 +82,9 @@ def test_noise_bounds():
     assert (err[pos] <= half[pos] + 1e-6).all()
     clipped = (got_xyxy == 0) | (got_xyxy == 1)
     assert (err[neg] <= 2 * half[neg] + 1e-6).all()
-    assert ((err[neg] >= half[neg] - 1e-6) | clipped[neg]).float().mean() > 0.9  # up to corner swaps / clipping
+    assert (
+        (err[neg] >= half[neg] - 1e-6) | clipped[neg]
+    ).float().mean() > 0.9  # up to corner swaps / clipping
     assert ((got >= 0) & (got <= 1)).all()
     # label noise: about half the copies get a random label (ratio 1 -> probability 0.5, a third stay equal)
     changed = (dn.labels != labels[:, dn.gt_index])[dn.valid].float().mean()

@@ -121,5 +121,7 @@ class MSDeformableAttention(nn.Module):
         elif reference_points.shape[-1] == 4:
             locations = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5  # [B, Q, M, L, P, 2]
         else:
-            raise ValueError(f"reference_points must end in 2 or 4 values, got {tuple(reference_points.shape)}")
+            raise ValueError(
+                f"reference_points must end in 2 or 4 values, got {tuple(reference_points.shape)}"
+            )
         return self.output_proj(ms_deform_attn(v, spatial_shapes, locations, weights))  # [B, Q, D]
