@@ -41,6 +41,7 @@ __all__ = [
     "clip_boxes_to_image",
     "convert_boxes",
     "cxcywh_norm_to_xyxy",
+    "rel_cxcywh_to_xyxy",
     "remove_small_boxes",
     "scale_boxes",
     "to_xyxy",
@@ -48,6 +49,7 @@ __all__ = [
     "xyxy_to",
     "xyxy_to_coco",
     "xyxy_to_cxcywh_norm",
+    "xyxy_to_rel_cxcywh",
     "xyxy_to_voc",
 ]
 
@@ -126,6 +128,25 @@ def xyxy_to_cxcywh_norm(boxes: Tensor, height: int, width: int) -> Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     scale = boxes.new_tensor([width, height, width, height])
     return box_convert(boxes, "xyxy", "cxcywh") / scale
+
+
+def _size_scale(image_hw: Tensor) -> Tensor:
+    """(h, w) sizes (Tensor[..., 2]) -> the (w, h, w, h) scale (Tensor[..., 4]) of boxes in those images."""
+    return image_hw[..., [1, 0, 1, 0]]
+
+
+def xyxy_to_rel_cxcywh(boxes: Tensor, image_hw: Tensor) -> Tensor:
+    """Batched, per-image sizes: xyxy pixels (Tensor[..., 4]) -> ``(cx, cy, w, h)`` relative to the image's size
+    (DETR's box targets), with ``image_hw`` (h, w) of each box's image broadcast against ``boxes[..., :2]``
+    (e.g. boxes [B, G, 4] with sizes [B, 1, 2]). A padded batch passes each image's real size."""
+    return box_convert(boxes, "xyxy", "cxcywh") / _size_scale(image_hw.to(boxes))
+
+
+def rel_cxcywh_to_xyxy(boxes: Tensor, image_hw: Tensor) -> Tensor:
+    """Inverse of :func:`xyxy_to_rel_cxcywh`: relative ``(cx, cy, w, h)`` (Tensor[..., 4]) -> xyxy pixels of
+    images of (h, w) ``image_hw`` (Tensor[..., 2], broadcast like ``boxes[..., :2]``). Traceable (ONNX)."""
+    cxcy, wh = (boxes * _size_scale(image_hw.to(boxes))).split(2, dim=-1)
+    return torch.cat([cxcy - wh / 2, cxcy + wh / 2], dim=-1)
 
 
 def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:

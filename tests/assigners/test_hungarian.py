@@ -164,3 +164,34 @@ def test_bad_input_raises_clearly():
         HungarianMatcher(cost_class=-1)
     with pytest.raises(ValueError, match="at least one"):
         HungarianMatcher(0, 0, 0)
+
+
+@pytest.mark.parametrize("class_cost", ["softmax", "focal"])
+def test_match_padded_equals_list_of_targets(class_cost):
+    """Padded targets with holes in the mask match like the list of the real targets, with padded indices."""
+    gen = torch.Generator().manual_seed(7)
+    counts = [2, 0, 3]
+    logits, boxes = torch.randn(3, 4, 3, generator=gen), _random_boxes(12).view(3, 4, 4)
+    targets = [{"labels": torch.randint(0, 3, (n,), generator=gen), "boxes": _random_boxes(n)} for n in counts]
+    tgt_boxes, tgt_labels = torch.zeros(3, 5, 4), torch.full((3, 5), -1)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    slots = [[4, 1], [], [0, 2, 3]]  # where each image's real targets sit among the padded columns
+    for i, (t, s) in enumerate(zip(targets, slots)):
+        tgt_boxes[i, s], tgt_labels[i, s], mask[i, s] = t["boxes"], t["labels"], True
+    matcher = HungarianMatcher(class_cost=class_cost)
+    batch_idx, pred_idx, tgt_idx = matcher.match_padded(logits, boxes, tgt_boxes, tgt_labels, mask)
+    for i, (want_q, want_t) in enumerate(matcher(logits, boxes, targets)):
+        keep = batch_idx == i
+        assert pred_idx[keep].tolist() == want_q.tolist()
+        assert tgt_idx[keep].tolist() == [slots[i][j] for j in want_t.tolist()]
+
+
+def test_focal_class_cost_matches_definition():
+    logits, boxes = torch.randn(1, 3, 2), _random_boxes(3)[None]
+    tgt = {"labels": torch.tensor([1]), "boxes": boxes[0, :1]}  # query 0 sits on the target: box costs 0
+    cost = HungarianMatcher(0.5, 0.0, 0.0, class_cost="focal").cost_matrix(logits, boxes, [tgt])
+    p = logits[0, :, 1].sigmoid()
+    want = 0.5 * (0.25 * (1 - p) ** 2 * -p.log() - 0.75 * p**2 * -(1 - p).log())
+    torch.testing.assert_close(cost[0, :, 0], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="class_cost"):
+        HungarianMatcher(class_cost="sigmoid")

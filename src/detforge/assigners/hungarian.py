@@ -2,13 +2,17 @@
 
 The cost of giving target ``j`` to query ``i`` is
 ``cost_class * -p_i(label_j) + cost_bbox * L1(box_i, box_j) + cost_giou * -GIoU(box_i, box_j)``
-with ``p_i`` the softmax over query ``i``'s class logits. ``scipy.optimize.linear_sum_assignment`` finds the
-cheapest matching per image; every cost term is computed for the whole batch at once.
+with ``p_i`` the softmax over query ``i``'s class logits (DETR), or, with ``class_cost="focal"`` (Deformable
+DETR, DINO, RT-DETR: sigmoid logits without a no-object column), the focal loss of calling ``label_j`` positive
+minus that of calling it negative. ``scipy.optimize.linear_sum_assignment`` finds the cheapest matching per
+image; every cost term is computed for the whole batch at once. :meth:`HungarianMatcher.match_padded` takes
+the library's padded targets (:func:`detforge.targets.pad_targets`) directly.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -17,7 +21,9 @@ from torchvision.ops import generalized_box_iou
 
 from detforge.boxes import convert_boxes
 
-__all__ = ["HungarianMatcher"]
+__all__ = ["ClassCost", "HungarianMatcher"]
+
+ClassCost = Literal["softmax", "focal"]
 
 # Stands in for missing targets of images with fewer boxes than the batch max; its costs are never read.
 _PAD_BOX = (0.5, 0.5, 1.0, 1.0)
@@ -33,10 +39,26 @@ class HungarianMatcher(nn.Module):
         cost_class: weight of the class cost (negative softmax probability of the target's class).
         cost_bbox: weight of the L1 distance between the cxcywh boxes.
         cost_giou: weight of the negative generalized IoU (computed on the xyxy form of the boxes).
+        class_cost: ``softmax`` (DETR: negative softmax probability, the last logit is "no object") or
+            ``focal`` (sigmoid logits, one per class: ``alpha (1-p)^gamma -log p - (1-alpha) p^gamma -log(1-p)``).
+        focal_alpha, focal_gamma: the focal class cost's alpha and gamma (0.25, 2).
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        class_cost: ClassCost = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__()
+        if class_cost not in ("softmax", "focal"):
+            raise ValueError(f"class_cost must be 'softmax' or 'focal', got {class_cost!r}")
+        self.class_cost = class_cost
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
         costs = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
         if any(v < 0 for v in costs.values()):
             raise ValueError(f"cost weights must be >= 0, got {costs}")
@@ -47,7 +69,10 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = float(cost_giou)
 
     def extra_repr(self) -> str:
-        return f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}"
+        return (
+            f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
+            f"class_cost={self.class_cost!r}"
+        )
 
     @torch.no_grad()
     def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict]) -> Tensor:
@@ -64,10 +89,6 @@ class HungarianMatcher(nn.Module):
             Tensor[B, Q, G] float32 with G = max N_i; columns ``>= N_i`` of image ``i`` are padding.
         """
         num_images, num_queries, num_classes = pred_logits.shape
-        if pred_boxes.shape != (num_images, num_queries, 4):
-            raise ValueError(
-                f"pred_boxes must be [B, Q, 4] = {(num_images, num_queries, 4)}, got {tuple(pred_boxes.shape)}"
-            )
         if len(targets) != num_images:
             raise ValueError(f"got {len(targets)} target dicts for a batch of {num_images} images")
         device = pred_logits.device
@@ -79,10 +100,41 @@ class HungarianMatcher(nn.Module):
         for i, (t, n) in enumerate(zip(targets, sizes)):
             tgt_labels[i, :n] = t["labels"].to(device)
             tgt_boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
+        return self.padded_cost_matrix(pred_logits, pred_boxes, tgt_boxes, tgt_labels)
 
-        prob = pred_logits.float().softmax(-1)  # [B, Q, C]
-        cost_class = -prob.gather(2, tgt_labels[:, None, :].expand(-1, num_queries, -1))  # [B, Q, G]
+    @torch.no_grad()
+    def padded_cost_matrix(
+        self, pred_logits: Tensor, pred_boxes: Tensor, tgt_boxes: Tensor, tgt_labels: Tensor
+    ) -> Tensor:
+        """:meth:`cost_matrix` of padded targets: ``tgt_boxes`` Tensor[B, G, 4] normalised cxcywh and
+        ``tgt_labels`` Tensor[B, G] int64 (any value where padded; it is clamped into range and never read).
+
+        Returns:
+            Tensor[B, Q, G] float32.
+        """
+        num_images, num_queries, num_classes = pred_logits.shape
+        if pred_boxes.shape != (num_images, num_queries, 4):
+            raise ValueError(
+                f"pred_boxes must be [B, Q, 4] = {(num_images, num_queries, 4)}, got {tuple(pred_boxes.shape)}"
+            )
+        num_gt = tgt_labels.shape[1]
+        if tgt_boxes.shape != (num_images, num_gt, 4) or tgt_labels.shape != (num_images, num_gt):
+            raise ValueError(
+                f"tgt_boxes must be [B, G, 4] and tgt_labels [B, G] with B = {num_images}, got "
+                f"{tuple(tgt_boxes.shape)} and {tuple(tgt_labels.shape)}"
+            )
+        labels = tgt_labels.clamp(0, num_classes - 1)[:, None, :].expand(-1, num_queries, -1)  # [B, Q, G]
+        logits = pred_logits.float()  # [B, Q, C]
+        if self.class_cost == "softmax":
+            cost_class = -logits.softmax(-1).gather(2, labels)  # [B, Q, G]
+        else:
+            prob = logits.sigmoid().gather(2, labels)  # [B, Q, G]
+            alpha, gamma = self.focal_alpha, self.focal_gamma
+            neg = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
+            pos = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
+            cost_class = pos - neg
         boxes = pred_boxes.float()  # [B, Q, 4]
+        tgt_boxes = tgt_boxes.float()
         cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)  # [B, Q, G]
         cost_giou = -generalized_box_iou(
             convert_boxes(boxes, "cxcywh", "xyxy"), convert_boxes(tgt_boxes, "cxcywh", "xyxy")
@@ -101,24 +153,55 @@ class HungarianMatcher(nn.Module):
             no targets gets two empty tensors. When N_i > Q a warning names the image (some targets stay
             unmatched).
         """
-        num_queries = pred_logits.shape[1]
         cost = self.cost_matrix(pred_logits, pred_boxes, targets)  # [B, Q, G]
-        cost_cpu = cost.cpu()
-        device = pred_logits.device
+        counts = [int(t["boxes"].shape[0]) for t in targets]
+        mask = torch.arange(cost.shape[2])[None, :] < torch.tensor(counts, dtype=torch.int64)[:, None]
+        return self._assign(cost, mask, pred_logits.device)
+
+    @torch.no_grad()
+    def match_padded(
+        self, pred_logits: Tensor, pred_boxes: Tensor, tgt_boxes: Tensor, tgt_labels: Tensor, tgt_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Match a batch against padded targets, flat (ready for indexing).
+
+        Args:
+            pred_logits: Tensor[B, Q, C]; pred_boxes: Tensor[B, Q, 4] normalised cxcywh.
+            tgt_boxes: Tensor[B, G, 4] normalised cxcywh (:func:`detforge.boxes.xyxy_to_rel_cxcywh` of the
+                padded xyxy pixels); tgt_labels: Tensor[B, G] int64; tgt_mask: Tensor[B, G] bool, True for
+                real targets (:func:`detforge.targets.pad_targets`).
+
+        Returns:
+            ``(batch_idx, pred_idx, tgt_idx)``, each Tensor[K] int64 on ``pred_logits``' device: query
+            ``pred_idx[k]`` of image ``batch_idx[k]`` learns padded target ``tgt_idx[k]`` of that image.
+        """
+        cost = self.padded_cost_matrix(pred_logits, pred_boxes, tgt_boxes, tgt_labels)  # [B, Q, G]
+        pairs = self._assign(cost, tgt_mask, pred_logits.device)
+        batch_idx = torch.cat([torch.full_like(p, i) for i, (p, _) in enumerate(pairs)])  # [K]
+        pred_idx = torch.cat([p for p, _ in pairs])  # [K]
+        tgt_idx = torch.cat([t for _, t in pairs])  # [K]
+        return batch_idx, pred_idx, tgt_idx
+
+    @staticmethod
+    def _assign(cost: Tensor, mask: Tensor, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        """Per image, the cheapest matching of the queries to the targets where ``mask`` (Tensor[B, G]) is
+        True: ``(pred_idx, tgt_idx)`` per image, tgt_idx indexing the padded G columns."""
+        num_queries = cost.shape[1]
+        cost_cpu, mask_cpu = cost.cpu(), mask.cpu().bool()
         out: list[tuple[Tensor, Tensor]] = []
-        for i, t in enumerate(targets):
-            n = int(t["boxes"].shape[0])
+        for i in range(cost_cpu.shape[0]):
+            columns = mask_cpu[i].nonzero().flatten()  # [N_i]
+            n = int(columns.numel())
             if n > num_queries:
                 warnings.warn(
                     f"HungarianMatcher: image {i} of the batch has {n} targets but only {num_queries} queries; "
                     f"{n - num_queries} targets stay unmatched",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-            rows, cols = linear_sum_assignment(cost_cpu[i, :, :n].numpy())
+            rows, cols = linear_sum_assignment(cost_cpu[i][:, columns].numpy())
             out.append(
                 (
                     torch.as_tensor(rows, dtype=torch.int64, device=device),
-                    torch.as_tensor(cols, dtype=torch.int64, device=device),
+                    columns[torch.as_tensor(cols, dtype=torch.int64)].to(device),
                 )
             )
         return out
