@@ -22,6 +22,7 @@ image's detections match the image alone closely, not exactly (tests/models/detr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Unpack
 
 import torch
@@ -36,7 +37,7 @@ from detforge.models.detr.denoising import denoising_queries
 from detforge.models.detr.hybrid_encoder import HybridEncoder, padding_mask
 from detforge.models.detr.rtdetr_decoder import RTDETRDecoder
 from detforge.models.registry import register_model, register_prefix
-from detforge.targets import pad_targets
+from detforge.targets import image_sizes_of, pad_targets
 
 __all__ = ["RTDETR", "build_rtdetr", "rtdetr_n"]
 
@@ -133,9 +134,11 @@ class RTDETR(Detector):
         return self.features.body
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: Tensor, image_sizes: Tensor | None = None) -> dict[str, Any]:
-        """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]); ``image_sizes`` (Tensor[B, 2]
-        (h, w), default H, W) are the unpadded sizes of a padded batch.
+    def forward(
+        self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | Tensor | None = None
+    ) -> dict[str, Any]:
+        """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]); ``image_sizes`` ((h, w) per
+        image or Tensor[B, 2]; default H, W) are the unpadded sizes of a padded batch.
 
         Returns ``logits`` Tensor[L, B, K, C] and ``boxes_rel`` Tensor[L, B, K, 4] (normalised cxcywh of each
         image's unpadded size) of every decoder layer, the last the prediction; ``enc_logits`` Tensor[B, K, C]
@@ -145,13 +148,18 @@ class RTDETR(Detector):
         return self._forward(images, image_sizes)[0]
 
     def _forward(
-        self, images: Tensor, image_sizes: Tensor | None = None, targets: list[dict] | None = None
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]] | Tensor | None = None,
+        targets: list[dict] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """``(outputs, denoising)``: ``forward``'s outputs, and with ``targets`` (training) the denoising
         queries' ``logits`` / ``boxes_rel`` [L, B, N, ...] and their :class:`DenoisingQueries` (else None)."""
         b, _, h, w = images.shape
         full = torch.tensor([h, w], dtype=torch.float32, device=images.device)
-        sizes = full.expand(b, 2) if image_sizes is None else image_sizes.to(full).reshape(b, 2)  # [B, 2]
+        sizes = (
+            full.expand(b, 2) if image_sizes is None else torch.as_tensor(image_sizes).to(full).reshape(b, 2)
+        )
         features = self.features(images)  # L x [B, C_l, H_l, W_l], finest first
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         covered = torch.tensor(
@@ -209,13 +217,10 @@ class RTDETR(Detector):
     def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """One forward and its losses; in training mode with denoising queries (then dropped from the
         outputs, which equal ``forward``'s). The targets' ``size`` gives each image's unpadded size."""
-        sizes = None
-        if all("size" in t for t in targets) and targets:
-            sizes = torch.stack([torch.as_tensor(t["size"]).reshape(2) for t in targets]).to(images.device)
-            if bool((sizes == torch.tensor(images.shape[-2:], device=images.device)).all()):
-                sizes = None  # nothing padded: the same graph as forward(images)
+        sizes = torch.tensor(image_sizes_of(targets, images), dtype=torch.float32, device=images.device)
+        padded = bool((sizes != torch.tensor(images.shape[-2:], device=images.device)).any())
         use_dn = self.training and self.num_denoising > 0
-        outputs, denoising = self._forward(images, sizes, targets if use_dn else None)
+        outputs, denoising = self._forward(images, sizes if padded else None, targets if use_dn else None)
         return outputs, self._loss(outputs, targets, denoising)
 
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:

@@ -1,0 +1,112 @@
+"""RT-DETR-like detector: denoising stays out of the outputs, padding does not leak into the transformer
+parts, options are validated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detforge.models.detr.rtdetr import RTDETR
+from detforge.models.registry import create_model
+
+H, W = 64, 96
+
+
+def _model(**kwargs) -> RTDETR:
+    torch.manual_seed(0)
+    options = dict(hidden_dim=32, num_heads=4, ffn_dim=64, num_queries=20, num_decoder_layers=2)
+    options.update(kwargs)
+    return create_model("rtdetr_mobilenetv3_small_050", num_classes=3, input_size=(H, W), **options)
+
+
+def _targets():
+    size = torch.tensor([H, W])
+    return [
+        {"boxes": torch.tensor([[4.0, 4.0, 20.0, 28.0], [30.0, 10.0, 70.0, 50.0]]), "labels": torch.tensor([0, 2]),
+         "size": size},
+        {"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0]]), "labels": torch.tensor([1]), "size": size},
+    ]  # fmt: skip
+
+
+def test_denoising_only_in_the_training_loss():
+    model = _model().train()
+    images = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    outputs, losses = model.forward_loss(images, _targets())
+    assert losses["dn_loss"] > 0
+    with torch.no_grad():
+        plain = model(images)  # train mode too, so BatchNorm uses the same batch statistics
+    assert set(outputs) == set(plain)
+    for key, value in plain.items():
+        assert outputs[key].shape == value.shape
+        torch.testing.assert_close(outputs[key], value, atol=1e-5, rtol=1e-5)  # matching never sees denoising
+    losses["loss"].backward()
+    assert model.decoder.denoising_embed.weight.grad.abs().sum() > 0
+    model.eval()
+    _, eval_losses = model.forward_loss(images, _targets())
+    assert float(eval_losses["dn_loss"]) == 0.0 and set(eval_losses) == set(losses)
+
+
+def test_decoder_ignores_padded_memory():
+    """Given the unpadded image's encoder maps, a padded batch (random values in the padding) decodes the
+    same queries and boxes: query selection, deformable sampling (valid ratios) and masks see no padding."""
+    model = _model().eval()
+    dec = model.decoder
+    shapes, padded_shapes = [(8, 12), (4, 6), (2, 3)], [(12, 16), (6, 8), (3, 4)]
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(1, 32, h, w, generator=g) for h, w in shapes]
+    padded = [torch.randn(2, 32, h, w, generator=g) for h, w in padded_shapes]
+    for m, p in zip(maps, padded):
+        p[:1, :, : m.shape[-2], : m.shape[-1]] = m
+    sizes = torch.tensor([[64.0, 96.0]])
+    alone_memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+    with torch.no_grad():
+        alone = dec(alone_memory, shapes, model.strides, sizes, torch.ones(1, 3, 2))
+        batch_sizes = torch.tensor([[64.0, 96.0], [96.0, 128.0]])
+        valid = torch.tensor([[[96 / 128, 64 / 96]] * 3, [[1.0, 1.0]] * 3])  # [B, L, (x, y)]
+        from detforge.models.detr.hybrid_encoder import padding_mask
+
+        mask = torch.cat(
+            [padding_mask(valid[:, i].flip(-1), h, w) for i, (h, w) in enumerate(padded_shapes)], 1
+        )
+        memory = torch.cat([p.flatten(2).transpose(1, 2) for p in padded], 1)
+        batch = dec(memory, padded_shapes, model.strides, batch_sizes, valid, mask)
+    for key in ("logits", "boxes"):
+        torch.testing.assert_close(batch[key][:, :1], alone[key], atol=1e-5, rtol=1e-5)
+
+
+def test_aifi_ignores_padding():
+    model = _model().eval()
+    layer = model.encoder.aifi
+    from detforge.models.detr.hybrid_encoder import padding_mask, sincos_position_2d
+
+    g = torch.Generator().manual_seed(2)
+    alone = torch.randn(1, 2, 3, 32, generator=g)
+    padded = torch.randn(1, 3, 4, 32, generator=g)
+    padded[:, :2, :3] = alone
+    with torch.no_grad():
+        a = layer(alone.flatten(1, 2), sincos_position_2d(2, 3, 32), None).reshape(1, 2, 3, 32)
+        # the position encoding is of the padded grid: cell (i, j) gets the same code in both
+        mask = padding_mask(torch.tensor([[2 / 3, 3 / 4]]), 3, 4)
+        p = layer(padded.flatten(1, 2), sincos_position_2d(3, 4, 32), mask).reshape(1, 3, 4, 32)
+    pos_alone = sincos_position_2d(2, 3, 32).reshape(2, 3, 32)
+    assert torch.equal(pos_alone, sincos_position_2d(3, 4, 32).reshape(3, 4, 32)[:2, :3])
+    torch.testing.assert_close(p[:, :2, :3], a, atol=1e-5, rtol=1e-5)
+
+
+def test_focal_class_loss_and_validation():
+    model = _model(class_loss="focal").train()
+    _, losses = model.forward_loss(torch.rand(2, 3, H, W), _targets())
+    assert torch.isfinite(losses["loss"])
+    with pytest.raises(ValueError, match="class_loss"):
+        _model(class_loss="softmax")
+    with pytest.raises(ValueError, match="num_denoising"):
+        _model(num_denoising=-1)
+    with pytest.raises(TypeError, match="extra_levels"):
+        _model(extra_levels=1)
+
+
+def test_fewer_tokens_than_queries():
+    model = _model(num_queries=500).eval()
+    with torch.no_grad():
+        outputs = model(torch.rand(1, 3, 32, 64))
+    assert outputs["logits"].shape[2] == 4 * 8 + 2 * 4 + 1 * 2  # every token of strides 8, 16, 32
