@@ -1,7 +1,8 @@
 """Optimizer and learning-rate scheduler factories for :class:`~detforge.models.detector.ObjectDetector`.
 
 - :func:`create_optimizer`: a torch / timm optimizer by name (or ``{"class": dotted path, "params": {...}}``)
-  over two parameter groups: weights with weight decay, biases and norm parameters without;
+  over parameter groups: weights with weight decay, biases and norm parameters without (and a pair per
+  learning-rate multiplier a model asks for in its ``lr_multipliers``, e.g. DETR's backbone at 0.1x);
 - :func:`configure_schedule`: the ``configure_optimizers`` answer for a scheduler name (or dict), with an
   optional linear warmup. ``"cosine"`` and ``"onecycle"`` are stepped every optimizer step, ``"step"`` and
   ``"multistep"`` every epoch (their ``step_size`` / ``milestones`` count epochs, as users of
@@ -80,14 +81,39 @@ def check_scheduler(scheduler: str | dict[str, Any] | None) -> None:
         raise ValueError(f"scheduler dict needs a 'class' key (dotted path), got keys {sorted(scheduler)}")
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two groups of the trainable parameters: weights (``weight_decay``) and biases / norm parameters (0)."""
-    decay, no_decay = [], []
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    lr: float | None = None,
+    lr_multipliers: dict[str, float] | None = None,
+) -> list[dict]:
+    """Groups of the trainable parameters: weights (``weight_decay``) and biases / norm parameters (0).
+
+    ``lr_multipliers`` (a model's :attr:`lr_multipliers`, e.g. DETR's ``{"features.": 0.1}``): parameters
+    whose name starts with a prefix get their own pair of groups with learning rate ``lr * multiplier``
+    (the first matching prefix wins); the first two groups are the rest, at the optimizer's ``lr``.
+    """
+    multipliers = dict(lr_multipliers or {})
+    if multipliers and lr is None:
+        raise ValueError("param_groups: lr_multipliers need the base lr")
+    buckets: dict[float, tuple[list, list]] = {1.0: ([], [])}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
+        key = name.removeprefix("_orig_mod.")  # a torch.compile'd model's names
+        mult = next((float(m) for prefix, m in multipliers.items() if key.startswith(prefix)), 1.0)
+        decay, no_decay = buckets.setdefault(mult, ([], []))
         (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = []
+    for mult, (decay, no_decay) in buckets.items():
+        extra = {} if mult == 1.0 else {"lr": lr * mult}
+        if mult != 1.0 and not (decay or no_decay):
+            continue
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, **extra},
+            {"params": no_decay, "weight_decay": 0.0, **extra},
+        ]
+    return groups
 
 
 def _fusable(groups: list[dict]) -> bool:
@@ -117,11 +143,13 @@ def create_optimizer(
         kwargs.update(optimizer.get("params", {}))
     else:
         cls = import_class(OPTIMIZERS[optimizer.lower()], "optimizer")
-    groups = param_groups(model.named_parameters(), weight_decay)
+    groups = param_groups(model.named_parameters(), weight_decay, lr, getattr(model, "lr_multipliers", None))
     if cls in _FUSED_OPTIMIZERS and not {"fused", "foreach"} & set(kwargs) and _fusable(groups):
         kwargs["fused"] = True  # one kernel for all parameters: AdamW's step 1.9 ms instead of 7.7 (CPU)
     if "weight_decay" in kwargs:  # an explicit weight decay wins over the default split
-        groups[0]["weight_decay"] = kwargs.pop("weight_decay")
+        decay = kwargs.pop("weight_decay")
+        for group in groups[::2]:  # the weights' group of each (weights, biases / norms) pair
+            group["weight_decay"] = decay
     return cls(groups, **kwargs)
 
 
@@ -162,7 +190,9 @@ def _main_scheduler(
         milestones = kwargs.pop("milestones", [8, 11])
         return sched.MultiStepLR(optimizer, milestones=milestones, gamma=kwargs.pop("gamma", 0.1), **kwargs)
     steps = kwargs.pop("total_steps", max(total - warmup_steps, 1))
-    return sched.OneCycleLR(optimizer, max_lr=kwargs.pop("max_lr", lr * 10), total_steps=steps, **kwargs)
+    # 10x each group's own lr (a model's lr_multipliers keep their ratio)
+    max_lr = [10 * group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return sched.OneCycleLR(optimizer, max_lr=kwargs.pop("max_lr", max_lr), total_steps=steps, **kwargs)
 
 
 def configure_schedule(
