@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from detforge.models.detr.position import padding_mask
 from detforge.models.detr.rtdetr import RTDETR
 from detforge.models.registry import create_model
 
@@ -63,34 +64,36 @@ def test_decoder_ignores_padded_memory():
         alone = dec(alone_memory, shapes, model.strides, sizes, torch.ones(1, 3, 2))
         batch_sizes = torch.tensor([[64.0, 96.0], [96.0, 128.0]])
         valid = torch.tensor([[[96 / 128, 64 / 96]] * 3, [[1.0, 1.0]] * 3])  # [B, L, (x, y)]
-        from detforge.models.detr.hybrid_encoder import padding_mask
-
-        mask = torch.cat(
-            [padding_mask(valid[:, i].flip(-1), h, w) for i, (h, w) in enumerate(padded_shapes)], 1
-        )
+        real = torch.tensor([shapes, padded_shapes])  # [B, L, 2] cells of each image's own maps
+        mask = [padding_mask(real[:, i], h, w).flatten(1) for i, (h, w) in enumerate(padded_shapes)]
+        mask = torch.cat(mask, 1)
         memory = torch.cat([p.flatten(2).transpose(1, 2) for p in padded], 1)
         batch = dec(memory, padded_shapes, model.strides, batch_sizes, valid, mask)
     for key in ("logits", "boxes"):
         torch.testing.assert_close(batch[key][:, :1], alone[key], atol=1e-5, rtol=1e-5)
 
 
-def test_aifi_ignores_padding():
+@pytest.mark.parametrize("small", [(64, 96), (50, 70)])  # divisible by the strides or not
+def test_padded_image_gives_the_same_detections_as_alone(small):
+    """Evaluation does not depend on the batch: an image padded next to a larger one decodes as alone."""
     model = _model().eval()
-    layer = model.encoder.aifi
-    from detforge.models.detr.hybrid_encoder import padding_mask, sincos_position_2d
-
-    g = torch.Generator().manual_seed(2)
-    alone = torch.randn(1, 2, 3, 32, generator=g)
-    padded = torch.randn(1, 3, 4, 32, generator=g)
-    padded[:, :2, :3] = alone
+    model.score_thresh = 0.0
+    g = torch.Generator().manual_seed(3)
+    (h, w), big = small, torch.rand(3, 96, 128, generator=g)
+    image = torch.rand(3, h, w, generator=g)
+    batch = torch.full((2, 3, 96, 128), 114 / 255)
+    batch[0, :, :h, :w], batch[1] = image, big
     with torch.no_grad():
-        a = layer(alone.flatten(1, 2), sincos_position_2d(2, 3, 32), None).reshape(1, 2, 3, 32)
-        # the position encoding is of the padded grid: cell (i, j) gets the same code in both
-        mask = padding_mask(torch.tensor([[2 / 3, 3 / 4]]), 3, 4)
-        p = layer(padded.flatten(1, 2), sincos_position_2d(3, 4, 32), mask).reshape(1, 3, 4, 32)
-    pos_alone = sincos_position_2d(2, 3, 32).reshape(2, 3, 32)
-    assert torch.equal(pos_alone, sincos_position_2d(3, 4, 32).reshape(3, 4, 32)[:2, :3])
-    torch.testing.assert_close(p[:, :2, :3], a, atol=1e-5, rtol=1e-5)
+        alone = model(image[None])
+        padded = model(batch, [(h, w), (96, 128)])
+        det_alone = model.postprocess(alone, [(h, w)])[0]
+        det_padded = model.postprocess(padded, [(h, w), (96, 128)])[0]
+        big_alone = model(big[None])
+    for key in ("logits", "boxes_rel"):
+        torch.testing.assert_close(padded[key][:, :1], alone[key], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(padded["logits"][:, 1:], big_alone["logits"], atol=1e-4, rtol=1e-4)
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(det_padded[key], det_alone[key], atol=1e-4, rtol=1e-4)
 
 
 def test_focal_class_loss_and_validation():

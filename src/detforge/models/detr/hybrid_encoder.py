@@ -1,12 +1,12 @@
 """RT-DETR's efficient hybrid encoder (Zhao et al. 2024, "DETRs Beat YOLOs on Real-time Object Detection").
 
 - every backbone level is projected to ``hidden_dim`` channels (1x1 conv + BatchNorm);
-- AIFI: one transformer encoder layer (2-D sine-cosine position encoding on queries and keys, padding
-  masked) on the coarsest level only, where attention is cheap and the semantics are;
+- AIFI: one transformer encoder layer (2-D sine-cosine position encoding on queries and keys) on the
+  coarsest level only, where attention is cheap and the semantics are;
 - CCFM: a top-down (FPN) then bottom-up (PAN) fusion of the levels with small conv blocks.
 
-``forward(features list[Tensor[B, C_l, H_l, W_l]], valid Tensor[B, 2] or None) -> list[Tensor[B, D, H_l,
-W_l]]``, finest first; ``valid`` is each image's unpadded (h, w) as a fraction of the batch tensor's.
+``forward(features list[Tensor[B, C_l, H_l, W_l]]) -> list[Tensor[B, D, H_l, W_l]]``, finest first. It sees
+no padding: :class:`~detforge.models.detr.rtdetr.RTDETR` runs the images of a padded batch on their real crops.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HybridEncoder", "padding_mask", "sincos_position_2d"]
+__all__ = ["HybridEncoder", "sincos_position_2d"]
 
 
 def sincos_position_2d(h: int, w: int, dim: int, temperature: float = 10000.0, device=None) -> Tensor:
@@ -35,16 +35,6 @@ def sincos_position_2d(h: int, w: int, dim: int, temperature: float = 10000.0, d
     out_x = gx.flatten()[:, None] * omega[None]  # [hw, dim / 4]
     out_y = gy.flatten()[:, None] * omega[None]
     return torch.cat([out_x.sin(), out_x.cos(), out_y.sin(), out_y.cos()], dim=1)[None]  # [1, hw, dim]
-
-
-def padding_mask(valid: Tensor, h: int, w: int) -> Tensor:
-    """Tensor[B, h * w] bool, True on cells whose centre lies outside an image's valid fraction (Tensor[B, 2]
-    (h, w) in (0, 1]) of an h x w map."""
-    ys = (torch.arange(h, device=valid.device, dtype=valid.dtype) + 0.5) / h  # [h]
-    xs = (torch.arange(w, device=valid.device, dtype=valid.dtype) + 0.5) / w  # [w]
-    out_y = ys[None, :, None] > valid[:, 0, None, None]  # [B, h, 1]
-    out_x = xs[None, None, :] > valid[:, 1, None, None]  # [B, 1, w]
-    return (out_y | out_x).flatten(1)  # [B, h*w]
 
 
 def conv_bn_act(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, act: bool = True) -> nn.Sequential:
@@ -124,14 +114,13 @@ class HybridEncoder(nn.Module):
         self.downsample = nn.ModuleList([conv_bn_act(hidden_dim, hidden_dim, 3, 2) for _ in range(n - 1)])
         self.bottom_up = nn.ModuleList([FusionBlock(hidden_dim, depth) for _ in range(n - 1)])
 
-    def forward(self, features: Sequence[Tensor], valid: Tensor | None = None) -> list[Tensor]:
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         maps = [proj(f) for proj, f in zip(self.input_proj, features, strict=True)]  # [B, D, H_l, W_l]
         top = maps[-1]
         b, d, h, w = top.shape
         tokens = top.flatten(2).transpose(1, 2)  # [B, h*w, D]
         pos = sincos_position_2d(h, w, d, device=top.device).to(top.dtype)  # [1, h*w, D]
-        mask = None if valid is None else padding_mask(valid, h, w)  # [B, h*w]
-        maps[-1] = self.aifi(tokens, pos, mask).transpose(1, 2).reshape(b, d, h, w)
+        maps[-1] = self.aifi(tokens, pos, None).transpose(1, 2).reshape(b, d, h, w)
 
         # top-down: coarse to fine
         inner = [maps[-1]]
