@@ -113,3 +113,20 @@ def test_fewer_tokens_than_queries():
     with torch.no_grad():
         outputs = model(torch.rand(1, 3, 32, 64))
     assert outputs["logits"].shape[2] == 4 * 8 + 2 * 4 + 1 * 2  # every token of strides 8, 16, 32
+
+
+@pytest.mark.parametrize("with_nms", [False, True], ids=["raw", "nms"])
+def test_onnx_dynamic_batch(with_nms, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from detforge.export import check_onnx, export_onnx
+
+    model = _model().eval()
+    example = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(4))
+    path = export_onnx(
+        model, tmp_path / "m.onnx", example_input=example, dynamic_axes="auto", with_nms=with_nms
+    )
+    batch = torch.rand(3, 3, H, W, generator=torch.Generator().manual_seed(5))
+    assert check_onnx(model, path, batch) < 1e-4
+    onnx = pytest.importorskip("onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "NonMaxSuppression" not in ops and "GridSample" in ops  # set prediction: no NMS in the graph
