@@ -124,3 +124,14 @@ def test_options_are_validated():
         create_model("detr_n", backbone_level=1)
     with pytest.raises(ValueError, match="num_queries"):
         create_model("detr_n", num_queries=0)
+
+
+def test_forward_with_sizes_passes_the_real_sizes_to_models_that_take_them(model):
+    from detforge.models.base import forward_with_sizes
+
+    images, sizes = torch.rand(2, 3, 96, 128), [(96, 128), (64, 96)]
+    with torch.no_grad():
+        got = forward_with_sizes(model, images, sizes)
+        torch.testing.assert_close(got["boxes"], model(images, sizes)["boxes"])
+        plain = nn.Conv2d(3, 1, 1)
+        torch.testing.assert_close(forward_with_sizes(plain, images, sizes), plain(images))

@@ -105,6 +105,7 @@ def validate_checkpoint(
     from detforge.data.datamodule import DetectionDataModule
     from detforge.engine.callbacks import format_table
     from detforge.metrics import DetectionMAP, write_coco_results
+    from detforge.models.base import forward_with_sizes
     from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
     if split not in ("val", "test"):
@@ -143,8 +144,9 @@ def validate_checkpoint(
     with torch.no_grad():
         for images, targets in loader:
             images = images.to(dev)
-            outputs = model.model(images)
-            preds = model.model.postprocess(outputs, image_sizes_of(targets, images))
+            sizes = image_sizes_of(targets, images)
+            outputs = forward_with_sizes(model.model, images, sizes)
+            preds = model.model.postprocess(outputs, sizes)
             preds = [{k: v.cpu() for k, v in p.items()} for p in to_original_size(preds, targets)]
             gts = metric_targets(targets)
             metric.update(preds, gts)

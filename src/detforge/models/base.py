@@ -36,6 +36,7 @@ __all__ = [
     "PostprocessSettings",
     "check_images",
     "check_nms_method",
+    "forward_with_sizes",
 ]
 
 NMSMethod = Literal["hard", "gaussian", "linear", "none"]
@@ -174,6 +175,18 @@ def check_images(images: Any, batched: bool = True) -> None:
         "collate a dataset with detforge.data.detection_collate (as DetectionDataModule's loaders do), or "
         "torch.stack(list(images)) when the images share a size"
     )
+
+
+def forward_with_sizes(
+    model: nn.Module, images: Tensor, image_sizes: Sequence[tuple[int, int]] | Tensor | None
+) -> dict[str, Any]:
+    """``model(images)``, passing each image's real (unpadded) (h, w) when given and the model's ``forward``
+    takes ``image_sizes`` (DETR masks the padding, Faster R-CNN clips proposals to it), as ``forward_loss``
+    does with the targets' sizes; other models get the images alone."""
+    forward = getattr(model, "_orig_mod", model).forward
+    if image_sizes is not None and "image_sizes" in inspect.signature(forward).parameters:
+        return model(images, image_sizes=image_sizes)
+    return model(images)
 
 
 def _setting(name: str) -> property:

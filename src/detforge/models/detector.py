@@ -36,7 +36,7 @@ from detforge.engine.config import (
 )
 from detforge.engine.optim import OptimizerName, SchedulerName, check_optimizer, check_scheduler
 from detforge.models.backbone import FeatureBackboneConfig
-from detforge.models.base import Detector, NMSMethod
+from detforge.models.base import Detector, NMSMethod, forward_with_sizes
 from detforge.models.build import MODEL_OPTIONS, DetectionArch, build_model, check_detection_arch
 from detforge.targets import metric_targets, to_original_size
 
@@ -314,7 +314,7 @@ class ObjectDetector(L.LightningModule):
         """Detections for ``images`` (Tensor[B, C, H, W] in [0, 1]) in their pixels: list of dict(boxes
         Tensor[K, 4] xyxy, scores Tensor[K], labels Tensor[K] int64). ``image_sizes``: unpadded (h, w) each."""
         sizes = image_sizes or self._image_sizes(images, None)
-        return self.model.postprocess(self.model(images), sizes)
+        return self.model.postprocess(forward_with_sizes(self.model, images, image_sizes), sizes)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         if isinstance(batch, Tensor):
