@@ -25,9 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from family_accuracy import train  # noqa: E402
-
 from detforge.models.registry import is_model  # noqa: E402
+from family_accuracy import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
-    print(f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     print(f"data {args.data}, budgets {' '.join(args.budgets)}, extra flags {extra or 'none'}")
     rows = []
     for name in args.models:

@@ -75,3 +75,16 @@ def test_voc_corners():
     assert isinstance(voc_to_xyxy(arr), np.ndarray) and voc_to_xyxy(arr).dtype == np.float64
     np.testing.assert_array_equal(xyxy_to_voc(voc_to_xyxy(arr)), arr)
     assert voc_to_xyxy(torch.tensor([[1, 1, 2, 2]])).is_floating_point()
+
+
+def test_rel_cxcywh_with_per_image_sizes_matches_the_per_image_converter():
+    from detforge.boxes import rel_cxcywh_to_xyxy, xyxy_to_cxcywh_norm, xyxy_to_rel_cxcywh
+
+    boxes = torch.tensor(
+        [[[2.0, 4.0, 30.0, 20.0], [0.0, 0.0, 96.0, 64.0]], [[5.0, 1.0, 9.0, 40.0], [1, 2, 3, 4]]]
+    )
+    sizes = torch.tensor([[64, 96], [48, 80]])  # (h, w) of each image
+    rel = xyxy_to_rel_cxcywh(boxes, sizes[:, None, :])  # [2, 2, 4]
+    for i, (h, w) in enumerate(sizes.tolist()):
+        torch.testing.assert_close(rel[i], xyxy_to_cxcywh_norm(boxes[i], h, w))
+    torch.testing.assert_close(rel_cxcywh_to_xyxy(rel, sizes[:, None, :]), boxes)
