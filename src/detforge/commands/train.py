@@ -108,6 +108,8 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
     # DETR's optimiser: AdamW lr 1e-4 (the backbone at 0.1x: the model's lr_multipliers), weight decay 1e-4,
     # gradient norm clipped at 0.1.
     "detr_n": {"model.lr": 1e-4, "model.weight_decay": 1e-4, "trainer.gradient_clip_val": 0.1},
+    # RT-DETR's published optimiser (the same; backbone 0.1x from the model's lr_multipliers); not tuned here.
+    "rtdetr_n": {"model.lr": 1e-4, "model.weight_decay": 1e-4, "trainer.gradient_clip_val": 0.1},
 }
 
 

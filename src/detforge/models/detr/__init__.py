@@ -2,7 +2,8 @@
 
 Registered: ``detr_<timm name>`` for any timm backbone (the paper's model: C5, width 256, 6 + 6 layers,
 100 queries) and ``detr_n`` (mobilenetv3_small_100 at stride 16, width 128, 2 + 2 layers, 100 queries,
-256 px), small enough for CPUs and the conformance test.
+256 px), small enough for CPUs and the conformance test; the RT-DETR-like fast-converging variant
+``rtdetr_<timm name>`` and ``rtdetr_n`` (:mod:`detforge.models.detr.rtdetr`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from detforge.models.detr.heads import MLP, SetPredictionHead
 from detforge.models.detr.model import DETR, backbone_levels
 from detforge.models.detr.position import SinePositionEncoding, padding_mask
+from detforge.models.detr.rtdetr import RTDETR, build_rtdetr, rtdetr_n
 from detforge.models.detr.transformer import DETRDecoderLayer, DETREncoderLayer, DETRTransformer
 from detforge.models.registry import register_model, register_prefix
 
@@ -21,12 +23,15 @@ __all__ = [
     "DETREncoderLayer",
     "DETRTransformer",
     "MLP",
+    "RTDETR",
     "SetPredictionHead",
     "SinePositionEncoding",
     "backbone_levels",
     "build_detr",
+    "build_rtdetr",
     "detr_n",
     "padding_mask",
+    "rtdetr_n",
 ]
 
 
