@@ -514,7 +514,11 @@ def test_trainer_test_with_a_test_split(tmp_path):
     from detforge.data.datamodule import DetectionDataModule
 
     dm = DetectionDataModule(
-        data="synthetic:8", test_data="synthetic:4", imgsz=64, batch_size=4, num_workers=0,
+        data="synthetic:8",
+        test_data="synthetic:4",
+        imgsz=64,
+        batch_size=4,
+        num_workers=0,
         dataset_kwargs={"num_classes": 3},
     )
     model = tiny(imgsz=64)
@@ -532,3 +536,25 @@ def test_torchvision_tutorial_batch_is_a_clear_type_error():
         model.training_step(tutorial, 0)
     with pytest.raises(TypeError, match="detection_collate"):
         model.validation_step(tutorial, 0)
+
+
+def test_backbone_lr_mult_overrides_the_models_own_multiplier(monkeypatch):
+    """DETR asks for its backbone at 0.1x (``lr_multipliers``); an explicit ``backbone_lr_mult`` wins, and None
+    keeps the model's own."""
+
+    def lrs(**kwargs):
+        module = ObjectDetector(model="detr_n", num_classes=3, lr=1e-3, seed=0, **kwargs)
+        monkeypatch.setattr(module, "_total_steps", lambda interval="step": 100)  # no trainer attached
+        optimizer = module.configure_optimizers()["optimizer"]
+        body = {id(p) for p in module.backbone_body.parameters()}
+        return sorted(
+            {
+                round(g["initial_lr"], 12)
+                for g in optimizer.param_groups
+                if body & {id(p) for p in g["params"]}
+            }
+        )
+
+    assert lrs() == [pytest.approx(1e-4)]
+    assert lrs(backbone_lr_mult=1.0) == [pytest.approx(1e-3)]
+    assert lrs(backbone_lr_mult=0.25) == [pytest.approx(2.5e-4)]
