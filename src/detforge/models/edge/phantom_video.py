@@ -12,8 +12,8 @@ Per frame:
    those of the cached output maps. Tiles and halo are multiples of the network's total stride (``align``,
    4 for ``PhantomNet``), so every crop starts on the grid of the full frame and its cells are the full
    frame's cells. A frame without active tiles runs no network at all.
-3. Decoding on the cached maps: ``Phantom``'s own box decoding (``decode_face_boxes``) and the shared
-   ``detforge.postprocess.detect`` (threshold, NMS) on the 3 x 3 local maxima of the score map.
+3. Decoding on the cached maps: the 3 x 3 local maxima above the threshold, picked in numpy, their boxes from
+   Phantom's coder and the shared ``detforge.postprocess.detect`` (NMS, clipping).
 4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
    accumulated over the track; a face is reported once its accumulated confidence reaches
    ``detection_threshold``.
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from detforge.boxes import centre_size_to_xyxy
 from detforge.models.edge.tracker import ObjectTracker, TrackMemory
 from detforge.postprocess import detect
 
@@ -103,14 +103,16 @@ def merge_crops(crops: list[Crop], call_cost: int = 0) -> list[Crop]:
 def decode_face_maps(
     cls: np.ndarray, deltas: np.ndarray, stride: int, score_thresh: float, nms_thresh: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes and scores from Phantom's maps: ``decode_face_boxes`` and the shared ``detect`` (scores above
-    ``score_thresh``, NMS at ``nms_thresh``, boxes clipped to the frame the maps cover), on the cells that are
-    the maximum of their 3 x 3 neighbourhood only.
+    """Boxes and scores from Phantom's maps: the cells above ``score_thresh`` that are the maximum of their
+    3 x 3 neighbourhood, their boxes from Phantom's coder (``centre_size_to_xyxy`` from each cell's top-left
+    corner, as ``decode_face_boxes``), then the shared ``detect`` (NMS at ``nms_thresh``, boxes clipped to the
+    frame the maps cover).
 
-    The peak filter keeps a frame's decode cheap whatever the map holds: a face lights up a blob of adjacent
-    cells whose boxes NMS would suppress anyway, and an untrained or confused map that passes the threshold
-    everywhere (1,024 cells at 128 px) would otherwise cost an NMS over all of them, several milliseconds on
-    a laptop CPU, more than the network.
+    The video path decodes every frame, so the candidates are picked in numpy first and only they reach the
+    tensor code: a frame without a face costs a threshold and a 3 x 3 maximum filter on the 32 x 32 map, not
+    a full decode. The peak filter keeps the NMS small whatever the map holds: a face lights up a blob of
+    adjacent cells whose boxes NMS would suppress anyway, and an untrained or confused map that passes the
+    threshold everywhere (1,024 cells at 128 px) would otherwise cost an NMS over all of them.
 
     Args:
         cls: [1, H, W] logits. deltas: [4, H, W] (dx, dy, log w, log h).
@@ -118,16 +120,24 @@ def decode_face_maps(
     Returns:
         boxes [K, 4] xyxy pixels (float32) and scores [K], after NMS, best first.
     """
-    from detforge.models.edge.phantom import decode_face_boxes
+    from detforge.models.edge.phantom import MAX_LOG_SIZE
 
-    h, w = cls.shape[-2:]
-    logits = torch.from_numpy(np.ascontiguousarray(cls, dtype=np.float32)).reshape(1, 1, h, w)
-    peaks = F.max_pool2d(logits, 3, stride=1, padding=1) == logits  # [1, 1, H, W] local maxima (ties kept)
-    scores = (logits.sigmoid() * peaks).reshape(1, h * w, 1)  # [1, HW, 1] zero off the peaks
-    boxes = decode_face_boxes(torch.from_numpy(np.ascontiguousarray(deltas, dtype=np.float32))[None], stride)
-    cells = max(h * w, 1)  # no top-k or max-detections cut
-    sizes = [(h * stride, w * stride)]
-    det = detect(scores, boxes, [h * w], sizes, score_thresh, nms_thresh, cells, cells)[0]
+    logits = np.asarray(cls, dtype=np.float32)[0]  # [H, W]
+    h, w = logits.shape
+    logit_thresh = float(np.log(score_thresh / (1.0 - score_thresh)))
+    local_max = ndimage.maximum_filter(logits, size=3, mode="constant", cval=-np.inf)  # [H, W]
+    rows, cols = np.nonzero((logits > logit_thresh) & (logits == local_max))  # [K] each
+    k = int(rows.size)
+    if k == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    corners = torch.from_numpy(np.stack([cols, rows], axis=1).astype(np.float32) * stride)  # [K, 2] (x, y)
+    cell_deltas = torch.from_numpy(
+        np.ascontiguousarray(np.asarray(deltas, np.float32)[:, rows, cols].T)
+    )  # [K, 4]
+    strides = torch.full((k,), float(stride))  # [K]
+    boxes = centre_size_to_xyxy(corners, strides, cell_deltas, max_log_size=MAX_LOG_SIZE)[None]  # [1, K, 4]
+    scores = torch.from_numpy(logits[rows, cols]).sigmoid().reshape(1, k, 1)  # [1, K, 1]
+    det = detect(scores, boxes, [k], [(h * stride, w * stride)], score_thresh, nms_thresh, k, k)[0]
     return det["boxes"].numpy(), det["scores"].numpy()
 
 
