@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from detforge.engine.memory_format import cpu_name  # noqa: E402
 from detforge.models.registry import is_model  # noqa: E402
 from family_accuracy import train  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(
-        f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}"
+        f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(f"data {args.data}, budgets {' '.join(args.budgets)}, extra flags {extra or 'none'}")
     rows = []

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from detforge.engine.memory_format import cpu_name
 
 
 def train(name: str, args: argparse.Namespace, extra: list[str]) -> dict:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     models = list(dict.fromkeys([args.peer, *args.models]))
-    print(f"CPU: {platform.processor() or platform.machine()}, capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"budget {args.budget} per model, data {args.data}, extra flags {extra or 'none'}")
     rows = []
     for name in models:

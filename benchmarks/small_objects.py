@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import time
 
 import lightning as L
@@ -33,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from detforge.data.datamodule import DetectionDataModule
 from detforge.data.synthetic_dense import SyntheticDense
+from detforge.engine.memory_format import cpu_name
 from detforge.metrics import DetectionMAP
 from detforge.models.detector import ObjectDetector
 from detforge.slicing import sliced_predict
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-multi-scale", action="store_true", help="skip the multi-scale twins")
     args = parser.parse_args(argv)
     ms_options = [None] if args.no_multi_scale else [None, tuple(args.multi_scale)]
-    print(f"CPU: {platform.processor() or platform.machine()}, cuda: {torch.cuda.is_available()}")
+    print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, cuda: {torch.cuda.is_available()}")
     print(
         f"synthetic-dense:{args.train_images}, val {args.val_images}, imgsz {args.imgsz}, slice {args.slice}"
     )

@@ -38,15 +38,9 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 
 def cpu_summary() -> str:
     """The CPU's model name, torch's CPU capability (AVX2, AVX512...) and the torch thread count, in one line."""
-    import platform
+    from detforge.engine.memory_format import cpu_name
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
     return (
-        f"CPU: {name}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"CPU: {cpu_name()}; torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads"
     )
