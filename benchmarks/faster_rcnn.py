@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
+import time
 
 import torch
 
@@ -104,7 +105,7 @@ def time_models(args) -> dict[str, float]:
 
 
 def assignment_peak(which: str, size: int, batch: int, gt: int) -> float:
-    """Peak RSS growth (MiB) of one batch's anchor matching, measured in this (fresh) process."""
+    """Peak RSS growth (MiB) of one batch's anchor matching, measured in this (fresh) process (Linux)."""
     from detforge.models.faster_rcnn.anchors import AnchorGenerator, default_anchor_sizes
 
     strides = (4, 8, 16, 32, 64)
@@ -119,14 +120,36 @@ def assignment_peak(which: str, size: int, batch: int, gt: int) -> float:
 
     from detforge.assigners.rcnn import match_boxes
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if which == "torchvision":
-        matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
-        for i in range(batch):
-            matcher(box_iou(boxes[i], anchors))
-    else:
-        match_boxes(anchors[None], boxes, mask, 0.7, 0.3, allow_low_quality_matches=True)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    def run() -> None:
+        if which == "torchvision":
+            matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
+            for i in range(batch):
+                matcher(box_iou(boxes[i], anchors))
+        else:
+            match_boxes(anchors[None], boxes, mask, 0.7, 0.3, allow_low_quality_matches=True)
+
+    run()  # warm-up: lazy initialisation is not the matching's memory
+    # The process's lifetime peak (ru_maxrss) may already exceed the matching's (imports, the warm-up), so the
+    # current RSS is sampled while the matching runs and its peak taken above the RSS just before.
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    before, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run()
+    done.set()
+    sampler.join()
+    return max(peak[0] - before, 0) / 2**20
 
 
 def main() -> None:
