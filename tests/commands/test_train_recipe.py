@@ -126,3 +126,23 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
     )
     assert data.cache == "ram" and not data.photometric and data.scale_jitter == (0.75, 1.25)
     assert data.num_workers >= 0
+
+
+def test_every_model_recipe_names_a_model_and_real_options():
+    """A typo in ``MODEL_RECIPES`` would set a key nothing reads: each entry names a registered model and each
+    key an argument of the object its group builds."""
+    import inspect
+
+    import lightning as L
+
+    from detforge.commands.train import MODEL_RECIPES
+    from detforge.data.datamodule import DetectionDataModule
+    from detforge.models.detector import ObjectDetector
+    from detforge.models.registry import is_model
+
+    groups = {"model": ObjectDetector, "data": DetectionDataModule, "trainer": L.Trainer}
+    for name, recipe in MODEL_RECIPES.items():
+        assert is_model(name), name
+        for key in recipe:
+            group, _, option = key.partition(".")
+            assert option in inspect.signature(groups[group].__init__).parameters, (name, key)
