@@ -38,6 +38,7 @@ from detforge.models.criteria.common import positives_normaliser
 from detforge.models.criteria.set_prediction import SetCriterion
 from detforge.models.detr.denoising import denoising_queries
 from detforge.models.detr.hybrid_encoder import HybridEncoder
+from detforge.models.detr.model import DETR
 from detforge.models.detr.position import padding_mask
 from detforge.models.detr.rtdetr_decoder import RTDETRDecoder
 from detforge.models.registry import register_model, register_prefix
@@ -138,15 +139,10 @@ class RTDETR(Detector):
         self.label_noise_ratio = float(label_noise_ratio)
         self.box_noise_scale = float(box_noise_scale)
 
-    @property
-    def backbone(self) -> nn.Module:
-        """The timm feature extractor: what ``ObjectDetector.freeze_backbone`` freezes."""
-        return self.features.body
-
-    @property
-    def lr_multipliers(self) -> dict[str, float]:
-        """Learning-rate multipliers by parameter-name prefix (the backbone at ``backbone_lr_mult``)."""
-        return {"features.": self.backbone_lr_mult}
+    # The same backbone handle and backbone learning-rate multiplier as DETR's (both read ``features`` and
+    # ``backbone_lr_mult``).
+    backbone = DETR.backbone
+    lr_multipliers = DETR.lr_multipliers
 
     # ------------------------------------------------------------------ forward
     def forward(
