@@ -4,7 +4,7 @@ IoU or on intersection over the smaller area (IoS), class-aware.
 Both are the greedy algorithms SAHI runs (``sahi.postprocess.combine``): boxes are taken best first; a taken
 box removes (NMS) or absorbs (NMM) every remaining box of its group that matches it (``metric >=
 match_thresh``, as SAHI). They are computed in parallel rounds, not one box at a time: the matching pairs are found
-once (an x-sweep, :func:`detforge.postprocess._same_group_x_overlaps`, no N x N table), and each round takes
+once (an x-sweep, :func:`detforge.postprocess.overlapping_pairs`, no N x N table), and each round takes
 every remaining box that no remaining match beats; such a box is taken by the greedy loop too, since every
 better box it matches has already been removed. An absorbed box goes to its best taken match (the first
 one the greedy loop meets). NMM then grows the taken box member by member, best first, as SAHI's
@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from detforge.postprocess import _same_group_x_overlaps
+from detforge.postprocess import overlapping_pairs
 
 __all__ = ["MatchMetric", "MergeMethod", "match_pairs", "merge_detections"]
 
@@ -43,7 +43,8 @@ def match_pairs(
     if boxes.shape[0] == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
         return empty, empty
-    a, b = _same_group_x_overlaps(boxes, groups)  # [P] each
+    a, b = overlapping_pairs(boxes.detach().cpu().numpy(), groups.detach().cpu().numpy())  # [P] each
+    a, b = torch.from_numpy(a).to(boxes.device), torch.from_numpy(b).to(boxes.device)
     box_a, box_b = boxes.index_select(0, a), boxes.index_select(0, b)  # [P, 4] each
     wh = (torch.minimum(box_a[:, 2:], box_b[:, 2:]) - torch.maximum(box_a[:, :2], box_b[:, :2])).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]  # [P]
@@ -142,13 +143,17 @@ def _grow_clusters(
     member = member[scores[member].argsort(descending=True, stable=True)]  # best first ...
     member = member[owner[member].argsort(stable=True)]  # ... within each kept box
     ow = owner[member]  # [M] sorted
-    rank = torch.arange(member.numel(), device=boxes.device) - torch.searchsorted(ow, ow)  # [M] place in cluster
+    rank = torch.arange(member.numel(), device=boxes.device) - torch.searchsorted(
+        ow, ow
+    )  # [M] place in cluster
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
     for r in range(int(rank.max()) + 1):  # the r-th member of every cluster at once
         at = rank == r
         m, k = member[at], ow[at]  # [S] each; distinct kept boxes
         box_m, box_k = boxes[m], merged[k]  # [S, 4] each
-        wh = (torch.minimum(box_m[:, 2:], box_k[:, 2:]) - torch.maximum(box_m[:, :2], box_k[:, :2])).clamp(min=0)
+        wh = (torch.minimum(box_m[:, 2:], box_k[:, 2:]) - torch.maximum(box_m[:, :2], box_k[:, :2])).clamp(
+            min=0
+        )
         inter = wh[:, 0] * wh[:, 1]
         area_k = (box_k[:, 2] - box_k[:, 0]) * (box_k[:, 3] - box_k[:, 1])
         if metric == "iou":
@@ -157,5 +162,7 @@ def _grow_clusters(
             value = inter / torch.minimum(area[m], area_k).clamp(min=1e-9)
         ok = value >= thresh
         m, k = m[ok], k[ok]
-        merged[k] = torch.cat([torch.minimum(merged[k, :2], boxes[m, :2]), torch.maximum(merged[k, 2:], boxes[m, 2:])], 1)
+        merged[k] = torch.cat(
+            [torch.minimum(merged[k, :2], boxes[m, :2]), torch.maximum(merged[k, 2:], boxes[m, 2:])], 1
+        )
     return merged
