@@ -9,6 +9,7 @@ from detforge.postprocess import (
     detect_padded,
     distances_to_boxes,
     make_points,
+    overlapping_pairs,
     select_candidates,
 )
 
@@ -157,3 +158,29 @@ def test_soft_nms_through_detect_keeps_more_than_hard_nms():
 def test_soft_nms_empty():
     keep, s = batched_soft_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
     assert keep.shape == (0,) and s.shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_overlapping_pairs_equal_the_n_by_n_table(seed):
+    """Every same-group pair with a non-empty intersection, once, against torchvision's full IoU table:
+    boxes of mixed sizes (a few spanning many bands), touching edges (no intersection), zero-height boxes
+    and far-apart group ids."""
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(300, 2, generator=gen) * 500
+    wh = torch.rand(300, 2, generator=gen) * 40 + 1
+    wh[:10] *= 10  # tall and wide boxes cross many bands
+    boxes = torch.cat([xy, xy + wh], 1).double()
+    boxes[10:20, 3] = boxes[10:20, 1]  # zero height: intersect nothing
+    boxes[20] = boxes[21] + torch.tensor([0.0, 0.0, 0.0, 0.0])  # a duplicate
+    boxes[22] = torch.cat([boxes[23, 2:3], boxes[23, 1:2], boxes[23, 2:3] + 5, boxes[23, 3:4]])  # touches 23
+    groups = torch.randint(0, 3, (300,), generator=gen) * 1_000_003
+    groups[22] = groups[23]
+    groups[20] = groups[21]
+    i, j = overlapping_pairs(boxes.numpy(), groups.numpy())
+    ours = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist(), strict=True)}
+    assert len(ours) == len(i), "a pair listed twice"
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    meet = ((rb - lt) > 0).all(-1) & (groups[:, None] == groups[None, :])  # [N, N]
+    ref = {(a, b) for a, b in meet.triu(1).nonzero().tolist()}
+    assert ours == ref and (20, 21) in ref and (22, 23) not in ref

@@ -24,6 +24,7 @@ __all__ = [
     "detect_padded",
     "distances_to_boxes",
     "make_points",
+    "overlapping_pairs",
     "select_candidates",
 ]
 
