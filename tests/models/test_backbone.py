@@ -9,6 +9,7 @@ from detforge.models.backbone import (
     build_backbone,
     fixed_input_size,
     freeze_backbone,
+    freeze_stages,
 )
 from detforge.models.registry import create_model
 
@@ -194,3 +195,59 @@ def test_options_a_model_does_not_take_are_left_out():
     assert build_backbone("efficientvit_m0").feature_info.reduction() == [16, 32, 64]
     with pytest.raises(TypeError, match="drop_path_rate"):
         build_backbone(FeatureBackboneConfig("efficientvit_m0", drop_path_rate=0.1))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("resnet10t", {}), ("mobilenetv2_100", {}), ("swin_tiny_patch4_window7_224", TINY_SWIN)],
+)
+def test_freeze_stages_freezes_what_runs_before_the_first_stride_8_output(name, kwargs):
+    """The reference: the parameterised modules that run before the first one whose output is at stride 8,
+    found by running the body with hooks (NCHW and Swin's NHWC outputs); of those, only the ones inside that
+    module's own block (MobileNetV2's expansion conv runs at stride 4 in the stride-8 block) may train."""
+    body = build_backbone(FeatureBackboneConfig(name, extra_kwargs=kwargs))
+    size = 64
+    first_coarse = None
+    order = []
+    hooks = []
+    for module_name, module in body.named_modules():
+        if next(module.parameters(recurse=False), None) is None:
+            continue
+
+        def hook(mod, inputs, output, module_name=module_name):
+            out = output[0] if isinstance(output, list | tuple) else output
+            order.append((module_name, tuple(out.shape)))
+
+        hooks.append(module.register_forward_hook(hook))
+    body.eval()
+    with torch.no_grad():
+        body(torch.rand(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    for index, (_, shape) in enumerate(order):
+        spatial = [d for d in shape[1:] if d in (size // 8, size // 16, size // 32)]
+        if len(shape) == 4 and len(spatial) >= 2 and size // 4 not in shape[1:]:
+            first_coarse = index
+            break
+    expected = {module_name for module_name, _ in order[:first_coarse]}
+    frozen_names = freeze_stages(body, 4)
+    assert frozen_names
+    frozen = {n.rsplit(".", 1)[0] for n, p in body.named_parameters() if not p.requires_grad}
+    trainable = {n.rsplit(".", 1)[0] for n, p in body.named_parameters() if p.requires_grad}
+    block = order[first_coarse][0].rsplit(".", 1)[0] + "."
+    assert frozen <= expected, frozen - expected
+    assert all(n.startswith(block) for n in trainable & expected), trainable & expected
+    assert order[0][0] in frozen  # the stem
+    body.train()
+    outputs = body(torch.rand(2, 3, size, size))
+    sum(o.float().mean() for o in outputs).backward()
+    assert all(p.grad is None for p in body.parameters() if not p.requires_grad)
+    assert all(p.grad is not None for p in body.parameters() if p.requires_grad)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for n, m in body.named_modules() if n in frozen)
+
+
+def test_freeze_stages_errors_name_the_option():
+    with pytest.raises(ValueError, match="freeze_backbone_stride=1: the backbone's first stage has stride 2"):
+        freeze_stages(build_backbone("resnet10t"), 1)
+    with pytest.raises(ValueError, match="freeze_backbone_stride: .* no timm feature_info"):
+        freeze_stages(torch.nn.Conv2d(3, 3, 1), 4)

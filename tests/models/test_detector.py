@@ -558,3 +558,17 @@ def test_backbone_lr_mult_overrides_the_models_own_multiplier(monkeypatch):
     assert lrs() == [pytest.approx(1e-4)]
     assert lrs(backbone_lr_mult=1.0) == [pytest.approx(1e-3)]
     assert lrs(backbone_lr_mult=0.25) == [pytest.approx(2.5e-4)]
+
+
+def test_freeze_backbone_stride_freezes_the_stem_and_first_stages_out_of_the_optimizer(monkeypatch):
+    """``freeze_backbone_stride=4`` freezes resnet18's stem and layer1 (detectron2's FREEZE_AT=2): the optimizer
+    gets none of their weights, layer2 on trains; a value below the first stage's stride names the option."""
+    module = ObjectDetector(model="fcos_resnet18", num_classes=3, seed=0, freeze_backbone_stride=4)
+    monkeypatch.setattr(module, "_total_steps", lambda interval="step": 100)  # no trainer attached
+    optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    body = module.backbone_body
+    for name, p in body.named_parameters():
+        frozen = name.split(".")[0] in ("conv1", "bn1", "layer1")
+        assert p.requires_grad != frozen and (id(p) in optimized) != frozen, name
+    with pytest.raises(ValueError, match="freeze_backbone_stride=1"):
+        ObjectDetector(model="fcos_resnet18", num_classes=3, freeze_backbone_stride=1, deterministic=False)

@@ -220,6 +220,45 @@ def freeze_backbone(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+def freeze_stages(body: nn.Module, max_stride: int) -> list[str]:
+    """Freeze the stem and the leading stages of a timm feature body whose outputs have a stride of at most
+    ``max_stride`` (detectron2's ``FREEZE_AT``: 4 = stem and the stride-4 stage, torchvision's
+    ``trainable_backbone_layers=3`` on a ResNet): no gradients, BatchNorm as ``FrozenBatchNorm2d``. Backward
+    then stops before them, at full resolution the costliest layers to differentiate.
+
+    The stages come from timm's ``feature_info`` (every level, not only the ones the body returns): the
+    module of the last level at ``<= max_stride`` and every module registered before it on its path (timm
+    registers a body's modules in the order they run). Returns the frozen submodule names.
+    """
+    info = getattr(getattr(body, "feature_info", None), "info", None)
+    if not info:
+        raise ValueError(
+            f"freeze_backbone_stride: {type(body).__name__} has no timm feature_info to find its stages in"
+        )
+    levels = [level for level in info if int(level["reduction"]) <= max_stride]
+    if not levels:
+        raise ValueError(
+            f"freeze_backbone_stride={max_stride}: the backbone's first stage has stride {info[0]['reduction']}"
+        )
+    names = dict(body.named_modules())
+    target = levels[-1]["module"]
+    target = target if target in names else target.replace(".", "_")  # FeatureListNet flattens "layers.0"
+    if target not in names:
+        raise ValueError(f"freeze_backbone_stride: no module {levels[-1]['module']!r} in the backbone")
+    frozen: list[str] = []
+    parent, path = body, target.split(".")
+    for depth, part in enumerate(path):
+        prefix = ".".join(path[:depth])
+        for name, _ in parent.named_children():
+            if name == part:
+                break
+            frozen.append(f"{prefix}.{name}" if prefix else name)
+        parent = parent.get_submodule(part)
+    frozen.append(target)
+    freeze(body, frozen)
+    return frozen
+
+
 class FeatureBody(nn.Module):
     """Input normalisation and a timm feature backbone, no neck: images in [0, 1] -> NCHW feature maps,
     finest first. What every family puts its own neck or head on (:class:`PyramidBackbone` adds an FPN).

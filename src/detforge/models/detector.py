@@ -80,6 +80,9 @@ class ObjectDetector(L.LightningModule):
         freeze_backbone_bn: turn the backbone's BatchNorm layers into ``FrozenBatchNorm2d`` (statistics and
             affine fixed at their pretrained values; the rest of the backbone trains), as torchvision's
             detection models do with pretrained backbones: small batches give poor BatchNorm statistics.
+        freeze_backbone_stride: freeze the backbone's stem and the stages up to this output stride
+            (:func:`~detforge.models.backbone.freeze_stages`; 4 = detectron2's ``FREEZE_AT=2``): their
+            ImageNet features stay, and backward stops before the costliest layers. None: train them all.
         backbone_lr_mult: the backbone body's learning rate is ``lr * backbone_lr_mult`` (the neck and head
             train at ``lr``); for fine-tuning a pretrained backbone. Needs a model with a ``backbone``. None:
             the model's own multipliers (DETR's 0.1 on its backbone; 1 for the others).
@@ -141,6 +144,7 @@ class ObjectDetector(L.LightningModule):
         anchors: list[list[float]] | Literal["auto"] | None = None,
         freeze_backbone_bn: bool = False,
         backbone_lr_mult: float | None = None,
+        freeze_backbone_stride: int | None = None,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -156,6 +160,8 @@ class ObjectDetector(L.LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if freeze_backbone_stride is not None and freeze_backbone_stride < 1:
+            raise ValueError(f"freeze_backbone_stride must be >= 1 or None, got {freeze_backbone_stride}")
         if backbone_lr_mult is not None and backbone_lr_mult < 0:
             raise ValueError(f"backbone_lr_mult must be >= 0, got {backbone_lr_mult}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -184,7 +190,11 @@ class ObjectDetector(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else None
         if freeze_backbone:
             self.freeze_backbone()
-        elif freeze_backbone_bn:
+        elif freeze_backbone_stride is not None:
+            from detforge.models.backbone import freeze_stages
+
+            freeze_stages(self.backbone_body, freeze_backbone_stride)
+        if not freeze_backbone and freeze_backbone_bn:
             from timm.utils.model import freeze_batch_norm_2d
 
             body = self.backbone_body
