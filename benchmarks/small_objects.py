@@ -11,10 +11,13 @@ COCO metrics in the images' pixels, up to 300 detections per image):
 - ``sliced-train``: trained on ``--slice`` px tiles (``DetectionDataModule(slice=...)``, ``imgsz = slice``),
   predicted sliced.
 
-``--multi-scale lo hi`` adds a multi-scale twin of each training. One run, never beside another benchmark:
+``--multi-scale lo hi`` adds a multi-scale twin of each training; ``--nms-methods hard gaussian linear``
+evaluates every row with each post-processing NMS (Soft-NMS on crowded data). One run, never beside another
+benchmark:
 
     uv run python benchmarks/small_objects.py [--models detforge_n fcos_resnet18] [--train-images 256]
         [--val-images 32] [--imgsz 512] [--slice 512] [--budget 1800] [--multi-scale 0.5 1.5]
+        [--nms-methods hard gaussian linear]
 
 Smoke run (seconds): ``--models detforge_n --train-images 2 --val-images 2 --imgsz 128 --slice 128 --epochs 1
 --limit-batches 2``.
@@ -113,30 +116,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (smoke)")
     parser.add_argument("--multi-scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"))
     parser.add_argument("--no-multi-scale", action="store_true", help="skip the multi-scale twins")
+    parser.add_argument("--no-plain", action="store_true", help="skip the trainings on resized whole images")
+    parser.add_argument(
+        "--nms-methods",
+        nargs="+",
+        default=["hard"],
+        choices=["hard", "gaussian", "linear"],
+        help="NMS per row",
+    )
     args = parser.parse_args(argv)
     ms_options = [None] if args.no_multi_scale else [None, tuple(args.multi_scale)]
-    print(f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, cuda: {torch.cuda.is_available()}")
+    print(
+        f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}, cuda: {torch.cuda.is_available()}"
+    )
     print(
         f"synthetic-dense:{args.train_images}, val {args.val_images}, imgsz {args.imgsz}, slice {args.slice}"
     )
     rows = []
     for name in args.models:
         for ms in ms_options:
-            for sliced_train in (False, True):
+            for sliced_train in (True,) if args.no_plain else (False, True):
                 start = time.perf_counter()
                 model = train(name, sliced_train, ms, args)
                 wall = time.perf_counter() - start
                 infers = ("sliced-train",) if sliced_train else ("resize", "sliced-infer")
                 for mode in infers:
-                    row = {"model": name, "mode": mode, "multi_scale": ms, "train_s": wall}
-                    row.update(evaluate(model, mode != "resize", args))
-                    rows.append(row)
-                    print(row, flush=True)
-    print("\n| model | mode | multi-scale | mAP | AP-small | train s |\n|---|---|---|---|---|---|")
+                    for nms in args.nms_methods:
+                        model.model.set_postprocess(nms_method=nms)
+                        row = {"model": name, "mode": mode, "multi_scale": ms, "nms": nms, "train_s": wall}
+                        start = time.perf_counter()
+                        row.update(evaluate(model, mode != "resize", args))
+                        row["eval_s"] = time.perf_counter() - start
+                        rows.append(row)
+                        print(row, flush=True)
+    print("\n| model | mode | multi-scale | NMS | mAP | AP-small | train s | eval s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ms = "-" if r["multi_scale"] is None else f"{r['multi_scale'][0]}-{r['multi_scale'][1]}"
         print(
-            f"| {r['model']} | {r['mode']} | {ms} | {r['map']:.3f} | {r['map_small']:.3f} | {r['train_s']:.0f} |"
+            f"| {r['model']} | {r['mode']} | {ms} | {r['nms']} | {r['map']:.3f} | {r['map_small']:.3f} "
+            f"| {r['train_s']:.0f} | {r['eval_s']:.0f} |"
         )
     return 0
 
