@@ -245,3 +245,23 @@ def test_default_callbacks_include_adaptive_threads(tmp_path):
     assert [c.threads for c in callbacks if isinstance(c, AdaptiveThreads)] == ["auto"]
     callbacks = default_callbacks(tmp_path, progress_bar=False, artifacts=False, threads=1)
     assert [c.threads for c in callbacks if isinstance(c, AdaptiveThreads)] == [1]
+
+
+def test_a_probe_beside_a_busy_neighbour_costs_one_step():
+    """At 1 thread beside a spinning neighbour (0.5 s a step; 2 threads 1.44 s), every probe of 2 threads ends
+    after its settle step and one timed step, and the run stays within 10% of 1 thread's speed."""
+    c = ThreadController(2, policy=POLICY)
+    busy = {2: 1.44, 1: 0.5}
+    feed(c, busy, 20)
+    assert c.threads == 1
+    used = feed(c, busy, 400)
+    probes = [d for d in c.history[2:] if "trying 2" in d.reason]
+    assert probes and used.count(2) == (POLICY.settle + 1) * len(probes)
+    total = sum(busy[n] for n in used)
+    assert total < 1.1 * 400 * busy[1]
+    # a slow first step that is not clearly slower does not end a quiet probe early
+    quiet = ThreadController(2, policy=POLICY)
+    feed(quiet, {2: 0.274, 1: 0.376}, 7)
+    assert quiet.threads == 1 and quiet.phase == "trial"
+    feed(quiet, {2: 0.274, 1: 0.376}, 1)  # 1.37x slower than 2 threads: the window runs on
+    assert quiet.phase == "trial" and len(quiet._samples) == 2

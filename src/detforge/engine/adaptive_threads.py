@@ -34,6 +34,9 @@ class ThreadPolicy:
         degrade: a measurement this many times slower than the reference at the same count starts a trial
             of fewer threads.
         margin: a trial count is kept only when its measurement is faster by this fraction.
+        abort: a single step of a trial this many times slower than the measurement before the trial ends
+            the trial at once: a probe of all threads beside a busy neighbour (2.9x slower on a 2-core
+            machine) then costs one step, not a window of them.
         probe_every_s: step time between probes of another count (up when below the maximum, else down);
             the first probe comes right after the first measurement.
         max_probe_every_s: probes that fail double the interval, up to this.
@@ -46,14 +49,15 @@ class ThreadPolicy:
         1.5  # a shared 2-core VM's quiet step times wander by 1.25-1.35x; a busy neighbour costs 2.8x
     )
     margin: float = 0.05
+    abort: float = 1.5
     probe_every_s: float = 30.0
     max_probe_every_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.warmup < 0 or self.settle < 0:
             raise ValueError("window must be >= 1, warmup and settle >= 0")
-        if self.degrade <= 1.0 or not 0.0 <= self.margin < 1.0:
-            raise ValueError("degrade must be > 1 and margin in [0, 1)")
+        if self.degrade <= 1.0 or not 0.0 <= self.margin < 1.0 or self.abort <= 1.0:
+            raise ValueError("degrade and abort must be > 1 and margin in [0, 1)")
         if self.probe_every_s <= 0 or self.max_probe_every_s < self.probe_every_s:
             raise ValueError("probe_every_s must be > 0 and <= max_probe_every_s")
 
@@ -125,6 +129,9 @@ class ThreadController:
             self._skip -= 1
             return None
         self._samples.append(float(seconds))
+        if self.phase == "trial" and self._trial_from and seconds > self._trial_from[1] * self.policy.abort:
+            self._samples.clear()
+            return self._settle_trial(float(seconds))  # clearly slower: no need for a whole window
         if len(self._samples) < self.policy.window:
             return None
         median = statistics.median(self._samples)
