@@ -31,7 +31,7 @@ def test_the_faster_format_is_chosen_and_cached(cache, nchw_faster):
     def timer(probe, images, train):
         calls.append(probe.channels_last)
         assert probe is not model and images.shape == (2, 3, 64, 64)
-        return 1.0 if probe.channels_last != nchw_faster else 2.0
+        return 0.1 if probe.channels_last != nchw_faster else 0.2
 
     choice, why = choose_channels_last(model, (2, 3, 64, 64), timer=timer)
     assert choice is (not nchw_faster) and "measured" in why
@@ -46,6 +46,18 @@ def test_the_faster_format_is_chosen_and_cached(cache, nchw_faster):
     assert again is choice and "before" in why
     # another shape or inference is another measurement
     assert choose_channels_last(model, (2, 3, 64, 64), train=False, timer=timer)[0] is choice
+
+
+def test_a_step_of_seconds_is_measured_once_per_format(cache):
+    """At real input sizes a step costs seconds: one round (a warm-up and a timed step per format)."""
+    calls = []
+
+    def timer(probe, images, train):
+        calls.append(probe.channels_last)
+        return 3.0 if probe.channels_last else 2.5
+
+    choice, why = choose_channels_last(tiny().train(), (2, 3, 64, 64), timer=timer)
+    assert calls == [True, False] and choice is False and "2500 ms" in why
 
 
 def test_the_model_is_left_as_it_was(cache):

@@ -265,3 +265,14 @@ def test_a_probe_beside_a_busy_neighbour_costs_one_step():
     assert quiet.threads == 1 and quiet.phase == "trial"
     feed(quiet, {2: 0.274, 1: 0.376}, 1)  # 1.37x slower than 2 threads: the window runs on
     assert quiet.phase == "trial" and len(quiet._samples) == 2
+
+
+def test_slow_steps_probe_at_most_every_min_probe_gap_steps():
+    """Steps of 6 s (a 400 px fine-tune): a gap of seconds alone would probe every few steps; probes come
+    at least ``min_probe_gap_steps`` steps apart, so a quiet run loses under 5% to them."""
+    c = ThreadController(2, policy=ThreadPolicy(probe_every_s=30.0, max_probe_every_s=120.0))
+    times = {2: 6.0, 1: 8.2}
+    used = feed(c, times, 300)
+    starts = [i for i in range(1, len(used)) if used[i] == 1 and used[i - 1] == 2]
+    assert len(starts) >= 2 and all(b - a >= 60 for a, b in zip(starts, starts[1:], strict=False))
+    assert sum(times[n] for n in used) < 1.05 * 300 * times[2]

@@ -40,6 +40,9 @@ class ThreadPolicy:
         probe_every_s: step time between probes of another count (up when below the maximum, else down);
             the first probe comes right after the first measurement.
         max_probe_every_s: probes that fail double the interval, up to this.
+        min_probe_gap_steps: at least this many steps between probes whatever their duration: a probe
+            costs ``settle + window`` steps, so with steps of seconds (a large input) a gap in seconds alone
+            would spend a large part of the run probing.
     """
 
     warmup: int = 2
@@ -52,10 +55,11 @@ class ThreadPolicy:
     abort: float = 1.5
     probe_every_s: float = 30.0
     max_probe_every_s: float = 120.0
+    min_probe_gap_steps: int = 60
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.warmup < 0 or self.settle < 0:
-            raise ValueError("window must be >= 1, warmup and settle >= 0")
+        if self.window < 1 or self.warmup < 0 or self.settle < 0 or self.min_probe_gap_steps < 0:
+            raise ValueError("window must be >= 1, warmup, settle and min_probe_gap_steps >= 0")
         if self.degrade <= 1.0 or not 0.0 <= self.margin < 1.0 or self.abort <= 1.0:
             raise ValueError("degrade and abort must be > 1 and margin in [0, 1)")
         if self.probe_every_s <= 0 or self.max_probe_every_s < self.probe_every_s:
@@ -111,6 +115,7 @@ class ThreadController:
         self._trial_from: tuple[int, float] | None = None  # (threads, median) before the trial
         self._trial_kind = ""
         self._since_probe = math.inf  # probe right after the first measurement
+        self._steps_since_probe = math.inf
         self._probe_every = self.policy.probe_every_s
 
     # candidates
@@ -125,6 +130,7 @@ class ThreadController:
     def observe(self, seconds: float) -> Decision | None:
         """Record one step's duration; a ``Decision`` when the count changes or a trial is settled."""
         self._since_probe += seconds
+        self._steps_since_probe += 1
         if self._skip > 0:
             self._skip -= 1
             return None
@@ -152,7 +158,10 @@ class ThreadController:
             return None
         if self.reference is None or median < self.reference:
             self.reference = median
-        if self._since_probe >= self._probe_every:
+        if (
+            self._since_probe >= self._probe_every
+            and self._steps_since_probe >= self.policy.min_probe_gap_steps
+        ):
             target = self._higher(n) if n < self.max_threads else self._lower(n)
             if target is not None:
                 why = f"probe: {_ms(median)} at {n} threads"
@@ -163,6 +172,7 @@ class ThreadController:
         self._trial_from = (self.threads, median)
         self._trial_kind = kind
         self._since_probe = 0.0
+        self._steps_since_probe = 0
         self.threads = target
         self.phase = "trial"
         self._skip = self.policy.settle
