@@ -146,3 +146,19 @@ def test_every_model_recipe_names_a_model_and_real_options():
         for key in recipe:
             group, _, option = key.partition(".")
             assert option in inspect.signature(groups[group].__init__).parameters, (name, key)
+
+
+def test_a_model_recipe_input_size_moves_the_models_size_too():
+    """yolov1_n's recipe trains at 224 px (its 7 x 7 grid = the stride-32 map): data.imgsz and the model's
+    imgsz (linked at parse time) both follow, unless --imgsz is given."""
+    from detforge.commands.train import apply_model_recipe
+
+    def cfg():
+        return Namespace({"model.model": "yolov1_n", "model.lr": 3e-3, "data.imgsz": 128, "model.imgsz": 128})
+
+    ours = cfg()
+    assert set(apply_model_recipe(ours, [])) == {"model.lr", "data.imgsz"}
+    assert ours["data.imgsz"] == ours["model.imgsz"] == 224 and ours["model.lr"] == 1e-2
+    given = cfg()
+    assert apply_model_recipe(given, ["--data.imgsz", "128"]) == ["model.lr"]
+    assert given["data.imgsz"] == given["model.imgsz"] == 128

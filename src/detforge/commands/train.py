@@ -99,12 +99,19 @@ SYNTHETIC_ONLY = (
 
 # Per-model parts of the recipe, applied unless the command line or a config file sets them. detforge_n
 # (BatchNorm backbone, GroupNorm head, trained from scratch) learns fastest at AdamW lr 1e-2: in a 2:15 budget
-# 0.49 mAP against 0.44 at 6e-3 and 0.39 at 3e-3. detforge_s and the edge detectors keep the 3e-3
-# their recipes were measured at. yolov3_n fits its anchors to the training boxes (its defaults are COCO's,
-# scaled to 256 px, while the recipe trains at 128 px). detr_n takes DETR's published optimiser settings.
+# 0.49 mAP against 0.44 at 6e-3 and 0.39 at 3e-3. centernet_n and yolov3_n (one positive per object, so a
+# slower start) gain most from it: in the 4:30 budget centernet_n 0.354 mAP at 1e-2 against 0.177 at 3e-3,
+# yolov3_n 0.219 against 0.137 (benchmarks/family_accuracy.py, 2-core AVX2). detforge_s and the edge
+# detectors keep the 3e-3 their recipes were measured at. yolov3_n fits its anchors to the training boxes
+# (its defaults are COCO's, scaled to 256 px, while the recipe trains at 128 px). detr_n takes DETR's
+# published optimiser settings.
 MODEL_RECIPES: dict[str, dict[str, Any]] = {
     "detforge_n": {"model.lr": 1e-2},
-    "yolov3_n": {"model.anchors": "auto"},
+    "centernet_n": {"model.lr": 1e-2},
+    "yolov3_n": {"model.lr": 1e-2, "model.anchors": "auto"},
+    # YOLOv1's 7 x 7 grid over a 128 px input is finer than the backbone's 4 x 4 stride-32 map; at 224 px the
+    # map is the grid (32 px cells): 0.107 mAP in the 4:30 budget at lr 1e-2, against 0.005 at 128 px.
+    "yolov1_n": {"model.lr": 1e-2, "data.imgsz": 224},
     # DETR's optimiser: AdamW lr 1e-4 (the backbone at 0.1x: the model's lr_multipliers), weight decay 1e-4,
     # gradient norm clipped at 0.1.
     "detr_n": {"model.lr": 1e-4, "model.weight_decay": 1e-4, "trainer.gradient_clip_val": 0.1},
@@ -254,6 +261,8 @@ def apply_model_recipe(cfg, argv: list[str]) -> list[str]:
     applied = [key for key in recipe if key not in given]
     for key in applied:
         cfg[key] = recipe[key]
+    if "data.imgsz" in applied:
+        cfg["model.imgsz"] = cfg["data.imgsz"]  # the link from data.imgsz was applied at parse time
     return applied
 
 
