@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from detforge.data.datamodule import detection_collate
@@ -45,9 +46,13 @@ def test_evaluation_does_not_change_with_batch_size(model):
     for key in ("class_logits", "boxes"):
         torch.testing.assert_close(batched[key][:, 1], alone[key][:, 0], atol=1e-4, rtol=0)
     torch.testing.assert_close(batched["image_sizes"][1], alone["image_sizes"][0])
-    for key in ("boxes", "scores"):
-        torch.testing.assert_close(batched_det[key], alone_det[key], atol=1e-4, rtol=0)
-    assert torch.equal(batched_det["labels"], alone_det["labels"])
+    # the same detections; two whose scores tie within float noise may come out in either order
+    assert len(batched_det["scores"]) == len(alone_det["scores"])
+    cost = (batched_det["boxes"][:, None] - alone_det["boxes"][None]).abs().amax(-1)  # [N, N]
+    cost = cost + (batched_det["scores"][:, None] - alone_det["scores"][None]).abs()
+    cost[batched_det["labels"][:, None] != alone_det["labels"][None]] = float("inf")
+    rows, cols = linear_sum_assignment(cost.numpy())
+    assert len(rows) == len(cost) and float(cost[rows, cols].max()) <= 2e-4
 
 
 def test_padding_is_masked_in_the_encoder(model):
