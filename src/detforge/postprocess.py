@@ -91,9 +91,8 @@ def _x_sweep(x: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = x + (keys * 2.0 * span)[:, None]  # keys far apart: no cross-key pair
     order = np.argsort(x[:, 0], kind="stable")  # [N]
     left, right = x[order, 0], x[order, 1]  # [N] each, sorted by left end
-    stop = np.searchsorted(
-        left, right, side="left"
-    )  # [N] first sorted interval starting at or after each end
+    # [N] the first sorted interval starting at or after each right end
+    stop = np.searchsorted(left, right, side="left")
     begin = np.arange(1, n + 1)  # [N] the next interval in the order
     counts = np.maximum(stop - begin, 0)  # [N] partners of each sorted interval
     first = np.repeat(np.arange(n), counts)  # [P]
@@ -127,7 +126,7 @@ def overlapping_pairs(boxes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray
     owner = np.repeat(np.arange(n), reps)  # [R] the box of each (box, band) entry
     band_id = first_band[owner] + np.arange(owner.shape[0]) - (np.cumsum(reps) - reps)[owner]  # [R]
     keys = dense[owner] * int(band_id.max() + 1) + band_id  # [R] one key per (group, band)
-    p, q = _x_sweep(boxes[owner][:, 0::2].astype(np.float64), keys)  # [P'] entries, x extents overlap
+    p, q = _x_sweep(boxes[owner, 0::2].astype(np.float64), keys)  # [P'] entries, x extents overlap
     i, j = owner[p], owner[q]  # [P'] boxes
     meet = (np.minimum(y[i, 1], y[j, 1]) > np.maximum(y[i, 0], y[j, 0])) & (
         band_id[p] == np.maximum(first_band[i], first_band[j])
