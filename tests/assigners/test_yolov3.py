@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from detforge.assigners.yolov3 import YOLOv3Assigner
@@ -28,8 +29,9 @@ def _iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def _reference(boxes, labels, pred_boxes, thresh=0.5):
-    """One image, one box at a time, as darknet's loop: best anchor, centre cell, later boxes overwrite."""
+def _reference(boxes, labels, pred_boxes, thresh=0.5, multi=None):
+    """One image, one box at a time, as darknet's loop: best anchor (and with ``multi`` every anchor of
+    shape IoU above it, as ultralytics' port), centre cell, later boxes overwrite."""
     counts = [h * w * 3 for h, w in FEAT_SIZES]
     num_preds = sum(counts)
     label_of = [-1] * num_preds
@@ -38,13 +40,15 @@ def _reference(boxes, labels, pred_boxes, thresh=0.5):
         w, h = x2 - x1, y2 - y1
         ious = [_shape_iou(w, h, float(a[0]), float(a[1])) for a in ANCHORS]
         best = max(range(len(ious)), key=lambda i: (ious[i], -i))
-        level, k = divmod(best, 3)
-        fh, fw = FEAT_SIZES[level]
-        s = STRIDES[level]
-        col = min(max(math.floor((x1 + x2) / 2 / s), 0), fw - 1)
-        row = min(max(math.floor((y1 + y2) / 2 / s), 0), fh - 1)
-        slot = sum(counts[:level]) + (row * fw + col) * 3 + k
-        label_of[slot], gt_of[slot] = labels[g], g
+        chosen = [i for i in range(len(ious)) if i == best or (multi is not None and ious[i] > multi)]
+        for anchor in chosen:
+            level, k = divmod(anchor, 3)
+            fh, fw = FEAT_SIZES[level]
+            s = STRIDES[level]
+            col = min(max(math.floor((x1 + x2) / 2 / s), 0), fw - 1)
+            row = min(max(math.floor((y1 + y2) / 2 / s), 0), fh - 1)
+            slot = sum(counts[:level]) + (row * fw + col) * 3 + k
+            label_of[slot], gt_of[slot] = labels[g], g
     ignore = [False] * num_preds
     for p in range(num_preds):
         if gt_of[p] < 0 and boxes:
@@ -62,7 +66,8 @@ def test_anchor_grid_order():
     )
 
 
-def test_batched_assignment_matches_per_image_reference():
+@pytest.mark.parametrize("multi", [None, 0.2, 0.5])
+def test_batched_assignment_matches_per_image_reference(multi):
     g = torch.Generator().manual_seed(3)
     per_image = []
     for n in (0, 1, 4, 7):
@@ -77,11 +82,21 @@ def test_batched_assignment_matches_per_image_reference():
     centre = torch.rand(4, num_preds, 2, generator=g) * torch.tensor([96.0, 64.0])
     size = torch.rand(4, num_preds, 2, generator=g) * 50 + 2
     pred_boxes = torch.cat([centre - size / 2, centre + size / 2], -1)
-    out = YOLOv3Assigner(0.5)(pred_boxes, FEAT_SIZES, STRIDES, ANCHORS, gt_boxes, gt_labels, gt_mask)
+    out = YOLOv3Assigner(0.5, multi)(pred_boxes, FEAT_SIZES, STRIDES, ANCHORS, gt_boxes, gt_labels, gt_mask)
     for i, t in enumerate(targets):
-        labels, gts, ignore = _reference(t["boxes"].tolist(), t["labels"].tolist(), pred_boxes[i].tolist())
+        labels, gts, ignore = _reference(
+            t["boxes"].tolist(), t["labels"].tolist(), pred_boxes[i].tolist(), multi=multi
+        )
         assert out.labels[i].tolist() == labels
         assert out.matched_gt[i].tolist() == gts
         assert out.ignore[i].tolist() == ignore
-    assert (out.labels[2] >= 0).sum() <= len(per_image[2]) and out.ignore.any()
+    if multi is None:
+        assert (out.labels[2] >= 0).sum() <= len(per_image[2]) and out.ignore.any()
+    elif multi == 0.2:  # some boxes got more than one anchor
+        assert (out.labels >= 0).sum() > sum(len(b) for b in per_image) - 1
     assert not (out.ignore & (out.labels >= 0)).any()
+
+
+def test_multi_anchor_thresh_is_checked():
+    with pytest.raises(ValueError, match="multi_anchor_thresh"):
+        YOLOv3Assigner(0.5, 1.5)

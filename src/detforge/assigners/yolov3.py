@@ -2,8 +2,10 @@
 
 1. Each ground truth goes to the one anchor (of all levels' anchors, nine by default) whose size has the
    highest IoU with the box's size (both centred on one point: :func:`detforge.anchors.shape_iou`); ties go
-   to the first anchor.
-2. On that anchor's level it is placed at the cell holding its centre, ``floor(c / stride)`` clamped to the
+   to the first anchor. With ``multi_anchor_thresh`` set, it also goes to every other anchor whose shape IoU
+   with the box is above that threshold (the ``iou_t`` rule of ultralytics' YOLOv3 port, 0.2 there): more
+   positives per object, the usual remedy for YOLOv3's slow start on small budgets.
+2. On each chosen anchor's level it is placed at the cell holding its centre, ``floor(c / stride)`` clamped to the
    map; the prediction slot is (level, row, column, anchor).
 3. Two ground truths on one slot: the later one (higher index in the image's list) keeps it, as in darknet,
    where the later box overwrites the earlier one's targets.
@@ -41,15 +43,22 @@ class YOLOv3Assigner:
 
     Args:
         ignore_thresh: predictions overlapping a ground truth by more than this IoU get no objectness loss.
+        multi_anchor_thresh: None (the paper: the best anchor only), or a shape IoU in (0, 1): a ground truth
+            also goes to every anchor above it (each at the centre cell of its own level).
     """
 
-    def __init__(self, ignore_thresh: float = 0.5) -> None:
+    def __init__(self, ignore_thresh: float = 0.5, multi_anchor_thresh: float | None = None) -> None:
         if not 0.0 < ignore_thresh <= 1.0:
             raise ValueError(f"ignore_thresh must be in (0, 1], got {ignore_thresh}")
+        if multi_anchor_thresh is not None and not 0.0 < multi_anchor_thresh < 1.0:
+            raise ValueError(f"multi_anchor_thresh must be None or in (0, 1), got {multi_anchor_thresh}")
         self.ignore_thresh = float(ignore_thresh)
+        self.multi_anchor_thresh = None if multi_anchor_thresh is None else float(multi_anchor_thresh)
 
     def __repr__(self) -> str:
-        return f"YOLOv3Assigner(ignore_thresh={self.ignore_thresh})"
+        return (
+            f"YOLOv3Assigner(ignore_thresh={self.ignore_thresh}, multi_anchor_thresh={self.multi_anchor_thresh})"
+        )
 
     def __call__(self, *args, **kwargs) -> YOLOv3Assignment:
         return self.assign(*args, **kwargs)
@@ -86,26 +95,34 @@ class YOLOv3Assigner:
             return YOLOv3Assignment(labels, labels.clone(), torch.zeros_like(labels, dtype=torch.bool))
         gt_boxes, gt_mask = gt_boxes.float(), gt_mask.bool()
 
-        # 1. best anchor by shape IoU, [B, G]
+        # 1. the best anchor by shape IoU, and with multi_anchor_thresh every anchor above it: [B, G, K]
+        num_anchors = anchors.shape[0]
         wh = (gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=0)  # [B, G, 2]
-        best = shape_iou(wh.reshape(-1, 2), anchors.float()).argmax(1).reshape(num_images, num_gt)  # [B, G]
-        level, k = best // per_level, best % per_level  # [B, G] each
+        fit = shape_iou(wh.reshape(-1, 2), anchors.float()).reshape(num_images, num_gt, num_anchors)  # [B, G, K]
+        anchor_id = torch.arange(num_anchors, device=device)  # [K]
+        chosen = anchor_id == fit.argmax(2, keepdim=True)  # [B, G, K]
+        if self.multi_anchor_thresh is not None:
+            chosen |= fit > self.multi_anchor_thresh
+        level, k = anchor_id // per_level, anchor_id % per_level  # [K] each
 
-        # 2. centre cell on that level
-        level_h = torch.tensor([h for h, _ in feat_sizes], device=device)[level]  # [B, G]
-        level_w = torch.tensor([w for _, w in feat_sizes], device=device)[level]  # [B, G]
-        stride = torch.tensor([float(s) for s in strides], device=device)[level]  # [B, G]
-        offset = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)[level]  # [B, G]
+        # 2. the centre cell on each anchor's level: slot [B, G, K]
+        level_h = torch.tensor([h for h, _ in feat_sizes], device=device)[level]  # [K]
+        level_w = torch.tensor([w for _, w in feat_sizes], device=device)[level]  # [K]
+        stride = torch.tensor([float(s) for s in strides], device=device)[level]  # [K]
+        offset = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)[level]  # [K]
         centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) * 0.5  # [B, G, 2]
-        col = torch.minimum(torch.floor(centre[..., 0] / stride).long().clamp(min=0), level_w - 1)  # [B, G]
-        row = torch.minimum(torch.floor(centre[..., 1] / stride).long().clamp(min=0), level_h - 1)  # [B, G]
-        slot = offset + (row * level_w + col) * per_level + k  # [B, G]
+        col = torch.floor(centre[..., None, 0] / stride).long().clamp(min=0)  # [B, G, K]
+        row = torch.floor(centre[..., None, 1] / stride).long().clamp(min=0)  # [B, G, K]
+        col, row = torch.minimum(col, level_w - 1), torch.minimum(row, level_h - 1)
+        slot = offset + (row * level_w + col) * per_level + k  # [B, G, K]
 
-        # 3. one ground truth per slot: the highest index (padding goes to a spare column P)
-        slot = torch.where(gt_mask, slot, torch.full_like(slot, num_preds))
-        gt_index = torch.arange(num_gt, device=device).expand(num_images, num_gt)  # [B, G]
+        # 3. one ground truth per slot: the highest index (padding and unchosen anchors go to a spare column P)
+        slot = torch.where(gt_mask[..., None] & chosen, slot, torch.full_like(slot, num_preds))
+        gt_index = torch.arange(num_gt, device=device)[:, None].expand(num_images, num_gt, num_anchors)
         owner = torch.full((num_images, num_preds + 1), -1, dtype=torch.int64, device=device)
-        owner.scatter_reduce_(1, slot, gt_index, reduce="amax", include_self=True)
+        owner.scatter_reduce_(
+            1, slot.reshape(num_images, -1), gt_index.reshape(num_images, -1), reduce="amax", include_self=True
+        )
         matched_gt = owner[:, :num_preds]  # [B, P]
         pos = matched_gt >= 0
         labels = torch.where(pos, gt_labels.gather(1, matched_gt.clamp(min=0)), labels)

@@ -56,6 +56,9 @@ class YOLOv3(Detector):
         neck_width, neck_num_convs: the neck's coarsest conv-set width (halved per finer level) and convs per
             set (darknet: 512, 5).
         ignore_thresh: unassigned predictions with IoU above this with a ground truth get no objectness loss.
+        multi_anchor_thresh: None (the paper: each ground truth on its best anchor of all levels) or a shape
+            IoU in (0, 1): also on every anchor whose shape IoU with the box is above it (ultralytics' port
+            uses 0.2), at the centre cell of that anchor's level. More positives, a faster start.
         reg_loss_fn: ``"giou"`` (default; modern ports), ``"diou"``, ``"ciou"``, ``"iou"`` on decoded boxes,
             or ``"mse"`` (darknet's squared error on the t's, scaled by ``2 - w * h``).
         cls_loss_weight, reg_loss_weight, obj_loss_weight: weights of the loss parts.
@@ -74,6 +77,7 @@ class YOLOv3(Detector):
         neck_width: int = 512,
         neck_num_convs: int = 5,
         ignore_thresh: float = 0.5,
+        multi_anchor_thresh: float | None = None,
         reg_loss_fn: YOLOv3BoxLoss = "giou",
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 5.0,
@@ -109,6 +113,7 @@ class YOLOv3(Detector):
         self.criterion = YOLOv3Criterion(
             self.strides,
             ignore_thresh=ignore_thresh,
+            multi_anchor_thresh=multi_anchor_thresh,
             reg_loss=reg_loss_fn,
             cls_weight=cls_loss_weight,
             reg_weight=reg_loss_weight,

@@ -37,6 +37,8 @@ class YOLOv3Criterion(nn.Module):
     Args:
         strides: stride of each level in pixels.
         ignore_thresh: unassigned predictions with IoU above this with a ground truth get no objectness loss.
+        multi_anchor_thresh: None (each ground truth on its best anchor only) or a shape IoU: also on every
+            anchor above it (:class:`~detforge.assigners.yolov3.YOLOv3Assigner`).
         reg_loss: see :data:`YOLOv3BoxLoss` and the module docstring.
         cls_weight, reg_weight, obj_weight: weights of the parts in ``loss``.
     """
@@ -45,6 +47,7 @@ class YOLOv3Criterion(nn.Module):
         self,
         strides: Sequence[int],
         ignore_thresh: float = 0.5,
+        multi_anchor_thresh: float | None = None,
         reg_loss: YOLOv3BoxLoss = "giou",
         cls_weight: float = 1.0,
         reg_weight: float = 5.0,
@@ -54,7 +57,7 @@ class YOLOv3Criterion(nn.Module):
         if reg_loss not in get_args(YOLOv3BoxLoss):
             raise ValueError(f"reg_loss_fn must be one of {get_args(YOLOv3BoxLoss)}, got {reg_loss!r}")
         self.strides = tuple(int(s) for s in strides)
-        self.assigner = YOLOv3Assigner(ignore_thresh)
+        self.assigner = YOLOv3Assigner(ignore_thresh, multi_anchor_thresh)
         self.reg_loss = reg_loss
         self.reg_loss_fn = None if reg_loss == "mse" else get_loss(reg_loss, reduction="sum")
         self.bce = get_loss("bce", reduction="sum")
