@@ -2,8 +2,9 @@
 
 Channels-last convolutions win on CPUs with AVX-512 / AMX and on recent GPUs; on other CPUs (AVX2-only
 EPYCs, older laptops) and for some models NCHW is as fast or faster. Instead of a rule verified on two CPU
-kinds, :func:`choose_channels_last` times a few steps of the model itself in both formats (a warm-up and a
-timed step each, in one or two interleaved rounds: one when a step costs seconds) and keeps the faster, and the answer is cached in ``~/.cache/detforge/memory_format.json`` (``$DETFORGE_CACHE_DIR``) under
+kinds, :func:`choose_channels_last` times a few steps of the model itself in both formats (an untimed warm-up
+each, then timed steps in ABBA order, twice where a step is cheap) and keeps the faster on average, and the
+answer is cached in ``~/.cache/detforge/memory_format.json`` (``$DETFORGE_CACHE_DIR``) under
 the CPU, its capability, the thread count, the model and the input shape, so the measurement is paid once.
 ``$DETFORGE_MEMORY_FORMAT`` = ``channels_last`` | ``nchw`` fixes the choice; ``auto`` (the default) measures.
 
@@ -41,9 +42,10 @@ __all__ = [
 MemoryFormat = Literal["auto", "channels_last", "nchw"]
 _ENV = "DETFORGE_MEMORY_FORMAT"
 _FORMATS = ("auto", "channels_last", "nchw")
-# A step of both formats costing more than this (seconds) is measured once, not twice: at 400 px a
-# MobileNetV2-FPN-256 step takes ~6 s, and 16 timed steps used to cost a 10-minute run 90 s of its budget.
+# When the two warm-up steps together cost more than this (seconds), one ABBA round is timed, not two: at 400 px
+# a MobileNetV2-FPN-256 step takes ~6 s, and 16 passes used to cost a 10-minute run 90 s of its budget (now 6).
 _SECOND_ROUND_BELOW_S = 2.0
+_ABBA = (False, True, True, False)  # NCHW, channels-last, channels-last, NCHW
 
 
 def cache_path() -> Path:
@@ -138,18 +140,22 @@ def choose_channels_last(
             f"(measured before on this machine: {entry['channels_last_s'] * 1e3:.0f} ms vs NCHW "
             f"{entry['nchw_s'] * 1e3:.0f} ms a step)"
         )
-    timer = timer or (lambda m, x, t: time_step(m, x, t, repeats=1, warmup=1))
+    timer = timer or (lambda m, x, t: time_step(m, x, t, repeats=1, warmup=0))
     rng = torch.get_rng_state()
     probe = copy.deepcopy(model).train(train)
     images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
-    measured = {}
-    for fmt in (True, False):  # interleaved rounds; the first also warms the allocator
+    warmup = 0.0
+    for fmt in (True, False):  # an untimed warm-up pass in each format (allocator, kernel choice)
         set_channels_last(probe, fmt)
-        measured[fmt] = timer(probe, images, train)
-    if sum(measured.values()) < _SECOND_ROUND_BELOW_S:  # a second round only where it is cheap
-        for fmt in (True, False):
+        warmup += timer(probe, images, train)
+    # Timed passes in ABBA order, so a steady drift (a CPU warming up, a neighbour starting or leaving) costs
+    # both formats alike and each format has one pass right after a switch; twice where a step is cheap.
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(1 if warmup >= _SECOND_ROUND_BELOW_S else 2):
+        for fmt in _ABBA:
             set_channels_last(probe, fmt)
-            measured[fmt] = min(measured[fmt], timer(probe, images, train))
+            samples[fmt].append(timer(probe, images, train))
+    measured = {fmt: statistics.mean(times) for fmt, times in samples.items()}
     torch.set_rng_state(rng)
     del probe
     choice = measured[True] <= measured[False]
