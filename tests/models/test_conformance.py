@@ -111,6 +111,21 @@ def test_outputs_do_not_depend_on_mode(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_losses_do_not_depend_on_detections(name):
+    """``forward_loss(..., detections=False)`` (the training step) may skip what only detections need, but
+    gives the same losses (eval mode: deterministic sampling)."""
+    model = model_named(name).eval()
+    images = _images(model)
+    targets = edge_case_batches(model.num_classes)["different_counts"]
+    with torch.no_grad():
+        _, full = model.forward_loss(images, targets)
+        _, lean = model.forward_loss(images, targets, detections=False)
+    assert set(lean) == set(full)
+    for key in full:
+        torch.testing.assert_close(lean[key], full[key], msg=f"{name}: {key} changed with detections=False")
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_postprocess_contract(name):
     model = model_named(name)
     settings = model.postprocess_settings

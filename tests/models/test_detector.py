@@ -572,3 +572,32 @@ def test_freeze_backbone_stride_freezes_the_stem_and_first_stages_out_of_the_opt
         assert p.requires_grad != frozen and (id(p) in optimized) != frozen, name
     with pytest.raises(ValueError, match="freeze_backbone_stride=1"):
         ObjectDetector(model="fcos_resnet18", num_classes=3, freeze_backbone_stride=1, deterministic=False)
+
+
+def test_training_step_asks_for_the_losses_only(monkeypatch):
+    """The training step passes ``detections=False`` (Faster R-CNN then skips its inference-path RoI head);
+    a forward_loss override without the keyword still trains."""
+    from detforge.models.registry import create_model
+
+    built = create_model("fcos_test_resnet", num_classes=3, fpn_channels=16, head_num_convs=1, extra_levels=0)
+    model = ObjectDetector(model=built, compile_model=False, deterministic=False)
+    calls = []
+    original = type(built).forward_loss
+
+    def recording(self, images, targets, *, detections=True):
+        calls.append(detections)
+        return original(self, images, targets, detections=detections)
+
+    monkeypatch.setattr(type(built), "forward_loss", recording)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)  # no trainer attached
+    batch = (torch.rand(2, 3, 64, 64), [target([[10, 12, 40, 50]], [1]), target([], [])])
+    model.training_step(batch, 0)
+    assert calls == [False]
+
+    def old_style(self, images, targets):  # written before the keyword existed
+        calls.append("old")
+        return original(self, images, targets)
+
+    monkeypatch.setattr(type(built), "forward_loss", old_style)
+    assert torch.isfinite(model.training_step(batch, 0))
+    assert calls == [False, "old"]

@@ -80,7 +80,7 @@ def test_auto_anchors_are_fitted_once_before_training_and_kept_in_the_state_dict
 
 
 def test_darknet_mse_loss_trains():
-    model = create_model("yolov3_n", num_classes=2, reg_loss_fn="mse")
+    model = create_model("yolov3_n", num_classes=2, reg_loss_fn="mse", multi_anchor_thresh=None)
     targets = [{"boxes": torch.tensor([[10.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
     _, losses = model.forward_loss(torch.rand(1, 3, 64, 96), targets)
     losses["loss"].backward()

@@ -4,9 +4,10 @@ Every model has the same steps, independent of train / eval mode:
 
 - ``forward(images Tensor[B, C, H, W] in [0, 1]) -> outputs`` (a dict of raw head tensors);
 - ``loss(outputs, targets) -> dict[str, Tensor]`` with ``loss`` the total;
-- ``forward_loss(images, targets) -> (outputs, losses)``: what training and validation call, so validation
-  gets the loss and the detections from one forward. The default is ``forward`` then ``loss``; a model whose
-  forward needs the targets (RoI sampling, denoising queries) overrides it;
+- ``forward_loss(images, targets, *, detections=True) -> (outputs, losses)``: what training and validation
+  call, so validation gets the loss and the detections from one forward. The default is ``forward`` then
+  ``loss``; a model whose forward needs the targets (RoI sampling, denoising queries) overrides it. The
+  training step passes ``detections=False``: a model may skip what only detections need, same losses;
 - ``postprocess(outputs, image_sizes) -> list[dict(boxes, scores, labels)]`` in input-image pixels, with the
   one set of post-processing settings every model shares (:attr:`Detector.postprocess_settings`).
 
@@ -300,8 +301,13 @@ class Detector(nn.Module):
         (Tensor[N] int64)."""
         raise NotImplementedError(f"{type(self).__name__} must define loss(outputs, targets)")
 
-    def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """``(outputs, losses)`` of one forward: training and validation call this."""
+    def forward_loss(
+        self, images: Tensor, targets: list[dict], *, detections: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(outputs, losses)`` of one forward: training and validation call this. ``detections=False``
+        (the training step, which keeps only the losses) lets a model skip work that only ``postprocess``
+        needs (Faster R-CNN's RoI head on its test proposals); the losses must not change, the outputs may
+        then be partial. Dense models need every output for the loss and skip nothing."""
         outputs = self(images)
         return outputs, self.loss(outputs, targets)
 

@@ -281,8 +281,12 @@ class ObjectDetector(L.LightningModule):
         """Raw head outputs for ``images`` (Tensor[B, C, H, W], float in [0, 1])."""
         return self.model(images)
 
-    def _forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    def _forward_loss(
+        self, images: Tensor, targets: list[dict], detections: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
         forward_loss = getattr(self.model, "forward_loss", None)
+        if forward_loss is not None and not detections and _takes_detections(forward_loss):
+            return forward_loss(images, targets, detections=False)  # the training step keeps only the losses
         if forward_loss is not None:
             return forward_loss(images, targets)
         outputs = self.model(images)  # a model that predates Detector: forward, then loss
@@ -303,7 +307,8 @@ class ObjectDetector(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor:
         images, targets = batch
-        _, losses = self._forward_loss(images, targets)  # normalised by positives averaged over DDP ranks
+        # the losses only (normalised by positives averaged over DDP ranks)
+        _, losses = self._forward_loss(images, targets, detections=False)
         loss = losses["loss"]
         if not bool(torch.isfinite(loss.detach()).all()):
             raise nonfinite_loss_error(losses, targets, self.global_step, batch_idx)
@@ -454,3 +459,14 @@ class ObjectDetector(L.LightningModule):
             return str(export_onnx(self.model, save_path, with_nms=with_nms, **kwargs))
         finally:
             self.train(was_training)
+
+
+def _takes_detections(forward_loss: Any) -> bool:
+    """Whether a model's ``forward_loss`` takes the ``detections`` keyword (every Detector does; a user's
+    override written before it may not)."""
+    import inspect
+
+    try:
+        return "detections" in inspect.signature(forward_loss).parameters
+    except (TypeError, ValueError):
+        return False

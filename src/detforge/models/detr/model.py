@@ -184,8 +184,11 @@ class DETR(Detector):
         return out, padding_mask(real, fh, fw)
 
     # ------------------------------------------------------------------ training
-    def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """``(outputs, losses)`` with the real image sizes of the targets (``size``) passed to ``forward``."""
+    def forward_loss(
+        self, images: Tensor, targets: list[dict], *, detections: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(outputs, losses)`` with the real image sizes of the targets (``size``) passed to ``forward``
+        (``detections``: the losses need every output, so nothing is skipped)."""
         outputs = self(images, image_sizes_of(targets, images))
         return outputs, self.loss(outputs, targets)
 

@@ -258,9 +258,12 @@ class RTDETR(Detector):
         return out, real
 
     # ------------------------------------------------------------------ training
-    def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    def forward_loss(
+        self, images: Tensor, targets: list[dict], *, detections: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """One forward and its losses; in training mode with denoising queries (then dropped from the
-        outputs, which equal ``forward``'s). The targets' ``size`` gives each image's unpadded size."""
+        outputs, which equal ``forward``'s). The targets' ``size`` gives each image's unpadded size
+        (``detections``: the losses need every output, so nothing is skipped)."""
         sizes = torch.tensor(image_sizes_of(targets, images), dtype=torch.float32, device=images.device)
         padded = bool((sizes != torch.tensor(images.shape[-2:], device=images.device)).any())
         use_dn = self.training and self.num_denoising > 0

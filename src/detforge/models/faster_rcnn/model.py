@@ -5,7 +5,7 @@ mask) and the RoI head's class logits and class-specific deltas for them; ``post
 detections. ``forward_loss(images, targets)`` returns the same outputs plus the four losses: it matches and
 samples anchors and RoIs for the whole batch (:mod:`detforge.assigners.rcnn`) and runs the RoI head on the
 sampled RoIs (in training mode from the training-setting proposals, with the inference-path head run without
-gradients).
+gradients, unless ``detections=False``: the training step skips it, as torchvision's training forward does).
 """
 
 from __future__ import annotations
@@ -164,56 +164,71 @@ class FasterRCNN(Detector):
             objectness, rpn_deltas, anchors, counts, sizes, self.rpn_coder, *settings, self.rpn_nms_thresh
         )
 
-    def _inference_path(
-        self, images: Tensor, sizes: Tensor, grad: bool
-    ) -> tuple[dict[str, Any], list[Tensor], Tensor, list[int]]:
+    def _rpn(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor, list[int]]:
+        """Features, RPN objectness (Tensor[B, A]) and deltas (Tensor[B, A, 4]), anchors (Tensor[A, 4]) and
+        anchors per level."""
         features = self._pyramid(images)
         objectness, rpn_deltas = self.rpn_head(features)  # [B, A], [B, A, 4]
         feat_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         anchors, counts = self.anchor_generator(feat_sizes, images.device)  # [A, 4]
+        return features, objectness, rpn_deltas, anchors, counts
+
+    def _detect(
+        self, features: list[Tensor], objectness: Tensor, rpn_deltas: Tensor, anchors: Tensor, counts: list[int],
+        sizes: Tensor, grad: bool,
+    ) -> dict[str, Tensor]:  # fmt: skip
+        """The inference path after the RPN: test-setting proposals and the RoI head on them."""
         proposals, scores, mask = self._proposals(
             objectness, rpn_deltas, anchors, counts, sizes, self.rpn_test
         )  # [B, R, 4], [B, R], [B, R]
         b, r = mask.shape
-        image_idx = torch.arange(b, device=images.device)[:, None].expand(b, r).reshape(-1)  # [B * R]
+        image_idx = torch.arange(b, device=mask.device)[:, None].expand(b, r).reshape(-1)  # [B * R]
         real = mask.reshape(-1).nonzero(as_tuple=True)[0]  # [K] the RoI head runs on real proposals only
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             head_logits, head_deltas = self._head(features, proposals.reshape(-1, 4)[real], image_idx[real])
         num_cls = self.box_predictor.cls_score.out_features
         logits = head_logits.new_zeros(b * r, num_cls).index_put((real,), head_logits)  # [B * R, C + 1]
         deltas = head_deltas.new_zeros(b * r, num_cls, 4).index_put((real,), head_deltas)
-        outputs = {
-            "objectness": objectness,
-            "rpn_deltas": rpn_deltas,
+        return {
             "proposals": proposals,
             "proposal_scores": scores,
             "proposal_mask": mask,
             "class_logits": logits.reshape(b, r, -1),  # [B, R, C + 1]
             "box_deltas": deltas.reshape(b, r, -1, 4),  # [B, R, C + 1, 4]
         }
-        return outputs, features, anchors, counts
 
     def forward(
         self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | Tensor | None = None
     ) -> dict[str, Any]:
         """Inference-path outputs for ``images`` (Tensor[B, C, H, W] in [0, 1]); ``image_sizes``: each
         image's unpadded (h, w), which proposals are clipped to (default: the batch's H, W)."""
-        outputs, *_ = self._inference_path(images, self._sizes(images, image_sizes), grad=True)
-        return outputs
+        features, objectness, rpn_deltas, anchors, counts = self._rpn(images)
+        sizes = self._sizes(images, image_sizes)
+        detected = self._detect(features, objectness, rpn_deltas, anchors, counts, sizes, grad=True)
+        return {"objectness": objectness, "rpn_deltas": rpn_deltas, **detected}
 
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:
         raise NotImplementedError(
             "Faster R-CNN samples RoIs from the targets inside the forward: call forward_loss(images, targets)"
         )
 
-    def forward_loss(self, images: Tensor, targets: list[dict]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    def forward_loss(
+        self, images: Tensor, targets: list[dict], *, detections: bool = True
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """``(outputs, losses)``: the inference-path outputs and ``loss_objectness``, ``loss_rpn_box_reg``,
-        ``loss_classifier``, ``loss_box_reg`` and ``loss`` (their sum, the only one with gradients)."""
+        ``loss_classifier``, ``loss_box_reg`` and ``loss`` (their sum, the only one with gradients).
+        ``detections=False`` (the training step) skips the RoI head on the test-setting proposals, which only
+        detections need (in training it would run on up to 1000 proposals per image, without gradients):
+        the outputs then hold the RPN's only, and the losses are the same."""
         sizes = self._sizes(images, image_sizes_of(targets, images))
         gt_boxes, gt_labels, gt_mask = pad_targets(targets, images.device)  # [B, G, 4], [B, G], [B, G]
         check_labels(gt_labels, gt_mask, self.num_classes)
-        outputs, features, anchors, counts = self._inference_path(images, sizes, grad=not self.training)
-        objectness, rpn_deltas = outputs["objectness"], outputs["rpn_deltas"]
+        features, objectness, rpn_deltas, anchors, counts = self._rpn(images)
+        outputs: dict[str, Any] = {"objectness": objectness, "rpn_deltas": rpn_deltas}
+        if detections:
+            outputs.update(
+                self._detect(features, objectness, rpn_deltas, anchors, counts, sizes, grad=not self.training)
+            )
         # RPN: match anchors, sample, loss
         matched, _ = match_boxes(
             anchors[None], gt_boxes, gt_mask, *self.rpn_match, allow_low_quality_matches=True
@@ -225,10 +240,9 @@ class FasterRCNN(Detector):
             objectness, rpn_deltas, anchors, pos, neg, matched_boxes, self.rpn_coder
         )
         # RoIs: proposals (training settings in training mode) + ground truth, matched and sampled
-        if self.training:
-            proposals, _, valid = self._proposals(
-                objectness, rpn_deltas, anchors, counts, sizes, self.rpn_train
-            )
+        if self.training or not detections:
+            settings = self.rpn_train if self.training else self.rpn_test
+            proposals, _, valid = self._proposals(objectness, rpn_deltas, anchors, counts, sizes, settings)
         else:
             proposals, valid = outputs["proposals"], outputs["proposal_mask"]
         candidates = torch.cat([proposals, gt_boxes], 1)  # [B, N, 4]
