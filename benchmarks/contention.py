@@ -151,7 +151,7 @@ def run_segment(dm, mode: str, steps: int, warmup: int, all_threads: int, policy
             start = time.perf_counter()
         images, targets = next(loader)
         t0 = time.perf_counter()
-        _, losses = model.forward_loss(images, targets)
+        _, losses = model.forward_loss(images, targets, detections=False)  # as the training step
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP)
