@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+
+from detforge.models.faster_rcnn.roi_align import pooled_roi_align
 
 __all__ = ["FastRCNNPredictor", "MultiScaleRoIPool", "TwoMLPHead"]
 
@@ -44,16 +45,14 @@ class MultiScaleRoIPool(nn.Module):
     def forward(self, features: Sequence[Tensor], boxes: Tensor, image_idx: Tensor) -> Tensor:
         rois = torch.cat([image_idx.to(boxes.dtype)[:, None], boxes], dim=1)  # [K, 5]
         if len(features) == 1:
-            return roi_align(
-                features[0], rois, self.output_size, self.scales[0], self.sampling_ratio, aligned=False
-            )
+            return pooled_roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.levels(boxes)
         channels = features[0].shape[1]
         out = rois.new_zeros(rois.shape[0], channels, self.output_size, self.output_size)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.where(levels == level)[0]  # [K_l]
-            pooled = roi_align(
-                feature, rois[idx], self.output_size, scale, self.sampling_ratio, aligned=False
+            pooled = pooled_roi_align(
+                feature, rois[idx], self.output_size, scale, self.sampling_ratio
             )  # [K_l, C, S, S]
             out = out.index_put((idx,), pooled.to(out.dtype))
         return out

@@ -1,0 +1,49 @@
+"""RoIAlign with the backward split by image over threads, against torchvision's roi_align."""
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from detforge.models.faster_rcnn.roi_align import pooled_roi_align
+
+
+def _case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(3, 8, 20, 24, generator=g)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([80.0, 60.0])
+    wh = torch.rand(40, 2, generator=g) * 30 + 1
+    image = torch.tensor([0, 2] * 20, dtype=torch.float32)  # image 1 has no RoI: its gradient is zero
+    image[:3] = 2  # RoIs of one image not contiguous
+    rois = torch.cat([image[:, None], xy, xy + wh], 1)  # [K, 5]
+    grad = torch.randn(40, 8, 7, 7, generator=g)
+    return features, rois, grad
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gradient_equals_torchvision(threads):
+    features, rois, grad = _case()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours_in = features.clone().requires_grad_(True)
+        ours = pooled_roi_align(ours_in, rois, 7, 0.25, 2)
+        ours.backward(grad)
+    finally:
+        torch.set_num_threads(before)
+    ref_in = features.clone().requires_grad_(True)
+    ref = roi_align(ref_in, rois, 7, 0.25, 2, aligned=False)
+    ref.backward(grad)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-6, atol=1e-6)
+    assert ours_in.grad[1].abs().sum() == 0 and ref_in.grad[0].abs().sum() > 0
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_plain_roi_align_where_no_gradient_or_tracing():
+    features, rois, _ = _case(1)
+    out = pooled_roi_align(features, rois, 7, 0.25, 2)  # no gradient needed
+    assert out.grad_fn is None
+    traced = torch.jit.trace(lambda x: pooled_roi_align(x, rois, 7, 0.25, 2), features.requires_grad_(True))
+    graph = str(traced.graph)
+    assert "torchvision::roi_align" in graph and "PythonOp" not in graph
+    torch.testing.assert_close(traced(features), roi_align(features, rois, 7, 0.25, 2, aligned=False))
