@@ -54,7 +54,7 @@ class MultiScaleRoIPool(nn.Module):
             pooled = pooled_roi_align(
                 feature, rois[idx], self.output_size, scale, self.sampling_ratio
             )  # [K_l, C, S, S]
-            out = out.index_put((idx,), pooled.to(out.dtype))
+            out.index_put_((idx,), pooled.to(out.dtype))  # in place: a copy of out per level cost 10% of inference
         return out
 
 
