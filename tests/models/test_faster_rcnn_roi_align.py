@@ -1,4 +1,4 @@
-"""RoIAlign with the backward split by image over threads, against torchvision's roi_align."""
+"""RoIAlign split over threads (forward by RoI chunks, backward by image), against torchvision's roi_align."""
 
 import pytest
 import torch
@@ -10,12 +10,13 @@ from detforge.models.faster_rcnn.roi_align import pooled_roi_align
 def _case(seed=0):
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(3, 8, 20, 24, generator=g)
-    xy = torch.rand(40, 2, generator=g) * torch.tensor([80.0, 60.0])
-    wh = torch.rand(40, 2, generator=g) * 30 + 1
-    image = torch.tensor([0, 2] * 20, dtype=torch.float32)  # image 1 has no RoI: its gradient is zero
+    k = 100  # enough for a chunk per thread
+    xy = torch.rand(k, 2, generator=g) * torch.tensor([80.0, 60.0])
+    wh = torch.rand(k, 2, generator=g) * 30 + 1
+    image = torch.tensor([0, 2] * (k // 2), dtype=torch.float32)  # image 1 has no RoI: its gradient is zero
     image[:3] = 2  # RoIs of one image not contiguous
     rois = torch.cat([image[:, None], xy, xy + wh], 1)  # [K, 5]
-    grad = torch.randn(40, 8, 7, 7, generator=g)
+    grad = torch.randn(k, 8, 7, 7, generator=g)
     return features, rois, grad
 
 
@@ -41,8 +42,14 @@ def test_gradient_equals_torchvision(threads):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_plain_roi_align_where_no_gradient_or_tracing():
     features, rois, _ = _case(1)
-    out = pooled_roi_align(features, rois, 7, 0.25, 2)  # no gradient needed
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out = pooled_roi_align(features, rois, 7, 0.25, 2)  # no gradient needed: chunked forward only
+    finally:
+        torch.set_num_threads(before)
     assert out.grad_fn is None
+    torch.testing.assert_close(out, roi_align(features, rois, 7, 0.25, 2, aligned=False), rtol=0, atol=0)
     traced = torch.jit.trace(lambda x: pooled_roi_align(x, rois, 7, 0.25, 2), features.requires_grad_(True))
     graph = str(traced.graph)
     assert "torchvision::roi_align" in graph and "PythonOp" not in graph
