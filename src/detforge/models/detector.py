@@ -14,6 +14,7 @@ Logged names (as autotimm): ``train/loss``, ``train/cls_loss``, ``train/reg_loss
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Any, Literal
@@ -463,10 +464,15 @@ class ObjectDetector(L.LightningModule):
 
 def _takes_detections(forward_loss: Any) -> bool:
     """Whether a model's ``forward_loss`` takes the ``detections`` keyword (every Detector does; a user's
-    override written before it may not)."""
+    override written before it may not). Read once per function, not every training step."""
+    return _signature_has_detections(getattr(forward_loss, "__func__", forward_loss))
+
+
+@functools.lru_cache(maxsize=64)
+def _signature_has_detections(function: Any) -> bool:
     import inspect
 
     try:
-        return "detections" in inspect.signature(forward_loss).parameters
+        return "detections" in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
