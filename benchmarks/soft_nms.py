@@ -1,6 +1,7 @@
 """Cost of soft-NMS (``detforge.postprocess.batched_soft_nms``, gaussian and linear) against torchvision's hard
 ``batched_nms`` on the same boxes: detector-like candidates (N boxes jittered around N / 10 objects in a
-640 px image, random scores) in 1, 5 and 80 classes. Prints the median time over repeats and the ratio to
+640 px image, random scores) in 1, 5 and 80 classes. Prints the median time over repeats (the three called
+in turn each repeat, so that a busy neighbour costs them alike) and the ratio to
 hard NMS (goal: <= 2x at 1,000 boxes), with the CPU and its capability.
 
     uv run python benchmarks/soft_nms.py --boxes 1000 --repeats 50 --threads 1
@@ -14,7 +15,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from detforge.postprocess import batched_soft_nms
-from timing import cpu_summary, median_time  # benchmarks/timing.py, beside this script
+from timing import cpu_summary, interleaved_median_times  # benchmarks/timing.py, beside this script
 
 
 def candidates(n: int, num_classes: int, seed: int = 0, size: float = 640.0):
@@ -40,19 +41,24 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(cpu_summary())
-    print(f"{args.boxes} boxes, median of {args.repeats} calls (ms)")
+    print(f"{args.boxes} boxes, median of {args.repeats} interleaved calls (ms)")
     print(f"{'classes':>8} {'hard':>8} {'gaussian':>9} {'linear':>8} {'g/hard':>7} {'l/hard':>7}")
+    method_args = (0.5, args.iou, 0.05)  # sigma, linear IoU threshold, score threshold
     for num_classes in args.classes:
         boxes, scores, labels = candidates(args.boxes, num_classes)
-        hard = median_time(lambda b=boxes, s=scores, g=labels: batched_nms(b, s, g, args.iou), args.repeats)
-        gauss = median_time(
-            lambda b=boxes, s=scores, g=labels: batched_soft_nms(b, s, g, "gaussian", 0.5, args.iou, 0.05),
+        times = interleaved_median_times(
+            {
+                "hard": lambda b=boxes, s=scores, g=labels: batched_nms(b, s, g, args.iou),
+                "gaussian": lambda b=boxes, s=scores, g=labels: batched_soft_nms(
+                    b, s, g, "gaussian", *method_args
+                ),
+                "linear": lambda b=boxes, s=scores, g=labels: batched_soft_nms(
+                    b, s, g, "linear", *method_args
+                ),
+            },
             args.repeats,
         )
-        linear = median_time(
-            lambda b=boxes, s=scores, g=labels: batched_soft_nms(b, s, g, "linear", 0.5, args.iou, 0.05),
-            args.repeats,
-        )
+        hard, gauss, linear = times["hard"], times["gaussian"], times["linear"]
         print(
             f"{num_classes:>8} {hard * 1e3:8.2f} {gauss * 1e3:9.2f} {linear * 1e3:8.2f} "
             f"{gauss / hard:7.1f} {linear / hard:7.1f}"

@@ -36,6 +36,23 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each function over ``repeats`` rounds that call every function once, in turn: a
+    neighbour's burst or a frequency change costs all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def cpu_summary() -> str:
     """The CPU's model name, torch's CPU capability (AVX2, AVX512...) and the torch thread count, in one line."""
     from detforge.engine.memory_format import cpu_name

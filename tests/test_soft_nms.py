@@ -115,3 +115,17 @@ def test_below_threshold_and_empty():
     assert keep.shape == (0,) and s.shape == (0,)
     with pytest.raises(ValueError, match="gaussian"):
         batched_soft_nms(boxes, torch.ones(3), torch.zeros(3, dtype=torch.int64), "hard")
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_exact_copies_and_a_zero_threshold_equal_the_sequential_loop(method):
+    """Copies (IoU 1: linear decays a copy to exactly 0) and ties, with score_thresh 0 so that a score of 0
+    stays alive: the parallel rounds keep what the textbook loop keeps, at the same scores."""
+    boxes, scores, groups = clustered(60, 2, seed=11, scale=640.0)
+    boxes = torch.cat([boxes, boxes[:20]])  # 20 exact copies
+    scores = torch.cat([scores, scores[:10], scores[10:20] * 0.5])  # 10 tied copies
+    groups = torch.cat([groups, groups[:20]])
+    keep, decayed = batched_soft_nms(boxes, scores, groups, method, 0.5, 0.3, 0.0)
+    ref = sequential_soft_nms(boxes, scores, groups, method, 0.5, 0.3, 0.0)
+    assert sorted(keep.tolist()) == sorted(i for i, _ in ref) and len(keep) == boxes.shape[0]
+    torch.testing.assert_close(decayed, torch.tensor([s for _, s in ref]), rtol=1e-5, atol=1e-6)

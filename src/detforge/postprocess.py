@@ -119,8 +119,9 @@ def overlapping_pairs(boxes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray
         return empty, empty
     dense = np.unique(groups, return_inverse=True)[1].reshape(-1)  # [N] 0..G-1
     y = boxes[:, 1::2].astype(np.float64)  # [N, 2] (y1, y2)
-    top, height = float(y[:, 0].min()), float(np.median(y[:, 1] - y[:, 0]))
-    band = max(2.0 * height, (float(y[:, 1].max()) - top) / 64.0, 1e-6)
+    y1, y2 = np.ascontiguousarray(y.T)  # [N] each: 1-D gathers are the cheap ones
+    top, height = float(y1.min()), float(np.median(y2 - y1))
+    band = max(2.0 * height, (float(y2.max()) - top) / 64.0, 1e-6)
     first_band, last_band = ((y - top) // band).astype(np.int64).T  # [N] each
     reps = np.maximum(last_band - first_band, 0) + 1  # [N] bands each box touches
     owner = np.repeat(np.arange(n), reps)  # [R] the box of each (box, band) entry
@@ -128,7 +129,7 @@ def overlapping_pairs(boxes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray
     keys = dense[owner] * int(band_id.max() + 1) + band_id  # [R] one key per (group, band)
     p, q = _x_sweep(boxes[owner, 0::2].astype(np.float64), keys)  # [P'] entries, x extents overlap
     i, j = owner[p], owner[q]  # [P'] boxes
-    meet = (np.minimum(y[i, 1], y[j, 1]) > np.maximum(y[i, 0], y[j, 0])) & (
+    meet = (np.minimum(y2[i], y2[j]) > np.maximum(y1[i], y1[j])) & (
         band_id[p] == np.maximum(first_band[i], first_band[j])
     )  # [P'] y extents overlap, counted in one band
     return i[meet], j[meet]
@@ -176,31 +177,37 @@ def batched_soft_nms(
     work = all_scores[cand]  # [M] decayed scores
     m = cand.shape[0]
     a, b = overlapping_pairs(box, groups.detach().cpu().numpy()[cand])  # [P] each
-    wx = np.minimum(box[a, 2], box[b, 2]) - np.maximum(box[a, 0], box[b, 0])  # [P] > 0
-    wy = np.minimum(box[a, 3], box[b, 3]) - np.maximum(box[a, 1], box[b, 1])  # [P] > 0
+    x1, y1, x2, y2 = np.ascontiguousarray(box.T)  # [M] each: 1-D gathers are the cheap ones
+    wx = np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b])  # [P] > 0
+    wy = np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b])  # [P] > 0
     inter = wx * wy  # [P]
-    area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])  # [M]
-    iou = inter / np.maximum(area[a] + area[b] - inter, work.dtype.type(1e-9))  # [P]
-    edge = iou > (0.0 if method == "gaussian" else iou_thresh)  # [P] interacting
-    a, b, iou = a[edge], b[edge], iou[edge]  # [E] each
+    area = (x2 - x1) * (y2 - y1)  # [M]
+    iou = inter / np.maximum(area[a] + area[b] - inter, work.dtype.type(1e-9))  # [P] > 0
+    if method == "linear":  # gaussian: every overlapping pair interacts
+        edge = iou > iou_thresh  # [P] interacting
+        a, b, iou = a[edge], b[edge], iou[edge]  # [E] each
     a, b = np.minimum(a, b), np.maximum(a, b)  # a < b: on equal scores a wins
-    decay = np.exp(-(iou * iou) / work.dtype.type(sigma)) if method == "gaussian" else 1.0 - iou  # [E]
-    alive = np.ones(m, dtype=bool)
-    picked = np.zeros(m, dtype=bool)
-    final = np.zeros_like(work)  # [M] score at the time a box is taken
+    if method == "gaussian":
+        decay = np.exp(-(iou * iou) / work.dtype.type(sigma))  # [E] in (0, 1]
+    else:
+        decay = 1.0 - iou  # [E]
+    total = a + b  # [E] an edge's other end is total - this end
+    final = np.full_like(work, np.nan)  # [M] score at the time a box is taken, NaN while not taken
+    # every edge joins two alive boxes (edges are pruned each round); a taken box scores -inf from then on
+    alive = work >= score_thresh  # [M]
     while alive.any():
-        # every edge joins two alive boxes; a box is taken when no neighbour beats it (score, then index)
+        # a box is taken when alive and no neighbour beats it (score, then lower index)
         loser = np.where(work[a] >= work[b], b, a)  # [E]
-        take = alive & (np.bincount(loser, minlength=m) == 0)  # [M]
-        final[take] = work[take]
-        picked |= take
-        # two neighbours are never taken in the same round: the other end of a taken box's edge decays
-        ta, tb = take[a], take[b]  # [E] each
-        hit = ta | tb  # [E]
-        np.multiply.at(work, np.where(ta, b, a)[hit], decay[hit])
-        alive &= ~take & (work >= score_thresh)
-        live = alive[a] & alive[b]  # [E] edges left
-        a, b, decay = a[live], b[live], decay[live]
+        take = np.bincount(loser, minlength=m) < alive  # [M] no edge lost and alive
+        np.copyto(final, work, where=take)
+        # two neighbours are never taken in the same round: the loser of a taken box's edge decays
+        hit = take[total - loser]  # [E] the winner was taken
+        np.multiply.at(work, loser[hit], decay[hit])
+        np.copyto(work, -np.inf, where=take)
+        alive = work >= score_thresh
+        live = alive[a] & alive[b]  # [E] edges between two boxes still alive
+        a, b, total, decay = a[live], b[live], total[live], decay[live]
+    picked = ~np.isnan(final)  # [M]
     keep = np.flatnonzero(picked)  # [K]
     kept_scores = final[keep]
     order = np.argsort(-kept_scores, kind="stable")  # best first, ties by index
