@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from detforge.data.datamodule import DetectionDataModule
-from detforge.engine.adaptive_threads import AdaptiveThreads, ThreadController, ThreadPolicy
+from detforge.engine.adaptive_threads import AdaptiveThreads, ThreadPolicy
 from detforge.engine.memory_format import cpu_name
 from detforge.engine.threads import available_cpus
 from detforge.models.registry import create_model
@@ -140,8 +140,7 @@ def run_segment(dm, mode: str, steps: int, warmup: int, all_threads: int, policy
     callback = None
     if mode == "adaptive":
         callback = AdaptiveThreads(policy=policy)
-        callback.controller = ThreadController(all_threads, policy=policy)
-        torch.set_num_threads(all_threads)
+        callback.start(all_threads)  # as at the start of `fit`: the free CPUs, then adapting
     else:
         torch.set_num_threads(int(mode))
     loader = batches(dm)

@@ -13,6 +13,8 @@ took 310 ms. So:
   step time degrades, keeps the lower count only when it is measurably faster, and probes back up from time
   to time (with back-off) so it returns to all threads when the neighbour is gone.
 - ``AdaptiveThreads`` (same module): the Lightning callback timing training steps and driving the controller.
+- ``NeighbourLoad``: how many of this process's CPUs other processes keep busy (``/proc/stat`` less this
+  process and its children), which tells the controller whether a slow step has a neighbour behind it.
 
 ``DETFORGE_NUM_THREADS=N`` fixes the count at N and turns adaptation off.
 """
@@ -28,6 +30,7 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "NeighbourLoad",
     "available_cpus",
     "cgroup_cpu_limit",
     "configure_threads",
@@ -160,3 +163,94 @@ def configure_threads(threads: int | Literal["auto"] = "auto") -> int:
     torch.set_num_threads(count)
     log.info("torch threads: %d (%s)", count, source)
     return count
+
+
+# ------------------------------------------------------------------------------------ neighbour load
+
+_PROC = Path("/proc")
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest is inside user)
+
+
+class NeighbourLoad:
+    """CPUs kept busy by other processes on the CPUs this process may use, averaged between two reads.
+
+    Busy time of the affinity CPUs from ``/proc/stat`` (steal included: a hypervisor neighbour) less the CPU
+    time of this process (all its threads) and its child processes (DataLoader workers), over the wall
+    time between two :meth:`sample` calls. Linux only: ``sample`` returns None where ``/proc`` cannot be
+    read, and always when a cgroup quota is smaller than the affinity set (the CPUs' busy time then says
+    nothing about the share this process gets).
+
+    Args:
+        proc: the proc file system (a folder, for tests).
+        cpus: the CPU ids to count (default: the affinity mask).
+        clock: wall-clock seconds (default ``time.monotonic``).
+        own_seconds: CPU seconds of this process and its children (default: read from ``proc``).
+    """
+
+    def __init__(
+        self,
+        proc: str | Path = _PROC,
+        cpus: set[int] | None = None,
+        clock=None,
+        own_seconds=None,
+    ) -> None:
+        import time
+
+        self.proc = Path(proc)
+        try:
+            affinity = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            affinity = set(range(os.cpu_count() or 1))
+        self.cpus = affinity if cpus is None else set(cpus)
+        quota = cgroup_cpu_limit() if cpus is None else None
+        self.enabled = quota is None or quota + 1e-6 >= len(self.cpus)
+        self._clock = clock or time.monotonic
+        self._own = own_seconds or self._own_seconds
+        try:
+            self._tick = float(os.sysconf("SC_CLK_TCK"))
+        except (AttributeError, ValueError, OSError):
+            self._tick = 100.0
+        self._last = self._read()
+
+    def _busy_seconds(self) -> float | None:
+        text = _read(self.proc / "stat")
+        if text is None:
+            return None
+        busy, seen = 0.0, 0
+        for line in text.splitlines():
+            name, _, rest = line.partition(" ")
+            if not name.startswith("cpu") or not name[3:].isdigit() or int(name[3:]) not in self.cpus:
+                continue
+            values = rest.split()
+            busy += sum(float(values[i]) for i in _BUSY_FIELDS if i < len(values))
+            seen += 1
+        return busy / self._tick if seen else None
+
+    def _own_seconds(self) -> float:
+        import time
+
+        own = time.process_time()
+        pid = os.getpid()
+        children = _read(self.proc / str(pid) / "task" / str(pid) / "children") or ""
+        for child in children.split():
+            stat = _read(self.proc / child / "stat")
+            if stat is None:
+                continue
+            fields = stat.rpartition(")")[2].split()  # after the command name: state is field 3
+            if len(fields) > 14:
+                own += sum(float(v) for v in fields[11:15]) / self._tick  # utime stime cutime cstime
+        return own
+
+    def _read(self) -> tuple[float, float, float] | None:
+        if not self.enabled:
+            return None
+        busy = self._busy_seconds()
+        return None if busy is None else (self._clock(), busy, self._own())
+
+    def sample(self) -> float | None:
+        """Busy CPUs of other processes since the last call (>= 0), or None where it cannot be measured."""
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] - last[0] <= 0:
+            return None
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
