@@ -24,8 +24,11 @@ Run it on an otherwise quiet machine: the competitors are the only load it shoul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,60 +46,92 @@ from detforge.models.registry import create_model
 # The default recipe of `detforge train` (src/detforge/commands/train.py DEFAULTS and MODEL_RECIPES).
 LR, WEIGHT_DECAY, CLIP, EMA_DECAY = 1e-2, 5e-4, 10.0, 0.99
 
-_SPIN = """
+_ALIVE = """
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+"""
+
+_SPIN = (
+    """
 import os, sys, time
 parent, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-print("ready", flush=True)
+"""
+    + _ALIVE
+    + """
+print("ready", os.getpid(), flush=True)
 n = 0
 while time.monotonic() < end:
     n += 1
-    if n % 1_000_000 == 0 and os.getppid() != parent:
+    if n % 1_000_000 == 0 and not alive(parent):
         break
 """
+)
 
-_TORCH = """
+_TORCH = (
+    """
 import os, sys, time
 import torch
 torch.set_num_threads(2)
 parent, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+"""
+    + _ALIVE
+    + """
 a = torch.randn(384, 384)
-print("ready", flush=True)
+print("ready", os.getpid(), flush=True)
 n = 0
 while time.monotonic() < end:
     b = a @ a
     n += 1
-    if n % 100 == 0 and os.getppid() != parent:
+    if n % 100 == 0 and not alive(parent):
         break
 """
+)
 
 COMPETITORS = {"spin": _SPIN, "torch": _TORCH}
 
 
 class Competitor:
-    """A busy process beside the benchmark, started on entering and killed on leaving the block."""
+    """A busy process beside the benchmark, started on entering and killed on leaving the block.
+
+    It is started through a shell that exits at once, so it is not a child of this process: detforge's
+    ``NeighbourLoad`` counts this process's children (DataLoader workers) as its own work, and a real
+    neighbour is nobody's child."""
 
     def __init__(self, kind: str, timeout_s: float) -> None:
         self.kind, self.timeout_s = kind, timeout_s
-        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
 
     def __enter__(self) -> Competitor:
         if self.kind == "quiet":
             return self
         code = COMPETITORS[self.kind]
-        cmd = [sys.executable, "-c", code, str(os.getpid()), str(self.timeout_s)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if line.strip() != "ready":
-            self.__exit__()
+        cmd = " ".join(
+            shlex.quote(a) for a in [sys.executable, "-c", code, str(os.getpid()), str(self.timeout_s)]
+        )
+        launcher = subprocess.Popen(["sh", "-c", cmd + " &"], stdout=subprocess.PIPE, text=True)
+        line = launcher.stdout.readline() if launcher.stdout else ""
+        launcher.wait(timeout=30)
+        word, _, pid = line.strip().partition(" ")
+        if word != "ready" or not pid.isdigit():
             raise RuntimeError(f"the {self.kind} competitor did not start")
+        self.pid = int(pid)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
-        self.proc = None
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            for _ in range(100):  # until it is gone (it is not our child: no wait())
+                try:
+                    os.kill(self.pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.05)
+        self.pid = None
 
 
 @dataclass
