@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -191,11 +193,9 @@ class NeighbourLoad:
         self,
         proc: str | Path = _PROC,
         cpus: set[int] | None = None,
-        clock=None,
-        own_seconds=None,
+        clock: Callable[[], float] | None = None,
+        own_seconds: Callable[[], float] | None = None,
     ) -> None:
-        import time
-
         self.proc = Path(proc)
         try:
             affinity = set(os.sched_getaffinity(0))
@@ -227,8 +227,6 @@ class NeighbourLoad:
         return busy / self._tick if seen else None
 
     def _own_seconds(self) -> float:
-        import time
-
         own = time.process_time()
         pid = os.getpid()
         children = _read(self.proc / str(pid) / "task" / str(pid) / "children") or ""
