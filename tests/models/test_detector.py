@@ -195,6 +195,20 @@ def test_other_schedulers_build(tmp_path, scheduler):
     assert t.global_step == 1
 
 
+def test_bf16_mixed_precision_trains_with_gradient_clipping(tmp_path):
+    """``--trainer.precision bf16-mixed`` with the default recipe's gradient clipping: Lightning's mixed-precision
+    plugin refuses to clip a fused optimizer's gradients ("does not allow for gradient clipping"), so the
+    optimizer is not fused there; in full precision it is."""
+    model = tiny(optimizer="adamw")
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0, precision="bf16-mixed", gradient_clip_val=10.0)
+    t.fit(model, loader(n=8, size=32, batch=4))
+    assert t.global_step == 2 and not t.optimizers[0].defaults.get("fused")
+    model = tiny(optimizer="adamw")
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, gradient_clip_val=10.0)
+    t.fit(model, loader(n=4, size=32))
+    assert t.optimizers[0].defaults.get("fused")
+
+
 def test_freeze_backbone():
     model = tiny(freeze_backbone=True)
     body = [p.requires_grad for n, p in model.model.named_parameters() if n.startswith("features.body.")]

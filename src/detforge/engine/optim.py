@@ -129,6 +129,7 @@ def create_optimizer(
     weight_decay: float,
     optimizer_kwargs: dict[str, Any] | None = None,
     lr_multipliers: dict[str, float] | None = None,
+    allow_fused: bool = True,
 ) -> torch.optim.Optimizer:
     """The optimizer over ``model``'s trainable parameters (see :func:`param_groups`).
 
@@ -139,7 +140,10 @@ def create_optimizer(
     Args:
         optimizer: a name in :data:`OPTIMIZERS` or ``{"class": "pkg.Cls", "params": {...}}``.
         optimizer_kwargs: extra keyword arguments. AdamW, Adam and SGD use torch's fused kernels unless
-            ``fused`` or ``foreach`` is given; an explicit ``weight_decay`` here sets the decayed group's.
+            ``fused`` or ``foreach`` is given or ``allow_fused`` is off; an explicit ``weight_decay`` here sets
+            the decayed group's.
+        allow_fused: off under Lightning's mixed precision, whose plugin refuses to clip the gradients of an
+            optimizer that unscales them itself (a fused one).
     """
     check_optimizer(optimizer)
     kwargs = {"lr": lr, **(optimizer_kwargs or {})}
@@ -152,7 +156,12 @@ def create_optimizer(
     for prefix, mult in (getattr(model, "lr_multipliers", None) or {}).items():
         multipliers.setdefault(prefix, mult)
     groups = param_groups(model.named_parameters(), weight_decay, kwargs["lr"], multipliers)
-    if cls in _FUSED_OPTIMIZERS and not {"fused", "foreach"} & set(kwargs) and _fusable(groups):
+    if (
+        allow_fused
+        and cls in _FUSED_OPTIMIZERS
+        and not {"fused", "foreach"} & set(kwargs)
+        and _fusable(groups)
+    ):
         kwargs["fused"] = True  # one kernel for all parameters: AdamW's step 1.9 ms instead of 7.7 (CPU)
     if "weight_decay" in kwargs:  # an explicit weight decay wins over the default split
         decay = kwargs.pop("weight_decay")

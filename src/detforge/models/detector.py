@@ -400,6 +400,7 @@ class ObjectDetector(L.LightningModule):
             hp.weight_decay,
             hp.optimizer_kwargs,
             lr_multipliers=None if lr_mult is None else {self._backbone_body_prefix(): lr_mult},
+            allow_fused="mixed" not in str(getattr(self._trainer, "precision", "")),  # bf16-mixed, 16-mixed
         )
         return configure_schedule(
             optimizer,
