@@ -8,6 +8,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Training runs in tests keep the models' own memory format instead of timing both at every fit
 # (tests/engine/test_memory_format.py tests the measurement); subprocesses inherit this.
 os.environ.setdefault("DETFORGE_MEMORY_FORMAT", "channels_last")
+os.environ.setdefault("DETFORGE_CPU_PRECISION", "fp32")  # results that do not depend on the CPU kind
 
 
 @pytest.fixture(autouse=True)

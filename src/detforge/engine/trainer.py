@@ -166,10 +166,13 @@ def default_callbacks(
     ``checkpoint_every_minutes`` inside an epoch, default ``$DETFORGE_CHECKPOINT_MINUTES`` or
     ``CHECKPOINT_EVERY_MINUTES``; both written atomically), a check that the run folder is writable,
     ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count),
-    ``MemoryFormatChoice`` (channels-last or NCHW, whichever is faster here; ``$DETFORGE_MEMORY_FORMAT``), a rich
+    ``MemoryFormatChoice`` (channels-last or NCHW, whichever is faster here; ``$DETFORGE_MEMORY_FORMAT``),
+    ``CpuPrecisionChoice`` (bfloat16 autocast where the CPU has it natively and it is faster;
+    ``$DETFORGE_CPU_PRECISION``), a rich
     progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from detforge.engine.adaptive_threads import AdaptiveThreads
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
+    from detforge.engine.cpu_precision import CpuPrecisionChoice
     from detforge.engine.memory_format import MemoryFormatChoice
     from detforge.engine.schedule import FitScheduleToTime
 
@@ -177,6 +180,7 @@ def default_callbacks(
         CheckRunFolder(run_dir),
         AdaptiveThreads(threads=threads),
         MemoryFormatChoice(),
+        CpuPrecisionChoice(),  # after the memory format: measured in the chosen one
         FitScheduleToTime(),
         AtomicCheckpoint(
             dirpath=str(run_dir),
