@@ -93,9 +93,10 @@ class ThreadController:
     Feed ``observe(seconds)`` the duration of every training step (and, where known, the CPUs other
     processes kept busy meanwhile: ``NeighbourLoad``). It measures the median of ``window`` steps; when a
     measurement is ``degrade`` times slower than the reference at the same count (and, with a known load,
-    a neighbour is busy), or when a probe is due (a probe up only when CPUs are free), it tries another count (fewer threads: ``ceil(n / 2)``; more: ``min(max, 2n)``) for one
-    measurement, keeps it if it is faster by ``margin`` (and then tries the next count in that direction),
-    otherwise goes back. ``observe`` returns a ``Decision`` whenever it changes the count or settles a trial.
+    a neighbour is busy), or when a probe is due (a probe up only when CPUs are free), it tries another
+    count (fewer threads: ``ceil(n / 2)``; more: ``min(max, 2n)``) for one measurement, keeps it if it is
+    faster by ``margin`` (and then tries the next count in that direction), otherwise goes back. ``observe``
+    returns a ``Decision`` whenever it changes the count or settles a trial.
 
     Args:
         max_threads: the most threads to use (the available CPUs).
