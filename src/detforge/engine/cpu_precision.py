@@ -15,7 +15,6 @@ optimizer state and the loss's reductions stay float32 (autocast), as Lightning'
 from __future__ import annotations
 
 import copy
-import json
 import os
 import statistics
 from collections.abc import Callable
@@ -28,7 +27,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from detforge.engine.memory_format import _batch_shape, cache_path, machine_key, time_step
+from detforge.engine.memory_format import (
+    _batch_shape,
+    cache_path,
+    machine_key,
+    read_cache,
+    time_step,
+    write_cache,
+)
 
 __all__ = ["CpuPrecision", "CpuPrecisionChoice", "choose_cpu_bf16", "cpu_autocast", "native_bf16"]
 
@@ -96,11 +102,7 @@ def choose_cpu_bf16(
     size = sum(p.numel() for p in model.parameters())
     layout = "channels_last" if getattr(model, "channels_last", False) else "nchw"
     key = f"{machine_key()}|{name}:{size}|{tuple(images_shape)}|train|{layout}|bf16"
-    path = cache_path()
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache()
     if key in cache:
         entry = cache[key]
         return bool(entry["bf16"]), (
@@ -121,16 +123,10 @@ def choose_cpu_bf16(
     del probe
     choice = measured[True] < measured[False]
     cache[key] = {"bf16": choice, "bf16_s": measured[True], "fp32_s": measured[False]}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: measure again next time
+    write_cache(cache)
     return choice, (
         f"CPU precision {'bf16 autocast' if choice else 'fp32'} (measured: bf16 {measured[True] * 1e3:.0f} ms, "
-        f"fp32 {measured[False] * 1e3:.0f} ms a step; cached in {path})"
+        f"fp32 {measured[False] * 1e3:.0f} ms a step; cached in {cache_path()})"
     )
 
 

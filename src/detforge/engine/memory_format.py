@@ -35,8 +35,10 @@ __all__ = [
     "cpu_name",
     "choose_channels_last",
     "machine_key",
+    "read_cache",
     "set_channels_last",
     "time_step",
+    "write_cache",
 ]
 
 MemoryFormat = Literal["auto", "channels_last", "nchw"]
@@ -52,6 +54,27 @@ def cache_path() -> Path:
     """``$DETFORGE_CACHE_DIR/memory_format.json`` (default ``~/.cache/detforge``)."""
     root = os.environ.get("DETFORGE_CACHE_DIR") or Path.home() / ".cache" / "detforge"
     return Path(root) / "memory_format.json"
+
+
+def read_cache() -> dict[str, Any]:
+    """The cached measurements (empty where the file is missing or unreadable)."""
+    path = cache_path()
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache(cache: dict[str, Any]) -> None:
+    """Replace the cache file atomically; a read-only home only means measuring again next time."""
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def cpu_name() -> str:
@@ -129,10 +152,7 @@ def choose_channels_last(
     size = sum(p.numel() for p in model.parameters())
     key = f"{machine_key()}|{name}:{size}|{tuple(images_shape)}|{'train' if train else 'eval'}"
     path = cache_path()
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_cache()
     if key in cache:
         entry = cache[key]
         return bool(entry["channels_last"]), (
@@ -160,13 +180,7 @@ def choose_channels_last(
     del probe
     choice = measured[True] <= measured[False]
     cache[key] = {"channels_last": choice, "channels_last_s": measured[True], "nchw_s": measured[False]}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: measure again next time
+    write_cache(cache)
     return choice, (
         f"memory format {'channels_last' if choice else 'nchw'} (measured: channels-last "
         f"{measured[True] * 1e3:.0f} ms, NCHW {measured[False] * 1e3:.0f} ms a step; cached in {path})"
