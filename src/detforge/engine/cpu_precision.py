@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,7 +29,8 @@ from torch import Tensor, nn
 from detforge.engine.memory_format import (
     _batch_shape,
     cache_path,
-    machine_key,
+    measure_abba,
+    model_key,
     read_cache,
     time_step,
     write_cache,
@@ -41,8 +41,6 @@ __all__ = ["CpuPrecision", "CpuPrecisionChoice", "choose_cpu_bf16", "cpu_autocas
 CpuPrecision = Literal["auto", "bf16", "fp32"]
 _ENV = "DETFORGE_CPU_PRECISION"
 _CHOICES = ("auto", "bf16", "fp32")
-_ABBA = (False, True, True, False)  # float32, bfloat16, bfloat16, float32
-_SECOND_ROUND_BELOW_S = 2.0  # as the memory format's: a second ABBA round only where a step is cheap
 
 
 def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -62,16 +60,6 @@ def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 def cpu_autocast(enabled: bool):
     """``torch.autocast("cpu", torch.bfloat16)`` when ``enabled``, else a context that does nothing."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def _timed(
-    timer: Callable[[nn.Module, Tensor, bool], float], bf16: bool
-) -> Callable[[nn.Module, Tensor], float]:
-    def run(model: nn.Module, images: Tensor) -> float:
-        with cpu_autocast(bf16):
-            return timer(model, images, True)
-
-    return run
 
 
 def choose_cpu_bf16(
@@ -98,10 +86,8 @@ def choose_cpu_bf16(
         return False, "CPU precision: not on the CPU"
     if not (native_bf16() if has_bf16 is None else has_bf16):
         return False, "CPU precision fp32 (no native bfloat16 on this CPU)"
-    name = getattr(model, "registry_name", None) or type(model).__name__
-    size = sum(p.numel() for p in model.parameters())
     layout = "channels_last" if getattr(model, "channels_last", False) else "nchw"
-    key = f"{machine_key()}|{name}:{size}|{tuple(images_shape)}|train|{layout}|bf16"
+    key = f"{model_key(model, images_shape)}|train|{layout}|bf16"
     cache = read_cache()
     if key in cache:
         entry = cache[key]
@@ -113,14 +99,13 @@ def choose_cpu_bf16(
     rng = torch.get_rng_state()
     probe = copy.deepcopy(model).train(True)
     images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
-    warmup = sum(_timed(timer, bf16)(probe, images) for bf16 in (True, False))  # untimed: kernels, allocator
-    samples: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(1 if warmup >= _SECOND_ROUND_BELOW_S else 2):
-        for bf16 in _ABBA:
-            samples[bf16].append(_timed(timer, bf16)(probe, images))
-    measured = {bf16: statistics.mean(times) for bf16, times in samples.items()}
+
+    def run(bf16: bool) -> float:
+        with cpu_autocast(bf16):
+            return timer(probe, images, True)
+
+    measured = measure_abba(run)  # a warm-up each, then ABBA: float32, bfloat16, bfloat16, float32
     torch.set_rng_state(rng)
-    del probe
     choice = measured[True] < measured[False]
     cache[key] = {"bf16": choice, "bf16_s": measured[True], "fp32_s": measured[False]}
     write_cache(cache)

@@ -35,6 +35,8 @@ __all__ = [
     "cpu_name",
     "choose_channels_last",
     "machine_key",
+    "measure_abba",
+    "model_key",
     "read_cache",
     "set_channels_last",
     "time_step",
@@ -126,6 +128,26 @@ def time_step(model: nn.Module, images: Tensor, train: bool, repeats: int = 3, w
     return statistics.median(times)
 
 
+def measure_abba(run: Callable[[bool], float]) -> dict[bool, float]:
+    """Mean seconds of ``run(False)`` and ``run(True)`` (one step each way: NCHW / channels-last, float32 /
+    bfloat16): an untimed warm-up of each (allocator, kernel choice), then timed steps in ABBA order, so a
+    steady drift (a CPU warming up, a neighbour starting or leaving) costs both alike and each has one step
+    right after a switch; a second ABBA round where the warm-ups took under ``_SECOND_ROUND_BELOW_S``."""
+    warmup = run(True) + run(False)
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(1 if warmup >= _SECOND_ROUND_BELOW_S else 2):
+        for flag in _ABBA:
+            samples[flag].append(run(flag))
+    return {flag: statistics.mean(times) for flag, times in samples.items()}
+
+
+def model_key(model: nn.Module, images_shape: tuple[int, ...]) -> str:
+    """The machine, the model (registered name and parameter count) and the input shape: a cache key's stem."""
+    name = getattr(model, "registry_name", None) or type(model).__name__
+    size = sum(p.numel() for p in model.parameters())
+    return f"{machine_key()}|{name}:{size}|{tuple(images_shape)}"
+
+
 def choose_channels_last(
     model: nn.Module,
     images_shape: tuple[int, int, int, int],
@@ -148,9 +170,7 @@ def choose_channels_last(
     param = next(model.parameters(), None)
     if param is None or param.device.type != "cpu":
         return own, "memory format: the model's own (not on the CPU)"
-    name = getattr(model, "registry_name", None) or type(model).__name__
-    size = sum(p.numel() for p in model.parameters())
-    key = f"{machine_key()}|{name}:{size}|{tuple(images_shape)}|{'train' if train else 'eval'}"
+    key = f"{model_key(model, images_shape)}|{'train' if train else 'eval'}"
     path = cache_path()
     cache = read_cache()
     if key in cache:
@@ -164,20 +184,13 @@ def choose_channels_last(
     rng = torch.get_rng_state()
     probe = copy.deepcopy(model).train(train)
     images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
-    warmup = 0.0
-    for fmt in (True, False):  # an untimed warm-up pass in each format (allocator, kernel choice)
+
+    def run(fmt: bool) -> float:
         set_channels_last(probe, fmt)
-        warmup += timer(probe, images, train)
-    # Timed passes in ABBA order, so a steady drift (a CPU warming up, a neighbour starting or leaving) costs
-    # both formats alike and each format has one pass right after a switch; twice where a step is cheap.
-    samples: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(1 if warmup >= _SECOND_ROUND_BELOW_S else 2):
-        for fmt in _ABBA:
-            set_channels_last(probe, fmt)
-            samples[fmt].append(timer(probe, images, train))
-    measured = {fmt: statistics.mean(times) for fmt, times in samples.items()}
+        return timer(probe, images, train)
+
+    measured = measure_abba(run)
     torch.set_rng_state(rng)
-    del probe
     choice = measured[True] <= measured[False]
     cache[key] = {"channels_last": choice, "channels_last_s": measured[True], "nchw_s": measured[False]}
     write_cache(cache)
