@@ -23,6 +23,9 @@ and size) take about 50 minutes. Smoke run (< 60 s):
 
     uv run --group bench python benchmarks/finetune.py --sizes 128 --budget 5 --train-images 8 --val-images 2
     uv run --group bench python benchmarks/finetune.py                      # the measurement: 400 and 640 px
+
+``--ablate [KEY ...]`` measures the recipe's defaults instead (detforge only, first size): the recipe, then one
+run per entry with that entry at the value a run without the recipe gets, ``--repeats`` rounds in turn.
 """
 
 from __future__ import annotations
@@ -168,6 +171,55 @@ def _warmup_cosine(step: int, warmup: int, planned: int | None) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# One run per recipe entry with that entry at the value a run without the recipe gets (``--recipe none`` on
+# real data: DetectionDataModule's and ObjectDetector's own defaults); the EMA's decay is the same 0.99 there,
+# so its row turns the EMA off. ``data.num_workers auto`` is 0 workers on 1-2 CPUs, the same as without it.
+ABLATIONS: dict[str, list[str]] = {
+    "model.lr": ["--model.lr", "0.003"],
+    "model.backbone_lr_mult": ["--model.backbone_lr_mult", "null"],
+    "model.freeze_backbone_bn": ["--model.freeze_backbone_bn", "false"],
+    "model.freeze_backbone_stride": ["--model.freeze_backbone_stride", "null"],
+    "model.warmup_steps": ["--model.warmup_steps", "100"],
+    "model.ema_decay": ["--model.ema_decay", "null"],
+    "model.ema_warmup_steps": ["--model.ema_warmup_steps", "50"],
+    "model.max_detections_per_image": ["--model.max_detections_per_image", "null"],
+    "data.photometric": ["--data.photometric", "true"],
+    "data.scale_jitter": ["--data.scale_jitter", "[0.5, 1.5]"],
+    "data.cache": ["--data.cache", "none"],
+    "data.num_workers": ["--data.num_workers", "0"],
+}
+
+
+def ablate(args, train: str, val: str, extra: list[str]) -> list[dict]:
+    """The recipe, then the recipe with one entry undone (:data:`ABLATIONS`), ``args.repeats`` rounds each in
+    turn (drift spreads over all rows); prints the medians and the change against the full recipe."""
+    import statistics
+
+    size = args.sizes[0]
+    runs: dict[str, list[dict]] = {"recipe": [], **{key: [] for key in args.ablate}}
+    for round_ in range(args.repeats):
+        for key in runs:
+            flags = [] if key == "recipe" else ABLATIONS[key]
+            row = run_detforge(args, size, train, val, [*extra, *flags])
+            if "error" in row:
+                raise SystemExit(f"{key}: {row['error']}")
+            runs[key].append(row)
+            print(f"  round {round_ + 1} {key:34s} AP50 {row['ap50']:.3f}  AP {row['ap']:.3f}  "
+                  f"{row['images_per_s']:.2f} images/s", flush=True)  # fmt: skip
+    med = {key: {m: statistics.median(r[m] for r in rows) for m in ("ap50", "ap", "images_per_s")}
+           for key, rows in runs.items()}  # fmt: skip
+    base = med["recipe"]
+    print(f"\n{size} px, {args.budget:.0f} s, medians of {args.repeats}: the recipe, then one entry undone")
+    print("| run | AP50 | AP | images/s | AP change | images/s change |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key, m in med.items():
+        label = "finetune recipe" if key == "recipe" else f"{key} undone: `{' '.join(ABLATIONS[key][1:])}`"
+        change = "" if key == "recipe" else f"{m['ap'] - base['ap']:+.3f}"
+        speed = "" if key == "recipe" else f"{m['images_per_s'] / base['images_per_s']:.2f}x"
+        print(f"| {label} | {m['ap50']:.3f} | {m['ap']:.3f} | {m['images_per_s']:.2f} | {change} | {speed} |")
+    return [{"size": size, "run": key, "rows": rows} for key, rows in runs.items()]
+
+
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "inf" if a > 0 else "n/a"
 
@@ -190,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="torchvision mobilenet_v2 ImageNet state dict")
     parser.add_argument("--project", default="runs/finetune_bench")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--ablate", nargs="*", default=None, choices=sorted(ABLATIONS), metavar="KEY",
+        help="detforge only: the recipe, then each KEY undone (no KEY: every entry), at the first size",
+    )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the --ablate runs")
     args = parser.parse_args(argv)
     args.weights = args.weights or default_weights()
     Path(args.project).mkdir(parents=True, exist_ok=True)
@@ -202,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"CPU: {machine_key()} ({platform.machine()}), capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"budget {args.budget:.0f} s per side and size, batch {args.batch}, data {train}, detforge flags {extra}")
+    if args.ablate is not None:
+        args.ablate = args.ablate or list(ABLATIONS)
+        rows = ablate(args, train, val, extra)
+        if args.out:
+            Path(args.out).write_text(json.dumps(rows, indent=2))
+        return 0
     rows = []
     for size in args.sizes:
         ours = run_detforge(args, size, train, val, extra)

@@ -162,3 +162,53 @@ def test_a_model_recipe_input_size_moves_the_models_size_too():
     given = cfg()
     assert apply_model_recipe(given, ["--data.imgsz", "128"]) == ["model.lr"]
     assert given["data.imgsz"] == given["model.imgsz"] == 128
+
+
+def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_file, capsys):
+    """benchmarks/finetune.py --ablate undoes one recipe entry per run: the table names every entry, and each
+    row's flags give the value a run without the recipe gets (the EMA row, whose decay is the same, turns it
+    off)."""
+    import importlib.util
+    from pathlib import Path
+
+    from detforge.data.synthetic import SyntheticShapes
+    from detforge.data.writers import write_coco
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(bench.ABLATIONS) == set(FINETUNE_RECIPE)
+
+    ann = write_coco(SyntheticShapes(4, (48, 64), num_classes=2, seed=0), tmp_path, split="train")
+    argv = [
+        "--model=fcos_test_resnet",
+        f'--model.model_kwargs={{"pretrained": "{pretrained_file}"}}',
+        "--model.fpn_channels=16",
+        "--model.head_num_convs=1",
+        f"--data=coco:{ann}:{tmp_path / 'train'}",
+        "--imgsz=64",
+        "--batch=2",
+        f"--project={tmp_path / 'runs'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+    def values(cli):
+        out = {}
+        for key in FINETUNE_RECIPE:
+            group, name = key.split(".")
+            out[key] = cli.model.hparams[name] if group == "model" else getattr(cli.datamodule, name)
+        return out
+
+    flags = [flag for key, row in bench.ABLATIONS.items() if key != "model.ema_decay" for flag in row]
+    undone = values(build_cli([*argv, *flags]))
+    without = values(build_cli([*argv, "--recipe=none"]))
+    recipe = values(build_cli(argv))
+    assert {k: v for k, v in undone.items() if k != "data.num_workers"} == {
+        k: v for k, v in without.items() if k != "data.num_workers"
+    }
+    off = build_cli([*argv, *bench.ABLATIONS["model.ema_decay"]])
+    assert off.model.hparams.ema_decay is None and recipe["model.ema_decay"] is not None
+    changed = {k for k in FINETUNE_RECIPE if undone[k] != recipe[k]}
+    assert changed >= set(FINETUNE_RECIPE) - {"model.ema_decay", "data.num_workers"}
+    capsys.readouterr()
