@@ -81,6 +81,7 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
     from detforge.data.synthetic import SyntheticShapes
     from detforge.data.writers import write_coco
     from detforge.engine.ema import ExponentialMovingAverage
+    from detforge.models.frozen_norm import FusedFrozenBatchNorm2d, FusedFrozenBatchNormAct2d
 
     ann = write_coco(SyntheticShapes(4, (48, 64), num_classes=2, seed=0), tmp_path, split="train")
     argv = [
@@ -106,7 +107,7 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
     assert hp.ema_warmup_steps == FINETUNE_RECIPE["model.ema_warmup_steps"]
     assert module.model.postprocess_settings.max_detections_per_image == 300
     body = module.backbone_body
-    assert any(type(m).__name__.startswith("FrozenBatchNorm") for m in body.modules())
+    assert any(isinstance(m, FusedFrozenBatchNormAct2d | FusedFrozenBatchNorm2d) for m in body.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
     ema = module.configure_callbacks()
     assert isinstance(ema[0], ExponentialMovingAverage) and ema[0].warmup_updates == 30.0

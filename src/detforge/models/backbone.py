@@ -37,6 +37,7 @@ import torch
 from timm.utils.model import freeze
 from torch import Tensor, nn
 
+from detforge.models.frozen_norm import fuse_frozen_batchnorm
 from detforge.models.necks.fpn import FPN
 from detforge.models.necks.simple_pyramid import SimplePyramid
 from detforge.models.pretrained import (
@@ -214,9 +215,11 @@ def fixed_input_size(body: nn.Module) -> tuple[int, int] | None:
 
 
 def freeze_backbone(backbone: nn.Module) -> nn.Module:
-    """Freeze ``backbone`` in place: no gradients, and BatchNorm layers become timm's ``FrozenBatchNorm2d``
-    so their statistics stay fixed in ``train()`` mode too. Returns the same module."""
+    """Freeze ``backbone`` in place: no gradients, and BatchNorm layers become frozen BatchNorm (timm's
+    ``freeze``, with the fused forward of :mod:`detforge.models.frozen_norm`) so their statistics stay fixed in
+    ``train()`` mode too. Returns the same module."""
     freeze(backbone)
+    fuse_frozen_batchnorm(backbone)
     return backbone
 
 
@@ -256,6 +259,7 @@ def freeze_stages(body: nn.Module, max_stride: int) -> list[str]:
         parent = parent.get_submodule(part)
     frozen.append(target)
     freeze(body, frozen)
+    fuse_frozen_batchnorm(body)
     return frozen
 
 

@@ -199,9 +199,12 @@ class ObjectDetector(L.LightningModule):
         if not freeze_backbone and freeze_backbone_bn:
             from timm.utils.model import freeze_batch_norm_2d
 
+            from detforge.models.frozen_norm import fuse_frozen_batchnorm
+
             body = self.backbone_body
             for name, child in list(body.named_children()):
                 body.add_module(name, freeze_batch_norm_2d(child))
+            fuse_frozen_batchnorm(body)
         if backbone_lr_mult is not None:
             self.backbone_body  # noqa: B018 (a ValueError now for a model without a backbone)
 
