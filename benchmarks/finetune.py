@@ -172,16 +172,13 @@ def _warmup_cosine(step: int, warmup: int, planned: int | None) -> float:
 
 
 # One run per recipe entry with that entry at the value a run without the recipe gets (``--recipe none`` on
-# real data: DetectionDataModule's and ObjectDetector's own defaults); the EMA's decay is the same 0.99 there,
-# so its row turns the EMA off. ``data.num_workers auto`` is 0 workers on 1-2 CPUs, the same as without it.
+# real data: DetectionDataModule's and ObjectDetector's own defaults). ``data.num_workers auto`` is 0 workers on
+# 1-2 CPUs, the same as without it.
 ABLATIONS: dict[str, list[str]] = {
     "model.lr": ["--model.lr", "0.003"],
     "model.backbone_lr_mult": ["--model.backbone_lr_mult", "null"],
     "model.freeze_backbone_bn": ["--model.freeze_backbone_bn", "false"],
     "model.freeze_backbone_stride": ["--model.freeze_backbone_stride", "null"],
-    "model.warmup_steps": ["--model.warmup_steps", "100"],
-    "model.ema_decay": ["--model.ema_decay", "null"],
-    "model.ema_warmup_steps": ["--model.ema_warmup_steps", "50"],
     "model.max_detections_per_image": ["--model.max_detections_per_image", "null"],
     "data.photometric": ["--data.photometric", "true"],
     "data.scale_jitter": ["--data.scale_jitter", "[0.5, 1.5]"],

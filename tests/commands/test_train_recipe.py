@@ -92,30 +92,28 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
         f"--data=coco:{ann}:{tmp_path / 'train'}",
         "--imgsz=64",
         "--batch=2",
-        "--model.ema_decay=0.9",  # a command-line option wins over the recipe
+        "--model.max_detections_per_image=200",  # a command-line option wins over the recipe
         f"--project={tmp_path / 'runs'}",
         "--trainer.enable_progress_bar=false",
     ]
     cli = build_cli(argv)
     assert (
-        "recipe: finetune (pretrained backbone, real data); kept from the command line: model.ema_decay"
+        "recipe: finetune (pretrained backbone, real data); kept from the command line: model.max_detections_per_image"
         in (capsys.readouterr().err)
     )
     module, data = cli.model, cli.datamodule
     hp = module.hparams
-    assert hp.lr == FINETUNE_RECIPE["model.lr"] and hp.ema_decay == 0.9
-    assert hp.ema_warmup_steps == FINETUNE_RECIPE["model.ema_warmup_steps"]
-    assert module.model.postprocess_settings.max_detections_per_image == 300
+    assert hp.lr == FINETUNE_RECIPE["model.lr"]
+    assert module.model.postprocess_settings.max_detections_per_image == 200
     body = module.backbone_body
     assert any(isinstance(m, FusedFrozenBatchNormAct2d | FusedFrozenBatchNorm2d) for m in body.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
     ema = module.configure_callbacks()
-    assert isinstance(ema[0], ExponentialMovingAverage) and ema[0].warmup_updates == 30.0
+    assert isinstance(ema[0], ExponentialMovingAverage)  # the general default, kept
     monkeypatch.setattr(module, "_total_steps", lambda interval="step": 100)  # no trainer attached
     configured = module.configure_optimizers()
     opt = configured["optimizer"]
-    schedule = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]  # WarmupCosine
-    assert schedule.warmup_steps == FINETUNE_RECIPE["model.warmup_steps"]
+    assert hp.warmup_steps == 100  # the general default (30 measured worse)
     backbone_ids = {id(p) for p in body.parameters()}
     for group in (g for g in opt.param_groups if g["params"]):
         in_body = {id(p) in backbone_ids for p in group["params"]}
@@ -167,8 +165,7 @@ def test_a_model_recipe_input_size_moves_the_models_size_too():
 
 def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_file, capsys):
     """benchmarks/finetune.py --ablate undoes one recipe entry per run: the table names every entry, and each
-    row's flags give the value a run without the recipe gets (the EMA row, whose decay is the same, turns it
-    off)."""
+    row's flags give the value a run without the recipe gets."""
     import importlib.util
     from pathlib import Path
 
@@ -201,15 +198,13 @@ def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_fil
             out[key] = cli.model.hparams[name] if group == "model" else getattr(cli.datamodule, name)
         return out
 
-    flags = [flag for key, row in bench.ABLATIONS.items() if key != "model.ema_decay" for flag in row]
+    flags = [flag for row in bench.ABLATIONS.values() for flag in row]
     undone = values(build_cli([*argv, *flags]))
     without = values(build_cli([*argv, "--recipe=none"]))
     recipe = values(build_cli(argv))
     assert {k: v for k, v in undone.items() if k != "data.num_workers"} == {
         k: v for k, v in without.items() if k != "data.num_workers"
     }
-    off = build_cli([*argv, *bench.ABLATIONS["model.ema_decay"]])
-    assert off.model.hparams.ema_decay is None and recipe["model.ema_decay"] is not None
     changed = {k for k in FINETUNE_RECIPE if undone[k] != recipe[k]}
-    assert changed >= set(FINETUNE_RECIPE) - {"model.ema_decay", "data.num_workers"}
+    assert changed == set(FINETUNE_RECIPE) - {"data.num_workers"}
     capsys.readouterr()
