@@ -215,3 +215,16 @@ def test_soft_nms_model_refuses_an_nms_graph_naming_the_option(method, tmp_path)
     with pytest.raises(ValueError, match=rf"nms_method is '{method}' \(soft-NMS\).*nms_method='hard'"):
         export_onnx(model, tmp_path / "soft.onnx", with_nms=True)
     assert not (tmp_path / "soft.onnx").exists()
+
+
+def test_a_model_with_frozen_batchnorm_exports(images, tmp_path):
+    """The fine-tuning recipe's frozen stages and BatchNorm (the fused frozen layers) export and match."""
+    from detforge.models.backbone import freeze_stages
+    from detforge.models.frozen_norm import FusedFrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    model = FCOS("resnet10t", 3, fpn_channels=16, head_num_convs=1, input_size=(SIZE, SIZE))
+    freeze_stages(getattr(model.backbone, "body", model.backbone), 4)
+    assert any(isinstance(m, FusedFrozenBatchNorm2d) for m in model.modules())
+    path = export_onnx(model, tmp_path / "frozen.onnx", example_input=images)
+    assert check_onnx(model, path, images) < 1e-4
