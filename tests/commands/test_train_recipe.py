@@ -77,14 +77,13 @@ def pretrained_file(tmp_path_factory):
     return str(path)
 
 
-def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsys, monkeypatch):
+def _finetune_argv(tmp_path, pretrained_file) -> list[str]:
+    """A tiny pretrained FCOS on a 4-image COCO set written under ``tmp_path``: the recipe's ``auto`` case."""
     from detforge.data.synthetic import SyntheticShapes
     from detforge.data.writers import write_coco
-    from detforge.engine.ema import ExponentialMovingAverage
-    from detforge.models.frozen_norm import FusedFrozenBatchNorm2d, FusedFrozenBatchNormAct2d
 
     ann = write_coco(SyntheticShapes(4, (48, 64), num_classes=2, seed=0), tmp_path, split="train")
-    argv = [
+    return [
         "--model=fcos_test_resnet",
         f'--model.model_kwargs={{"pretrained": "{pretrained_file}"}}',
         "--model.fpn_channels=16",
@@ -92,9 +91,18 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
         f"--data=coco:{ann}:{tmp_path / 'train'}",
         "--imgsz=64",
         "--batch=2",
-        "--model.max_detections_per_image=200",  # a command-line option wins over the recipe
         f"--project={tmp_path / 'runs'}",
         "--trainer.enable_progress_bar=false",
+    ]
+
+
+def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsys, monkeypatch):
+    from detforge.engine.ema import ExponentialMovingAverage
+    from detforge.models.frozen_norm import FusedFrozenBatchNorm2d, FusedFrozenBatchNormAct2d
+
+    argv = [
+        *_finetune_argv(tmp_path, pretrained_file),
+        "--model.max_detections_per_image=200",  # a command-line option wins over the recipe
     ]
     cli = build_cli(argv)
     assert (
@@ -169,8 +177,6 @@ def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_fil
     import importlib.util
     from pathlib import Path
 
-    from detforge.data.synthetic import SyntheticShapes
-    from detforge.data.writers import write_coco
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune.py"
     spec = importlib.util.spec_from_file_location("finetune_benchmark", script)
@@ -178,18 +184,7 @@ def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_fil
     spec.loader.exec_module(bench)
     assert set(bench.ABLATIONS) == set(FINETUNE_RECIPE)
 
-    ann = write_coco(SyntheticShapes(4, (48, 64), num_classes=2, seed=0), tmp_path, split="train")
-    argv = [
-        "--model=fcos_test_resnet",
-        f'--model.model_kwargs={{"pretrained": "{pretrained_file}"}}',
-        "--model.fpn_channels=16",
-        "--model.head_num_convs=1",
-        f"--data=coco:{ann}:{tmp_path / 'train'}",
-        "--imgsz=64",
-        "--batch=2",
-        f"--project={tmp_path / 'runs'}",
-        "--trainer.enable_progress_bar=false",
-    ]
+    argv = _finetune_argv(tmp_path, pretrained_file)
 
     def values(cli):
         out = {}
