@@ -13,19 +13,12 @@ from torch.utils.data import DataLoader
 from detforge.data.datamodule import detection_collate
 from detforge.data.synthetic import SyntheticShapes
 from detforge.engine.cpu_precision import CpuPrecisionChoice, choose_cpu_bf16, native_bf16
-from detforge.models.fcos import FCOS
-
-
-def tiny() -> FCOS:
-    torch.manual_seed(0)
-    return FCOS("resnet10t", 3, fpn_channels=16, head_num_convs=1, extra_levels=0, input_size=(64, 64))
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETFORGE_CACHE_DIR", str(tmp_path))
+def cache(measurement_cache, monkeypatch):
     monkeypatch.delenv("DETFORGE_CPU_PRECISION", raising=False)
-    return tmp_path / "memory_format.json"
+    return measurement_cache
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
@@ -37,7 +30,7 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path):
 
 
 @pytest.mark.parametrize("bf16_faster", [True, False])
-def test_the_faster_precision_is_chosen_and_cached(cache, bf16_faster):
+def test_the_faster_precision_is_chosen_and_cached(cache, bf16_faster, tiny):
     model = tiny().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
@@ -65,7 +58,7 @@ def test_the_faster_precision_is_chosen_and_cached(cache, bf16_faster):
     assert again is bf16_faster and "measured before" in why
 
 
-def test_without_native_bf16_or_when_fixed_nothing_is_measured(cache, monkeypatch):
+def test_without_native_bf16_or_when_fixed_nothing_is_measured(cache, monkeypatch, tiny):
     model = tiny()
     never = lambda *a: pytest.fail("measured")  # noqa: E731
     assert choose_cpu_bf16(model, (2, 3, 64, 64), timer=never, has_bf16=False) == (

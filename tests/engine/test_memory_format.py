@@ -8,23 +8,16 @@ import pytest
 import torch
 
 from detforge.engine.memory_format import choose_channels_last, set_channels_last
-from detforge.models.fcos import FCOS
-
-
-def tiny() -> FCOS:
-    torch.manual_seed(0)
-    return FCOS("resnet10t", 3, fpn_channels=16, head_num_convs=1, extra_levels=0, input_size=(64, 64))
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETFORGE_CACHE_DIR", str(tmp_path))
+def cache(measurement_cache, monkeypatch):
     monkeypatch.delenv("DETFORGE_MEMORY_FORMAT", raising=False)
-    return tmp_path / "memory_format.json"
+    return measurement_cache
 
 
 @pytest.mark.parametrize("nchw_faster", [True, False])
-def test_the_faster_format_is_chosen_and_cached(cache, nchw_faster):
+def test_the_faster_format_is_chosen_and_cached(cache, nchw_faster, tiny):
     model = tiny().train()
     calls = []
 
@@ -49,7 +42,7 @@ def test_the_faster_format_is_chosen_and_cached(cache, nchw_faster):
     assert choose_channels_last(model, (2, 3, 64, 64), train=False, timer=timer)[0] is choice
 
 
-def test_a_step_of_seconds_is_measured_in_one_round(cache):
+def test_a_step_of_seconds_is_measured_in_one_round(cache, tiny):
     """At real input sizes a step costs seconds: a warm-up per format and one ABBA round."""
     calls = []
 
@@ -61,7 +54,7 @@ def test_a_step_of_seconds_is_measured_in_one_round(cache):
     assert calls == [True, False, False, True, True, False] and choice is False and "2500 ms" in why
 
 
-def test_a_steady_drift_does_not_decide(cache):
+def test_a_steady_drift_does_not_decide(cache, tiny):
     """Every step 10% faster than the one before (a machine settling after start-up): two equally fast
     formats measured in ABBA order come out equal, where measuring one format first would favour the other."""
     calls = []
@@ -74,7 +67,7 @@ def test_a_steady_drift_does_not_decide(cache):
     assert choice is True  # channels-last is 1 ms faster at every moment; the drift is 50 ms a step
 
 
-def test_the_model_is_left_as_it_was(cache):
+def test_the_model_is_left_as_it_was(cache, tiny):
     model = tiny().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
@@ -86,7 +79,7 @@ def test_the_model_is_left_as_it_was(cache):
     assert model.channels_last  # unchanged until the caller switches it
 
 
-def test_a_fixed_format_is_not_measured(cache, monkeypatch):
+def test_a_fixed_format_is_not_measured(cache, monkeypatch, tiny):
     monkeypatch.setenv("DETFORGE_MEMORY_FORMAT", "nchw")
     choice, why = choose_channels_last(tiny(), (2, 3, 64, 64), timer=lambda *_: pytest.fail("measured"))
     assert choice is False and "fixed" in why and not cache.exists()
@@ -94,7 +87,7 @@ def test_a_fixed_format_is_not_measured(cache, monkeypatch):
         choose_channels_last(tiny(), (2, 3, 64, 64), mode="fast")
 
 
-def test_switching_formats_keeps_the_outputs():
+def test_switching_formats_keeps_the_outputs(tiny):
     model = tiny().eval()
     images = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
