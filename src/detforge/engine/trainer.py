@@ -168,17 +168,20 @@ def default_callbacks(
     ``AdaptiveThreads(threads)`` (``"auto"`` adapts unless ``$DETFORGE_NUM_THREADS`` fixes the count),
     ``MemoryFormatChoice`` (channels-last or NCHW, whichever is faster here; ``$DETFORGE_MEMORY_FORMAT``),
     ``CpuPrecisionChoice`` (bfloat16 autocast where the CPU has it natively and it is faster;
-    ``$DETFORGE_CPU_PRECISION``), a rich
+    ``$DETFORGE_CPU_PRECISION``), ``FlushDenormals`` (denormal floats flushed to zero while the Trainer runs;
+    ``$DETFORGE_FLUSH_DENORMAL``), a rich
     progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from detforge.engine.adaptive_threads import AdaptiveThreads
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
     from detforge.engine.cpu_precision import CpuPrecisionChoice
+    from detforge.engine.denormals import FlushDenormals
     from detforge.engine.memory_format import MemoryFormatChoice
     from detforge.engine.schedule import FitScheduleToTime
 
     callbacks: list = [
         CheckRunFolder(run_dir),
         AdaptiveThreads(threads=threads),
+        FlushDenormals(),  # before the memory format and precision probes: they time steps as training runs
         MemoryFormatChoice(),
         CpuPrecisionChoice(),  # after the memory format: measured in the chosen one
         FitScheduleToTime(),
