@@ -58,6 +58,29 @@ def test_the_faster_precision_is_chosen_and_cached(cache, bf16_faster, tiny):
     assert again is bf16_faster and "measured before" in why
 
 
+def test_a_model_that_fails_under_bf16_trains_in_fp32(cache, tiny):
+    """An operator without a bfloat16 kernel (as torchvision's threaded RoIAlign had) must not end the run: the
+    probe says why and picks float32, uncached; an error in float32 is the model's own and propagates."""
+    model = tiny()
+
+    def timer(probe, images, train):
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError(
+                "roi_align_forward_kernel\n\"roi_align_forward_kernel\" not implemented for 'BFloat16'"
+            )
+        return 0.1
+
+    choice, why = choose_cpu_bf16(model, (2, 3, 64, 64), timer=timer, has_bf16=True)
+    assert choice is False and "fails under bfloat16 autocast" in why and "BFloat16" in why
+    assert not cache.exists() or not json.loads(cache.read_text())
+
+    def broken(probe, images, train):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        choose_cpu_bf16(model, (2, 3, 64, 64), timer=broken, has_bf16=True)
+
+
 def test_without_native_bf16_or_when_fixed_nothing_is_measured(cache, monkeypatch, tiny):
     model = tiny()
     never = lambda *a: pytest.fail("measured")  # noqa: E731

@@ -92,6 +92,31 @@ def test_loss_and_backward_are_finite(name, case):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_trains_and_detects_under_cpu_bfloat16_autocast(name):
+    """The training step as ``CpuPrecisionChoice`` may run it (bfloat16 autocast, several threads: Faster
+    R-CNN's threaded RoIAlign once raised "not implemented for 'BFloat16'"), and detections under autocast."""
+    model = model_named(name)
+    targets = edge_case_batches(model.num_classes)["different_counts"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    model.train()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs, losses = model.forward_loss(_images(model), targets)
+        assert torch.isfinite(losses["loss"]), f"{name}: loss {losses['loss']} under bfloat16 autocast"
+        losses["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            detections = model.postprocess(model(_images(model)), [(H, W)] * 2)
+        assert len(detections) == 2
+    finally:
+        torch.set_num_threads(before)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_outputs_do_not_depend_on_mode(name):
     """Train and eval mode return the same outputs (keys, shapes, dtypes), and both give loss and
     detections from one forward."""

@@ -54,3 +54,26 @@ def test_plain_roi_align_where_no_gradient_or_tracing():
     graph = str(traced.graph)
     assert "torchvision::roi_align" in graph and "PythonOp" not in graph
     torch.testing.assert_close(traced(features), roi_align(features, rois, 7, 0.25, 2, aligned=False))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_autocast_equals_torchvision(threads):
+    """Under CPU bfloat16 autocast the pool's threads do not see autocast: the features are pooled in float32
+    and cast back, as torchvision's autocast kernel does (it raised "not implemented for 'BFloat16'")."""
+    features, rois, grad = _case(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours_in = features.bfloat16().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = pooled_roi_align(ours_in, rois, 7, 0.25, 2)
+        ours.backward(grad.bfloat16())
+    finally:
+        torch.set_num_threads(before)
+    ref_in = features.bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = roi_align(ref_in, rois, 7, 0.25, 2, aligned=False)
+    ref.backward(grad.bfloat16())
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(ours_in.grad, ref_in.grad)

@@ -43,6 +43,10 @@ _ENV = "DETFORGE_CPU_PRECISION"
 _CHOICES = ("auto", "bf16", "fp32")
 
 
+class _Bf16Failed(Exception):
+    """The training step raised under bfloat16 autocast (the message is the error's last line)."""
+
+
 def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU has bfloat16 instructions (``avx512_bf16`` or ``amx_bf16`` among its flags; False
     where ``/proc/cpuinfo`` cannot be read)."""
@@ -102,9 +106,19 @@ def choose_cpu_bf16(
 
     def run(bf16: bool) -> float:
         with cpu_autocast(bf16):
-            return timer(probe, images, True)
+            try:
+                return timer(probe, images, True)
+            except (RuntimeError, NotImplementedError) as err:
+                if not bf16:
+                    raise
+                raise _Bf16Failed(str(err).strip().splitlines()[-1][:200]) from err
 
-    measured = measure_abba(run)  # a warm-up each, then ABBA: float32, bfloat16, bfloat16, float32
+    try:
+        measured = measure_abba(run)  # a warm-up each, then ABBA: float32, bfloat16, bfloat16, float32
+    except _Bf16Failed as err:  # an operator without a bfloat16 kernel: train in float32, say why
+        run(False)  # unless the step fails in float32 too: then the error is the model's own, raised here
+        torch.set_rng_state(rng)
+        return False, f"CPU precision fp32 (the model's training step fails under bfloat16 autocast: {err})"
     torch.set_rng_state(rng)
     choice = measured[True] < measured[False]
     cache[key] = {"bf16": choice, "bf16_s": measured[True], "fp32_s": measured[False]}

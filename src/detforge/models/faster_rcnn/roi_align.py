@@ -12,7 +12,7 @@ number, each part running torchvision's own kernel on a thread of a small pool (
 
 Used only where it helps and is safe: CPU tensors, more than one torch thread (the pool has as many workers
 as ``torch.get_num_threads()``), enough RoIs, and not while tracing or exporting (ONNX sees the plain
-``roi_align``).
+``roi_align``). bfloat16 / float16 features are pooled in float32 and cast back, as torchvision's autocast does.
 """
 
 from __future__ import annotations
@@ -93,6 +93,11 @@ def pooled_roi_align(
     )
     if not threaded:
         return roi_align(features, rois, output_size, scale, sampling_ratio, aligned=False)
+    if features.dtype not in (torch.float32, torch.float64):
+        # torchvision's CPU kernels are float only; its autocast wrapper computes in float32 and casts back,
+        # but autocast is per thread and the pool's threads do not see it: do the same here.
+        pooled = pooled_roi_align(features.float(), rois.float(), output_size, scale, sampling_ratio)
+        return pooled.to(features.dtype)  # [K, C, S, S]
     if features.requires_grad and torch.is_grad_enabled():
         return _ThreadedRoIAlign.apply(features, rois, output_size, scale, sampling_ratio)
     return _forward(features, rois, output_size, scale, sampling_ratio)
