@@ -148,11 +148,34 @@ def test_every_model_recipe_names_a_model_and_real_options():
     from detforge.models.registry import is_model
 
     groups = {"model": ObjectDetector, "data": DetectionDataModule, "trainer": L.Trainer}
+    from detforge.models.registry import _PREFIXES
+
     for name, recipe in MODEL_RECIPES.items():
-        assert is_model(name), name
+        assert is_model(name) or name in _PREFIXES, name
         for key in recipe:
             group, _, option = key.partition(".")
             assert option in inspect.signature(groups[group].__init__).parameters, (name, key)
+
+
+def test_a_prefix_recipe_covers_the_prefix_models():
+    """``faster_rcnn_`` covers every ``faster_rcnn_<timm name>``; a model's own entry wins over a prefix."""
+    from detforge.commands.train import MODEL_RECIPES, apply_model_recipe, model_recipe
+
+    assert model_recipe("faster_rcnn_resnet18") is MODEL_RECIPES["faster_rcnn_"]
+    assert model_recipe("faster_rcnn_n") is MODEL_RECIPES["faster_rcnn_"]
+    MODEL_RECIPES["faster_rcnn_n"] = own = {"model.lr": 5e-4}
+    try:
+        assert model_recipe("faster_rcnn_n") is own  # a model's own entry wins
+    finally:
+        del MODEL_RECIPES["faster_rcnn_n"]
+    assert (
+        model_recipe("fcos_resnet18") is None
+        and model_recipe("faster_rcnn_") is MODEL_RECIPES["faster_rcnn_"]
+    )
+    cfg = Namespace({"model.model": "faster_rcnn_convnext_atto", "model.lr": 3e-3})
+    assert apply_model_recipe(cfg, []) == ["model.lr"] and cfg["model.lr"] == 1e-3
+    given = Namespace({"model.model": "faster_rcnn_convnext_atto", "model.lr": 3e-3})
+    assert apply_model_recipe(given, ["--model.lr", "3e-3"]) == [] and given["model.lr"] == 3e-3
 
 
 def test_a_model_recipe_input_size_moves_the_models_size_too():
@@ -176,7 +199,6 @@ def test_the_benchmark_ablations_undo_each_recipe_entry(tmp_path, pretrained_fil
     row's flags give the value a run without the recipe gets."""
     import importlib.util
     from pathlib import Path
-
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune.py"
     spec = importlib.util.spec_from_file_location("finetune_benchmark", script)
