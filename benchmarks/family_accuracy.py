@@ -6,7 +6,8 @@ validation mAP@[.5:.95] (and per-area AP) is read from the run's ``results.json`
 trained in the same run; the ratio is each model's mAP over the peer's. Never run beside another benchmark.
 
     uv run python benchmarks/family_accuracy.py [--models detforge_n yolov3_n centernet_n yolov1_n]
-        [--budget 00:00:04:30] [--data synthetic:1024] [--project runs/family_accuracy] [-- extra train flags]
+        [--budget 00:00:04:30] [--data synthetic:1024] [--project runs/family_accuracy]
+        [--model-kwargs NAME=JSON ...] [-- extra train flags (every model)]
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from detforge.engine.memory_format import cpu_name
 def train(name: str, args: argparse.Namespace, extra: list[str]) -> dict:
     run = f"{name}-{time.strftime('%H%M%S')}"
     cmd = [sys.executable, "-m", "detforge.cli", "train", "--model", name, "--data", args.data]
+    own = dict(item.split("=", 1) for item in args.model_kwargs).get(name)
+    if own is not None:
+        cmd += ["--model.model_kwargs", own]
     cmd += ["--trainer.max_time", args.budget, "--project", args.project, "--name", run, *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -51,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="00:00:04:30", help="--trainer.max_time of every run")
     parser.add_argument("--data", default="synthetic:1024")
     parser.add_argument("--project", default="runs/family_accuracy")
+    parser.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="NAME=JSON",
+        help="one model's --model.model_kwargs (e.g. faster_rcnn_resnet18='{\"representation_size\": 256}')",
+    )
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
