@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["pooled_roi_align"]
+__all__ = ["eager_on_cpu", "pooled_roi_align"]
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _MIN_ROIS_PER_WORKER = 32  # below this a chunk is not worth a thread hand-off
@@ -78,20 +78,24 @@ class _ThreadedRoIAlign(torch.autograd.Function):
         return torch.cat(list(_pool(workers).map(one, chunks))), None, None, None, None  # [B, C, H, W]
 
 
+def eager_on_cpu(features: Tensor) -> bool:
+    """Whether ``features`` are on the CPU in eager mode (not tracing, scripting or exporting to ONNX), where
+    detforge's own RoIAlign kernels may replace torchvision's ``roi_align``."""
+    return (
+        features.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not torch.onnx.is_in_onnx_export()
+    )
+
+
 def pooled_roi_align(
     features: Tensor, rois: Tensor, output_size: int, scale: float, sampling_ratio: int
 ) -> Tensor:
     """torchvision's ``roi_align(features, rois, output_size, scale, sampling_ratio, aligned=False)``
     (features Tensor[B, C, H, W], rois Tensor[K, 5] as (image index, x1, y1, x2, y2) -> Tensor[K, C, S, S]),
     split over the CPU threads where that is safe (module docstring)."""
-    threaded = (
-        features.device.type == "cpu"
-        and torch.get_num_threads() > 1
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.onnx.is_in_onnx_export()
-    )
-    if not threaded:
+    if not (eager_on_cpu(features) and torch.get_num_threads() > 1):
         return roi_align(features, rois, output_size, scale, sampling_ratio, aligned=False)
     if features.dtype not in (torch.float32, torch.float64):
         # torchvision's CPU kernels are float only; its autocast wrapper computes in float32 and casts back,

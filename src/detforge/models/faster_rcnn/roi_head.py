@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from detforge.models.faster_rcnn.roi_align import pooled_roi_align
+from detforge.models.faster_rcnn.roi_align import eager_on_cpu, pooled_roi_align
 from detforge.models.faster_rcnn.roi_gather import gather_roi_align
 
 __all__ = ["FastRCNNPredictor", "MultiScaleRoIPool", "TwoMLPHead"]
@@ -39,17 +39,6 @@ class MultiScaleRoIPool(nn.Module):
         self.output_size = int(output_size)
         self.sampling_ratio = int(sampling_ratio)
 
-    def _gather(self, feature: Tensor) -> bool:
-        """Pool with :func:`gather_roi_align` (CPU, fixed sampling ratio, not tracing or exporting: ONNX gets
-        torchvision's ``roi_align``)."""
-        return (
-            feature.device.type == "cpu"
-            and self.sampling_ratio > 0
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export()
-        )
-
     def levels(self, boxes: Tensor) -> Tensor:
         """Pooled level index of each box (Tensor[K] int64)."""
         size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()  # [K]
@@ -58,13 +47,10 @@ class MultiScaleRoIPool(nn.Module):
 
     def forward(self, features: Sequence[Tensor], boxes: Tensor, image_idx: Tensor) -> Tensor:
         rois = torch.cat([image_idx.to(boxes.dtype)[:, None], boxes], dim=1)  # [K, 5]
-        if self._gather(features[0]):
-            levels = (
-                self.levels(boxes) if len(features) > 1 else torch.zeros_like(image_idx, dtype=torch.int64)
-            )
+        if self.sampling_ratio > 0 and eager_on_cpu(features[0]):  # ONNX gets torchvision's roi_align
             return gather_roi_align(
-                features, rois, levels, self.scales, self.output_size, self.sampling_ratio
-            )
+                features, rois, self.levels(boxes), self.scales, self.output_size, self.sampling_ratio
+            )  # one level: every RoI's level is 0
         if len(features) == 1:
             return pooled_roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.levels(boxes)
@@ -75,9 +61,8 @@ class MultiScaleRoIPool(nn.Module):
             pooled = pooled_roi_align(
                 feature, rois[idx], self.output_size, scale, self.sampling_ratio
             )  # [K_l, C, S, S]
-            out.index_put_(
-                (idx,), pooled.to(out.dtype)
-            )  # in place: a copy of out per level cost 10% of inference
+            # in place: a copy of out per level cost 10% of inference
+            out.index_put_((idx,), pooled.to(out.dtype))
         return out
 
 
