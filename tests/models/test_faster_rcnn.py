@@ -85,6 +85,23 @@ def test_crowded_image_500_boxes():
     losses["loss"].backward()
 
 
+def test_channels_last_covers_every_conv_and_keeps_outputs():
+    fast, plain = _small(channels_last=True).eval(), _small(channels_last=False).eval()
+    convs = {k: v for k, v in fast.state_dict().items() if v.dim() == 4}
+    assert any(k.startswith("rpn_head.") for k in convs)
+    for key, weight in convs.items():
+        assert weight.is_contiguous(memory_format=torch.channels_last), key
+        assert plain.state_dict()[key].is_contiguous(), key
+    images = torch.rand(2, 3, H, W)
+    with torch.no_grad():
+        a, b = fast(images), plain(images)
+    for key in ("objectness", "rpn_deltas", "proposals", "class_logits", "box_deltas"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-4)
+    _, la = fast.train().forward_loss(images, _targets())
+    _, lb = plain.train().forward_loss(images, _targets())
+    assert torch.isfinite(la["loss"]) and torch.isfinite(lb["loss"])
+
+
 def test_bad_labels_and_options_raise():
     model = _small().train()
     with pytest.raises(ValueError, match="label 3"):

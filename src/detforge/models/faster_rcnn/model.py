@@ -59,6 +59,9 @@ class FasterRCNN(Detector):
             soft_nms_sigma: post-processing (:class:`~detforge.models.base.PostprocessSettings`).
         in_chans, input_size, normalize: image channels, default input size, normalise with the backbone's
             statistics inside the model.
+        channels_last: run the convolutions in channels-last memory format (the Trainer's
+            :class:`~detforge.engine.memory_format.MemoryFormatChoice` measures which format is faster on the
+            machine and switches it).
     """
 
     raw_outputs_on_grid = True  # the anchors of the example's size are in the graph
@@ -95,6 +98,7 @@ class FasterRCNN(Detector):
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         normalize: bool = True,
+        channels_last: bool = True,
         **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
@@ -121,6 +125,9 @@ class FasterRCNN(Detector):
         self.box_match = (float(box_fg_iou_thresh), float(box_bg_iou_thresh))
         self.box_sampling = (int(box_batch_size_per_image), float(box_positive_fraction))
         self.hard_negative_mining = bool(hard_negative_mining)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @property
     def backbone(self) -> nn.Module:
@@ -146,6 +153,8 @@ class FasterRCNN(Detector):
         return torch.as_tensor(image_sizes, device=images.device).reshape(-1, 2)
 
     def _pyramid(self, images: Tensor) -> list[Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.features(images)  # [B, C, H_l, W_l] per FPN level
         if self.pool_level:
             features = [*features, F.max_pool2d(features[-1], 1, 2)]
