@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ChannelsLast",
     "Detector",
     "NMSMethod",
     "PostprocessOptions",
@@ -198,6 +199,24 @@ def _setting(name: str) -> property:
         lambda self, value: self.set_postprocess(**{name: value}),
         doc=f"Post-processing setting ``{name}`` (see :class:`PostprocessSettings`).",
     )
+
+
+class ChannelsLast:
+    """Mixin of the detectors whose ``forward`` honours a ``channels_last`` flag (a bool set in ``__init__``):
+    the Trainer's :class:`~detforge.engine.memory_format.MemoryFormatChoice` times such a model in both formats
+    and switches it (:func:`~detforge.engine.memory_format.set_channels_last`)."""
+
+    channels_last: bool
+
+    def apply_memory_format(self) -> None:
+        """Put the weights in channels-last memory format when ``channels_last`` is set (call once the layers
+        exist)."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)  # type: ignore[attr-defined]
+
+    def in_memory_format(self, images: Tensor) -> Tensor:
+        """``images`` (Tensor[B, C, H, W]) in the model's memory format: channels-last when ``channels_last``."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
 class Detector(nn.Module):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from detforge.boxes import grid_points, offset_size_to_xyxy
 from detforge.models.backbone import FeatureBackboneConfig, FeatureBody
-from detforge.models.base import Detector, PostprocessOptions
+from detforge.models.base import ChannelsLast, Detector, PostprocessOptions
 from detforge.models.criteria.centernet import CenterNetCriterion
 from detforge.models.heads.centernet import CenterNetHead
 from detforge.models.necks.upsample import UpsampleNeck
@@ -40,7 +40,7 @@ LAST_FOUR = (-4, -3, -2, -1)
 """The default backbone levels: timm's last four (strides 4, 8, 16, 32 on ResNets, MobileNets, ConvNeXt)."""
 
 
-class CenterNet(Detector):
+class CenterNet(ChannelsLast, Detector):
     """CenterNet on any timm backbone (module docstring).
 
     Args:
@@ -109,8 +109,7 @@ class CenterNet(Detector):
         )
         self.strides: tuple[int, ...] = (int(output_stride),)
         self.channels_last = channels_last
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.apply_memory_format()
 
     @property
     def backbone(self) -> nn.Module:
@@ -120,9 +119,7 @@ class CenterNet(Detector):
     def forward(self, images: Tensor) -> dict[str, Any]:
         """Raw outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]): ``heatmap`` (Tensor[B, C, h, w]
         logits), ``size`` and ``offset`` (Tensor[B, 2, h, w], map units), ``feat_sizes`` ([(h, w)])."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        features = self.features(images)  # list of Tensor[B, C_i, H_i, W_i], finest first
+        features = self.features(self.in_memory_format(images))  # list of Tensor[B, C_i, H_i, W_i], finest first
         return self.head(self.neck(features))
 
     def loss(self, outputs: dict[str, Any], targets: list[dict]) -> dict[str, Tensor]:

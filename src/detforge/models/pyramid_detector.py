@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Unpack
 
-import torch
 from torch import Tensor, nn
 
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.base import Detector, PostprocessOptions
+from detforge.models.base import ChannelsLast, Detector, PostprocessOptions
 from detforge.models.criteria.common import check_labels, mean_over_ranks  # re-exported, moved there
 
 __all__ = ["PyramidDetector", "check_labels", "mean_over_ranks"]
 
 
-class PyramidDetector(Detector):
+class PyramidDetector(ChannelsLast, Detector):
     """Base of the one-stage detectors on a timm backbone + FPN (:class:`~detforge.models.fcos.FCOS`,
     :class:`~detforge.models.yolox.YOLOX`).
 
@@ -66,13 +65,6 @@ class PyramidDetector(Detector):
         """The timm feature extractor (``features.body``): what ``ObjectDetector.freeze_backbone`` freezes."""
         return self.features.body
 
-    def apply_memory_format(self) -> None:
-        """Put the convolution weights in channels-last memory format when ``channels_last`` is set."""
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last)
-
     def forward(self, images: Tensor) -> dict[str, Tensor | list[tuple[int, int]]]:
         """Raw head outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1])."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(images))
+        return self.head(self.features(self.in_memory_format(images)))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from detforge.assigners.rcnn import BELOW_LOW, BETWEEN, hash_priority, match_boxes, sample_balanced
 from detforge.boxes import AnchorBoxCoder
 from detforge.models.backbone import FeatureBackboneConfig, PyramidBackbone
-from detforge.models.base import Detector, PostprocessOptions
+from detforge.models.base import ChannelsLast, Detector, PostprocessOptions
 from detforge.models.criteria.common import check_labels
 from detforge.models.faster_rcnn.anchors import AnchorGenerator, default_anchor_sizes
 from detforge.models.faster_rcnn.detect import detections_flat, to_padded, to_per_image
@@ -33,7 +33,7 @@ from detforge.targets import image_sizes_of, pad_targets
 __all__ = ["FasterRCNN"]
 
 
-class FasterRCNN(Detector):
+class FasterRCNN(ChannelsLast, Detector):
     """Two-stage detector: timm backbone + FPN, RPN, multi-scale RoIAlign, two-FC box head.
 
     Args:
@@ -126,8 +126,7 @@ class FasterRCNN(Detector):
         self.box_sampling = (int(box_batch_size_per_image), float(box_positive_fraction))
         self.hard_negative_mining = bool(hard_negative_mining)
         self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last)
+        self.apply_memory_format()
 
     @property
     def backbone(self) -> nn.Module:
@@ -153,9 +152,7 @@ class FasterRCNN(Detector):
         return torch.as_tensor(image_sizes, device=images.device).reshape(-1, 2)
 
     def _pyramid(self, images: Tensor) -> list[Tensor]:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        features = self.features(images)  # [B, C, H_l, W_l] per FPN level
+        features = self.features(self.in_memory_format(images))  # [B, C, H_l, W_l] per FPN level
         if self.pool_level:
             features = [*features, F.max_pool2d(features[-1], 1, 2)]
         return features
