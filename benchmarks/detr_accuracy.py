@@ -8,7 +8,7 @@ is reported and skipped. Never run beside another benchmark.
 
     uv run python benchmarks/detr_accuracy.py [--models detr_n rtdetr_n detforge_n]
         [--budgets 00:00:05:00 00:00:10:00 00:00:20:00] [--data synthetic:1024]
-        [--project runs/detr_accuracy] [--out rows.json] [-- extra train flags]
+        [--project runs/detr_accuracy] [--model-kwargs NAME=JSON ...] [--out rows.json] [-- extra train flags]
 
 Fine-tuning on little data: ``--data synthetic:128 --budgets 00:00:10:00``.
 """
@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", nargs="+", default=["00:00:05:00", "00:00:10:00", "00:00:20:00"])
     parser.add_argument("--data", default="synthetic:1024")
     parser.add_argument("--project", default="runs/detr_accuracy")
+    parser.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="NAME=JSON",
+        help="one model's --model.model_kwargs (e.g. rtdetr_n='{\"num_queries\": 50}')",
+    )
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
@@ -53,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: not registered, skipped", flush=True)
             continue
         for budget in args.budgets:
-            run_args = argparse.Namespace(data=args.data, budget=budget, project=args.project)
+            run_args = argparse.Namespace(
+                data=args.data, budget=budget, project=args.project, model_kwargs=args.model_kwargs
+            )
             row = {"budget": budget, **train(name, run_args, extra)}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -1,0 +1,63 @@
+"""The benchmark scripts the README quotes still start: each parses ``--help``, and the accuracy scripts build
+the training command they would run (the subprocess is faked), so a changed helper signature fails here
+rather than after a user's first 10-minute run."""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "timing.py")
+
+
+@pytest.fixture
+def bench_path(monkeypatch):
+    """``benchmarks/`` importable as the scripts expect (``from timing import ...``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for name in ("timing", "family_accuracy", "detr_accuracy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_script_parses_help(script, bench_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script", ["family_accuracy", "detr_accuracy"])
+def test_accuracy_scripts_build_their_train_command(script, bench_path, monkeypatch, tmp_path):
+    family = _load("family_accuracy")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "not run in this test")
+
+    monkeypatch.setattr(family.subprocess, "run", fake_run)
+    module = family if script == "family_accuracy" else _load("detr_accuracy")
+    argv = ["--models", "detforge_n", "--project", str(tmp_path), "--model-kwargs", 'detforge_n={"fpn_channels": 32}']
+    argv += ["--budget", "00:00:00:05"] if script == "family_accuracy" else ["--budgets", "00:00:00:05"]
+    assert module.main([*argv, "--", "--batch", "2"]) == 0
+    assert calls, "no training command was built"
+    cmd = calls[0]
+    assert cmd[cmd.index("--model") + 1] == "detforge_n"
+    assert cmd[cmd.index("--model.model_kwargs") + 1] == '{"fpn_channels": 32}'
+    assert cmd[cmd.index("--trainer.max_time") + 1] == "00:00:00:05"
+    assert cmd[-2:] == ["--batch", "2"]
