@@ -4,7 +4,9 @@ The model is a registered name (``model="detforge_n"``), a built :class:`~detfor
 the autotimm form ``ObjectDetector(backbone="resnet50", detection_arch="fcos", ...)``; options left at None
 keep the model's defaults (:func:`detforge.models.build.build_model` builds it).
 The module itself only trains: optimizer and scheduler (:mod:`detforge.engine.optim`), warmup, EMA, metrics
-(:mod:`detforge.engine.metrics`), logging and freezing. Training and validation call the model's
+(:mod:`detforge.engine.metrics`) and logging; freezing and the backbone's learning rate are
+:class:`~detforge.models.detector_backbone.BackboneTuning`, preprocessing and ONNX
+:class:`~detforge.models.detector_deploy.DeployHelpers`. Training and validation call the model's
 ``forward_loss(images, targets)``, so one forward serves the loss and the detections.
 
 Logged names (as autotimm): ``train/loss``, ``train/cls_loss``, ``train/reg_loss``, ``train/centerness_loss``,
@@ -15,7 +17,6 @@ Logged names (as autotimm): ``train/loss``, ``train/cls_loss``, ``train/reg_loss
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Any, Literal
 
@@ -40,12 +41,14 @@ from detforge.engine.optim import OptimizerName, SchedulerName, check_optimizer,
 from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.base import Detector, NMSMethod, forward_with_sizes
 from detforge.models.build import MODEL_OPTIONS, DetectionArch, build_model, check_detection_arch
+from detforge.models.detector_backbone import BackboneTuning
+from detforge.models.detector_deploy import DeployHelpers
 from detforge.targets import metric_targets, to_original_size
 
 __all__ = ["FORMAT_VERSION", "MODEL_OPTIONS", "ObjectDetector", "build_model"]
 
 
-class ObjectDetector(L.LightningModule):
+class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
     """Train, validate, test and export a detector with Lightning.
 
     Args:
@@ -190,23 +193,7 @@ class ObjectDetector(L.LightningModule):
             )
         plain_hparams(self.hparams, model, self.model, cls_loss_fn=cls_loss_fn, reg_loss_fn=reg_loss_fn)
         self.class_names = list(class_names) if class_names is not None else None
-        if freeze_backbone:
-            self.freeze_backbone()
-        elif freeze_backbone_stride is not None:
-            from detforge.models.backbone import freeze_stages
-
-            freeze_stages(self.backbone_body, freeze_backbone_stride)
-        if not freeze_backbone and freeze_backbone_bn:
-            from timm.utils.model import freeze_batch_norm_2d
-
-            from detforge.models.frozen_norm import fuse_frozen_batchnorm
-
-            body = self.backbone_body
-            for name, child in list(body.named_children()):
-                body.add_module(name, freeze_batch_norm_2d(child))
-            fuse_frozen_batchnorm(body)
-        if backbone_lr_mult is not None:
-            self.backbone_body  # noqa: B018 (a ValueError now for a model without a backbone)
+        self.apply_backbone_options(freeze_backbone, freeze_backbone_stride, freeze_backbone_bn, backbone_lr_mult)
 
         self.logging_config = from_plain(LoggingConfig, logging_config) or LoggingConfig()
         self.cpu_autocast = (
@@ -236,38 +223,6 @@ class ObjectDetector(L.LightningModule):
             if version is not None:
                 raise
             raise legacy_checkpoint_error(checkpoint_path, err) from err
-
-    # ------------------------------------------------------------------ the backbone
-    @property
-    def backbone(self) -> nn.Module:
-        """The model's backbone (a ``backbone`` attribute, e.g. ``PyramidDetector.backbone``: the timm body)."""
-        body = getattr(self.model, "backbone", None)
-        if not isinstance(body, nn.Module):
-            raise ValueError(f"model {type(self.model).__name__} has no backbone to freeze")
-        return body
-
-    @property
-    def backbone_body(self) -> nn.Module:
-        """The pretrained part of the backbone: the timm body of a ``FeatureBody`` / ``PyramidBackbone``
-        (its ``body``, without the FPN), else :attr:`backbone` itself."""
-        backbone = self.backbone
-        body = getattr(backbone, "body", None)
-        return body if isinstance(body, nn.Module) else backbone
-
-    def freeze_backbone(self) -> None:
-        """Freeze the backbone: no gradients, BatchNorm becomes ``FrozenBatchNorm2d`` (statistics fixed in
-        ``train()`` too). Takes effect in the next ``trainer.fit`` (the optimizer skips frozen weights)."""
-        from detforge.models.backbone import freeze_backbone
-
-        freeze_backbone(self.backbone)
-
-    def unfreeze_backbone(self) -> None:
-        """Undo :meth:`freeze_backbone`: gradients on, ``FrozenBatchNorm2d`` back to training ``BatchNorm2d``
-        (timm's ``unfreeze``). The next ``trainer.fit`` optimizes the backbone again."""
-        from timm.utils.model import unfreeze
-
-        unfreeze(self.backbone)
-        self.backbone.train(self.training)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of the next ``trainer.fit`` (as ``model.hparams.lr = lr``), e.g. between the
@@ -391,12 +346,6 @@ class ObjectDetector(L.LightningModule):
             return max(int(self.trainer.max_epochs or 1), 1)
         return max(int(self.trainer.estimated_stepping_batches), 1)
 
-    def _backbone_body_prefix(self) -> str:
-        """The parameter-name prefix of :attr:`backbone_body` inside the model (e.g. ``"features.body."``)."""
-        body = self.backbone_body
-        name = next(name for name, module in self.model.named_modules() if module is body)
-        return f"{name}." if name else ""  # "": the whole model is the backbone
-
     def configure_optimizers(self) -> Any:
         from detforge.engine.optim import configure_schedule, create_optimizer
 
@@ -424,52 +373,6 @@ class ObjectDetector(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         for key, norm in self.logging_config.norms(self).items():
             self.log(f"train/{key}", norm.to(self.device), on_step=True, on_epoch=False)
-
-    # ------------------------------------------------------------------ inference helpers
-    def get_data_config(self) -> dict[str, Any]:
-        """``mean``, ``std``, ``input_size`` (C, H, W) and ``interpolation``; needs a ``transform_config``."""
-        if self.transform_config is None:
-            raise RuntimeError(
-                "get_data_config() needs ObjectDetector(transform_config=TransformConfig(...))"
-            )
-        from detforge.engine.config import resolve_data_config
-
-        return resolve_data_config(self.transform_config, self.hparams.in_chans, self.hparams.backbone)
-
-    def preprocess(self, images: Any) -> Tensor:
-        """PIL images / uint8 or float tensors (C, H, W) as the network input: Tensor[B, C, S, S], letterboxed
-        by the validation transforms (:func:`detforge.engine.config.preprocess_images`): aspect ratio kept,
-        grey padding bottom/right, so boxes map back with ``scale_boxes``."""
-        from detforge.engine.config import preprocess_images
-
-        return preprocess_images(images, self.get_data_config(), self.transform_config.normalize)[0]
-
-    def to_onnx(
-        self,
-        save_path: str | os.PathLike | None = None,
-        example_input: Tensor | None = None,
-        opset_version: int = 17,
-        dynamic_axes: dict[str, dict[int, str]] | None = None,
-        with_nms: bool = False,
-        **kwargs: Any,
-    ) -> str:
-        """Export the detector to ONNX: raw head tensors, or with ``with_nms`` final ``boxes`` / ``scores`` /
-        ``labels`` with decoding and NMS inside the graph. Returns the path written: ``save_path``, or a new
-        temporary ``.onnx`` file when None (the caller removes it)."""
-        import tempfile
-
-        from detforge.export import export_onnx
-
-        if save_path is None:
-            fd, save_path = tempfile.mkstemp(prefix="detforge_", suffix=".onnx")
-            os.close(fd)
-        was_training = self.training
-        self.eval()
-        kwargs.update(example_input=example_input, opset_version=opset_version, dynamic_axes=dynamic_axes)
-        try:
-            return str(export_onnx(self.model, save_path, with_nms=with_nms, **kwargs))
-        finally:
-            self.train(was_training)
 
 
 def _takes_detections(forward_loss: Any) -> bool:
