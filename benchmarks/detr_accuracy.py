@@ -3,7 +3,9 @@
 Each (model, budget) pair is one ``detforge train --model NAME`` run of the default recipe (synthetic:1024 at
 128 px, batch 16, the schedule fitted to ``--trainer.max_time``; each model's ``MODEL_RECIPES`` entry), run
 one after the other through :func:`family_accuracy.train`; the final validation mAP@[.5:.95] is read from
-the run's ``results.json``. A model that is not registered (e.g. ``rtdetr_n`` before its branch is merged)
+the run's ``results.json``. The recipe's 30-epoch cap is lifted (``--trainer.max_epochs 100000`` unless the
+extra flags set the epochs), so the budget, not the epoch count, ends every run: at 30 epochs of 64 steps a
+fast model would stop before 20 minutes, and on 128 images (8 steps an epoch) after two. A model that is not registered (e.g. ``rtdetr_n`` before its branch is merged)
 is reported and skipped. Never run beside another benchmark.
 
     uv run python benchmarks/detr_accuracy.py [--models detr_n rtdetr_n detforge_n]
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"CPU: {cpu_name()}, capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    print(f"data {args.data}, budgets {' '.join(args.budgets)}, extra flags {extra or 'none'}")
+    if not any(flag.split("=")[0] in ("--epochs", "--trainer.max_epochs") for flag in extra):
+        extra = ["--trainer.max_epochs", "100000", *extra]  # the budget ends the run
+    print(f"data {args.data}, budgets {' '.join(args.budgets)}, extra flags {extra}")
     rows = []
     for name in args.models:
         if not is_model(name):

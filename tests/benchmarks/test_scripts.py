@@ -61,3 +61,5 @@ def test_accuracy_scripts_build_their_train_command(script, bench_path, monkeypa
     assert cmd[cmd.index("--model.model_kwargs") + 1] == '{"fpn_channels": 32}'
     assert cmd[cmd.index("--trainer.max_time") + 1] == "00:00:00:05"
     assert cmd[-2:] == ["--batch", "2"]
+    if script == "detr_accuracy":  # the budget, not the recipe's 30 epochs, ends its runs
+        assert cmd[cmd.index("--trainer.max_epochs") + 1] == "100000"
