@@ -5,8 +5,8 @@ Each (model, budget) pair is one ``detforge train --model NAME`` run of the defa
 one after the other through :func:`family_accuracy.train`; the final validation mAP@[.5:.95] is read from
 the run's ``results.json``. The recipe's 30-epoch cap is lifted (``--trainer.max_epochs 100000`` unless the
 extra flags set the epochs), so the budget, not the epoch count, ends every run: at 30 epochs of 64 steps a
-fast model would stop before 20 minutes, and on 128 images (8 steps an epoch) after two. A model that is not registered (e.g. ``rtdetr_n`` before its branch is merged)
-is reported and skipped. Never run beside another benchmark.
+fast model would stop before 20 minutes, and on 128 images (8 steps an epoch) after two. A model that is not
+registered is reported and skipped. Never run beside another benchmark.
 
     uv run python benchmarks/detr_accuracy.py [--models detr_n rtdetr_n detforge_n]
         [--budgets 00:00:05:00 00:00:10:00 00:00:20:00] [--data synthetic:1024]
