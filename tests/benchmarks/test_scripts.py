@@ -20,8 +20,12 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "timing.py")
 def bench_path(monkeypatch):
     """``benchmarks/`` importable as the scripts expect (``from timing import ...``)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("timing", "family_accuracy", "detr_accuracy"):
+    names = ("timing", "family_accuracy", "detr_accuracy", "train_step")
+    for name in names:
         monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    for name in names:  # the scripts' modules leave with the test (monkeypatch restores only what it removed)
+        sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
