@@ -72,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
 
     names = list(dict.fromkeys(r["model"] for r in rows))
-    print(f"\nmAP@[.5:.95] on {args.data} by training budget (h:m:s)")
-    print(f"{'model':<14}" + "".join(f"{b[3:]:>10}" for b in args.budgets))
+    print(f"\nmAP@[.5:.95] on {args.data} by training budget (h:m:s), optimizer steps in brackets")
+    print(f"{'model':<14}" + "".join(f"{b[3:]:>16}" for b in args.budgets))
     for name in names:
         cells = []
         for budget in args.budgets:
             row = next((r for r in rows if r["model"] == name and r["budget"] == budget), None)
-            cells.append("-" if row is None else ("failed" if "map" not in row else f"{row['map']:.3f}"))
-        print(f"{name:<14}" + "".join(f"{c:>10}" for c in cells))
+            if row is None or "map" not in row:
+                cells.append("-" if row is None else "failed")
+            else:
+                cells.append(f"{row['map']:.3f} ({row.get('steps')})")
+        print(f"{name:<14}" + "".join(f"{c:>16}" for c in cells))
     for r in rows:
         if "map" not in r:
             print(f"{r['model']} @ {r['budget']} failed: {r['error']}")

@@ -13,6 +13,7 @@ trained in the same run; the ratio is each model's mAP over the peer's. Never ru
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -35,12 +36,24 @@ def train(name: str, args: argparse.Namespace, extra: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     results = Path(args.project) / run / "results.json"
+    if results.parent.is_dir():  # the run's log beside its results: thread and precision choices, steps
+        (results.parent / "train.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not results.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return {"model": name, "error": " | ".join(tail), "wall_s": wall}
     stats = json.loads(results.read_text())
     keys = ("map", "map_50", "map_small", "map_medium", "map_large")
-    return {"model": name, "wall_s": wall, **{k: float(stats[k]) for k in keys}, "run": str(results.parent)}
+    row = {"model": name, "wall_s": wall, **{k: float(stats[k]) for k in keys}, "run": str(results.parent)}
+    return {**row, "steps": last_step(results.parent / "metrics.csv")}
+
+
+def last_step(metrics: Path) -> int | None:
+    """The last optimizer step logged in a run's ``metrics.csv`` (None without one)."""
+    if not metrics.is_file():
+        return None
+    with metrics.open() as f:
+        steps = [row["step"] for row in csv.DictReader(f) if row.get("step")]
+    return int(steps[-1]) if steps else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ rather than after a user's first 10-minute run."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import runpy
 import subprocess
 import sys
@@ -67,3 +68,24 @@ def test_accuracy_scripts_build_their_train_command(script, bench_path, monkeypa
     assert cmd[-2:] == ["--batch", "2"]
     if script == "detr_accuracy":  # the budget, not the recipe's 30 epochs, ends its runs
         assert cmd[cmd.index("--trainer.max_epochs") + 1] == "100000"
+
+
+def test_accuracy_row_reads_steps_and_keeps_the_log(bench_path, monkeypatch, tmp_path, capsys):
+    family = _load("family_accuracy")
+    detr = _load("detr_accuracy")
+
+    def fake_run(cmd, **kwargs):  # a finished run: results.json and metrics.csv in its folder
+        run = tmp_path / cmd[cmd.index("--name") + 1]
+        run.mkdir(parents=True)
+        stats = dict.fromkeys(("map", "map_50", "map_small", "map_medium", "map_large"), 0.25)
+        (run / "results.json").write_text(json.dumps(stats))
+        (run / "metrics.csv").write_text("epoch,step,train/loss\n0,10,1.0\n1,37,0.5\n1,37,\n")
+        return subprocess.CompletedProcess(cmd, 0, "detforge: threads 2\n", "")
+
+    monkeypatch.setattr(family.subprocess, "run", fake_run)
+    argv = ["--models", "detforge_n", "--project", str(tmp_path), "--budgets", "00:00:00:05"]
+    assert detr.main([*argv, "--out", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rows[0]["steps"] == 37 and rows[0]["map"] == 0.25
+    assert (Path(rows[0]["run"]) / "train.log").read_text() == "detforge: threads 2\n"
+    assert "0.250 (37)" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """SetCriterion against a plain per-layer, per-image loop written from DETR's definitions (scipy matching,
-torchvision GIoU), for the three classification losses."""
+torchvision GIoU), for the four classification losses."""
 
 import pytest
 import torch
@@ -73,7 +73,7 @@ def _reference(logits, boxes, targets, class_loss, weights=(1.0, 5.0, 2.0), eos=
                 if class_loss == "focal":
                     target[rows, labels[cols]] = 1.0
                     loss = sigmoid_focal_loss(lg, target, alpha, gamma, reduction="sum")
-                else:
+                elif class_loss == "varifocal":
                     iou = torch.diag(box_iou(pred_xyxy[rows], tgt_xyxy[cols])).detach()
                     target[rows, labels[cols]] = iou
                     p = lg.sigmoid().detach()
@@ -81,13 +81,20 @@ def _reference(logits, boxes, targets, class_loss, weights=(1.0, 5.0, 2.0), eos=
                     pos[rows, labels[cols]] = True
                     wgt = torch.where(pos, target, 0.75 * p**2)
                     loss = F.binary_cross_entropy_with_logits(lg, target, weight=wgt, reduction="sum")
+                else:  # matchability (DEIM): IoU^1.5 targets at weight 1, negatives weighted p^1.5
+                    iou = torch.diag(box_iou(pred_xyxy[rows], tgt_xyxy[cols])).detach()
+                    target[rows, labels[cols]] = iou**1.5
+                    p = lg.sigmoid().detach()
+                    wgt = p**1.5
+                    wgt[rows, labels[cols]] = 1.0
+                    loss = F.binary_cross_entropy_with_logits(lg, target, weight=wgt, reduction="sum")
                 total = total + weights[0] * loss / num_boxes
         if class_loss == "softmax":
             total = total + weights[0] * ce_num / ce_den
     return total
 
 
-@pytest.mark.parametrize("class_loss", ["softmax", "focal", "varifocal"])
+@pytest.mark.parametrize("class_loss", ["softmax", "focal", "varifocal", "matchability"])
 def test_matches_per_image_reference(class_loss):
     targets = _targets()
     num_logits = NUM_CLASSES + (1 if class_loss == "softmax" else 0)

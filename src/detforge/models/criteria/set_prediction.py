@@ -10,6 +10,9 @@ Classification, pluggable (``class_loss``):
 - ``focal``: sigmoid focal loss over C logits (Deformable DETR, DINO), summed and divided by the box count.
 - ``varifocal``: varifocal loss over C logits (VarifocalNet; RT-DETR): the target at the matched class is the
   (detached) IoU of the predicted box with its ground truth; negatives are weighted ``alpha * p^gamma``.
+- ``matchability``: DEIM's matchability-aware loss (Huang et al. 2025): the target at the matched class is
+  ``IoU^gamma`` with weight 1 (varifocal weights it by the IoU, so the poorly placed matches of early training
+  teach their class little), negatives weighted ``p^gamma``.
 
 The L1 (on normalised cxcywh) and GIoU losses are summed over the matched queries and divided by the number
 of boxes averaged over DDP ranks (:func:`positives_normaliser`), as are the sigmoid class losses.
@@ -33,8 +36,8 @@ from detforge.models.criteria.common import check_labels, mean_over_ranks, posit
 
 __all__ = ["SetClassLoss", "SetCriterion", "SetMatch"]
 
-SetClassLoss = Literal["softmax", "focal", "varifocal"]
-_CLASS_LOSSES = ("softmax", "focal", "varifocal")
+SetClassLoss = Literal["softmax", "focal", "varifocal", "matchability"]
+_CLASS_LOSSES = ("softmax", "focal", "varifocal", "matchability")
 
 # (batch_idx, query_idx, gt_idx), each Tensor[K] int64: query query_idx[k] of image batch_idx[k] learns padded
 # ground truth gt_idx[k] of that image.
@@ -46,13 +49,16 @@ class SetCriterion(nn.Module):
     softmax no-object weight is a plain float).
 
     Args:
-        class_loss: ``softmax`` (C + 1 logits, DETR), ``focal`` or ``varifocal`` (C sigmoid logits).
+        class_loss: ``softmax`` (C + 1 logits, DETR), ``focal``, ``varifocal`` or ``matchability`` (C
+            sigmoid logits).
         class_weight, l1_weight, giou_weight: weights of the parts (DETR: 1, 5, 2).
         no_object_weight: the softmax cross-entropy weight of the "no object" class (0.1).
         cost_class, cost_bbox, cost_giou: the matcher's cost weights (1, 5, 2); the matcher's class cost is
             softmax for ``softmax`` and focal for the sigmoid losses.
         focal_alpha, focal_gamma: focal loss (and focal matching cost) alpha and gamma (0.25, 2).
         varifocal_alpha, varifocal_gamma: varifocal negative weighting (0.75, 2).
+        matchability_gamma: the matchability-aware loss's exponent of the IoU target and of the negative
+            weight (DEIM: 1.5).
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         varifocal_alpha: float = 0.75,
         varifocal_gamma: float = 2.0,
+        matchability_gamma: float = 1.5,
     ) -> None:
         super().__init__()
         if class_loss not in _CLASS_LOSSES:
@@ -89,6 +96,7 @@ class SetCriterion(nn.Module):
         self.no_object_weight = float(no_object_weight)
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.varifocal_alpha, self.varifocal_gamma = float(varifocal_alpha), float(varifocal_gamma)
+        self.matchability_gamma = float(matchability_gamma)
         self.matcher = HungarianMatcher(
             cost_class,
             cost_bbox,
@@ -224,11 +232,18 @@ class SetCriterion(nn.Module):
                 )
             else:
                 iou = paired_box_iou(pred_xyxy.detach(), tgt_xyxy).clamp(min=0)  # [M]
-                target[batch_idx, query_idx, matched_labels] = iou.to(target.dtype)
                 prob = logits.sigmoid().detach()
                 positive = torch.zeros_like(logits, dtype=torch.bool)
                 positive[batch_idx, query_idx, matched_labels] = True
-                weight = torch.where(positive, target, self.varifocal_alpha * prob.pow(self.varifocal_gamma))
+                if self.class_loss == "varifocal":
+                    target[batch_idx, query_idx, matched_labels] = iou.to(target.dtype)
+                    weight = torch.where(
+                        positive, target, self.varifocal_alpha * prob.pow(self.varifocal_gamma)
+                    )
+                else:  # matchability: IoU^gamma targets at full weight
+                    gamma = self.matchability_gamma
+                    target[batch_idx, query_idx, matched_labels] = iou.pow(gamma).to(target.dtype)
+                    weight = torch.where(positive, torch.ones_like(prob), prob.pow(gamma))
                 loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
             class_loss = loss.flatten(1).sum(1) / normaliser  # [N]
         return {"class_loss": class_loss, "l1_loss": l1_loss, "giou_loss": giou_loss}
