@@ -22,7 +22,7 @@ Used by :class:`detforge.models.detr.DETR`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from detforge.models.criteria.common import check_labels, mean_over_ranks, posit
 __all__ = ["SetClassLoss", "SetCriterion", "SetMatch"]
 
 SetClassLoss = Literal["softmax", "focal", "varifocal", "matchability"]
-_CLASS_LOSSES = ("softmax", "focal", "varifocal", "matchability")
+_CLASS_LOSSES = get_args(SetClassLoss)
 
 # (batch_idx, query_idx, gt_idx), each Tensor[K] int64: query query_idx[k] of image batch_idx[k] learns padded
 # ground truth gt_idx[k] of that image.
