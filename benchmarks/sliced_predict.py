@@ -133,7 +133,7 @@ def main() -> int:
     else:
         from detforge.models.registry import create_model
 
-        detector = create_model(args.model, num_classes=args.num_classes, pretrained=False)
+        detector = create_model(args.model, num_classes=args.num_classes)
     detector.eval()
     if args.score_thresh is not None:
         detector.score_thresh = args.score_thresh
