@@ -12,10 +12,10 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from detforge.boxes import grid_points, ltrb_to_xyxy
 from detforge.models.base import NMSMethod, check_nms_method
+from detforge.nms import grouped_nms
 
 __all__ = [
     "NMSMethod",
@@ -229,7 +229,7 @@ def _nms(
         top = scores.topk(scores.shape[0])  # a sort ONNX exports (a stable argsort does not)
         return top.indices, top.values
     if method == "hard":
-        keep = batched_nms(boxes, scores, groups, nms_thresh)  # [K] by decreasing score
+        keep = grouped_nms(boxes, scores, groups, nms_thresh)  # [K] by decreasing score
         return keep, scores[keep]
     return batched_soft_nms(
         boxes, scores, groups, method, sigma=soft_nms_sigma, iou_thresh=nms_thresh, score_thresh=score_thresh
@@ -310,8 +310,8 @@ def detect(
     """Detections of a batch from dense per-location scores and boxes.
 
     Steps: per image and level keep the ``pre_nms_topk`` best (location, class) scores, drop those at or
-    below ``score_thresh``, clip boxes to the image, NMS per image and class (torchvision ``batched_nms``, or
-    soft-NMS with ``nms_method="gaussian" | "linear"``), keep the ``max_detections_per_image`` best per image.
+    below ``score_thresh``, clip boxes to the image, NMS per image and class (:func:`~detforge.nms.grouped_nms`,
+    or soft-NMS with ``nms_method="gaussian" | "linear"``), keep the ``max_detections_per_image`` best per image.
 
     Args:
         scores: Tensor[B, P, C] class probabilities.

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from detforge.boxes import AnchorBoxCoder
+from detforge.nms import grouped_nms
 
 __all__ = ["RPNHead", "rank_in_image", "select_proposals"]
 
@@ -101,7 +101,7 @@ def select_proposals(
     # NMS ranks by the logits: the same order as the probabilities, without the ties that float32 sigmoids
     # near 0.5 create (which onnxruntime and PyTorch would break differently)
     groups = image_idx * len(level_sizes) + level[k_idx]
-    kept = batched_nms(flat_boxes, logits[image_idx, k_idx], groups, nms_thresh)
+    kept = grouped_nms(flat_boxes, logits[image_idx, k_idx], groups, nms_thresh)
     image_idx = image_idx[kept]
     rank = rank_in_image(image_idx, num_images)  # [M]
     top = rank < post_nms_top_n
