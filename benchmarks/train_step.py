@@ -4,8 +4,8 @@ Both use a resnet18 backbone (random init, trainable BatchNorm), a 256-channel F
 head, the same batch of images and targets. torchvision's transform runs at min_size = max_size = image size
 so it does not resize. Prints median times over repeats after warm-up and the ratios detforge / torchvision
 (goal on a CPU: training step <= 1.0, inference <= 0.9, on AVX2 and AVX-512 machines alike). detforge's
-memory format is chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached)
-and printed with the CPU and its capability.
+memory format is chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached;
+then the head's own, the rest staying in the chosen one) and printed with the CPU and its capability.
 
     uv run python benchmarks/train_step.py [--batch 8] [--size 320] [--classes 20] [--repeats 7] [--threads 2]
         [--memory-format auto|channels_last|nchw]
@@ -22,7 +22,12 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detforge.engine.memory_format import choose_channels_last, machine_key, set_channels_last
+from detforge.engine.memory_format import (
+    choose_channels_last,
+    choose_head_channels_last,
+    machine_key,
+    set_channels_last,
+)
 from detforge.models.fcos import FCOS
 from timing import make_batch, median_time  # benchmarks/timing.py, beside this script
 
@@ -100,14 +105,20 @@ def main() -> int:
     shape = tuple(images.shape)
     formats = {}
     for train in (True, False):
-        formats[train], why = choose_channels_last(ours, shape, train=train, mode=args.memory_format)
-        print(f"{'train' if train else 'inference'}: {why}")
+        name = "train" if train else "inference"
+        ours.train(train)
+        body, why = choose_channels_last(ours, shape, train=train, mode=args.memory_format)
+        print(f"{name}: {why}")
+        set_channels_last(ours, body)
+        head, why = choose_head_channels_last(ours, shape, train=train, mode=args.memory_format)
+        print(f"{name}: {why}")
+        formats[train] = (body, head)
     rows = []
     for name, fn_ours, fn_theirs, train in (
         ("train step", train_ours, train_theirs, True),
         ("inference", infer_ours, infer_theirs, False),
     ):
-        set_channels_last(ours, formats[train])
+        set_channels_last(ours, *formats[train])
         # Interleave the peers so slow drift on a shared machine hits both alike.
         t_ours, t_theirs = [], []
         for _ in range(3):
