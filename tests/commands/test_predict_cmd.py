@@ -55,7 +55,11 @@ def test_predict_writes_drawings_and_json_in_original_pixels(tiny_checkpoint, im
     for name in ("a.png", "b.png", "a_2.png"):
         assert (out / name).is_file(), name
     assert Image.open(out / "b.png").size == (60, 90)  # drawn on the original image
-    assert "3 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "3 images" in captured.out
+    # the inference memory format is chosen (fixed to channels-last in tests), the head's too
+    assert "detforge: memory format channels_last" in captured.err
+    assert "detforge: head memory format channels_last" in captured.err
 
     # boxes equal the model's own detections on the letterboxed input, scaled back to the file's size
     model = load_detector(tiny_checkpoint, "cpu")

@@ -11,6 +11,7 @@ from detforge.engine.memory_format import (
     MemoryFormatChoice,
     choose_channels_last,
     choose_head_channels_last,
+    choose_inference_format,
     set_channels_last,
 )
 
@@ -178,3 +179,25 @@ def test_training_start_sets_both_choices(cache, monkeypatch, tiny):
     assert (callback.choice, callback.head_choice) == (True, False)
     assert model.channels_last and not model.channels_last_head
     assert model.head.cls_logits.weight.is_contiguous()
+
+
+def test_inference_format_sets_the_model_and_its_head(cache, monkeypatch, tiny):
+    from detforge.engine import memory_format
+
+    seen = []
+
+    def body(m, s, train, mode):
+        seen.append(("body", train))
+        return False, "rest nchw"
+
+    def head(m, s, train, mode):
+        seen.append(("head", train, m.channels_last))  # measured after the rest is switched
+        return True, "head channels_last"
+
+    monkeypatch.setattr(memory_format, "choose_channels_last", body)
+    monkeypatch.setattr(memory_format, "choose_head_channels_last", head)
+    model = tiny().eval()
+    assert choose_inference_format(model, (1, 3, 64, 64)) == ["rest nchw", "head channels_last"]
+    assert seen == [("body", False), ("head", False, False)]
+    assert not model.channels_last and model.channels_last_head
+    assert choose_inference_format(torch.nn.Conv2d(3, 3, 1), (1, 3, 64, 64)) == []

@@ -38,6 +38,7 @@ __all__ = [
     "cpu_name",
     "choose_channels_last",
     "choose_head_channels_last",
+    "choose_inference_format",
     "machine_key",
     "measure_abba",
     "model_key",
@@ -280,6 +281,24 @@ def _cached_choice(key: str, what: str, measure: Callable[[], dict[bool, float]]
         f"{what} {'channels_last' if choice else 'nchw'} (measured: channels-last "
         f"{measured[True] * 1e3:.0f} ms, NCHW {measured[False] * 1e3:.0f} ms a step; cached in {path})"
     )
+
+
+def choose_inference_format(
+    model: nn.Module, images_shape: tuple[int, int, int, int], mode: MemoryFormat | None = None
+) -> list[str]:
+    """Put ``model`` (a detector in eval mode) in the faster memory format for inference batches of
+    ``images_shape`` here, then its head in its own (as training does); returns the log lines saying what and
+    why (none for a model without a ``channels_last`` flag)."""
+    if not isinstance(getattr(model, "channels_last", None), bool):
+        return []
+    body, why = choose_channels_last(model, images_shape, train=False, mode=mode)
+    set_channels_last(model, body)
+    lines = [why]
+    head, why = choose_head_channels_last(model, images_shape, train=False, mode=mode)
+    if head is not None:
+        set_channels_last(model, body, head=head)
+        lines.append(why)
+    return lines
 
 
 class MemoryFormatChoice(L.Callback):
