@@ -22,12 +22,7 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detforge.engine.memory_format import (
-    choose_channels_last,
-    choose_head_channels_last,
-    machine_key,
-    set_channels_last,
-)
+from detforge.engine.memory_format import choose_memory_formats, machine_key, set_channels_last
 from detforge.models.fcos import FCOS
 from timing import make_batch, median_time  # benchmarks/timing.py, beside this script
 
@@ -105,14 +100,9 @@ def main() -> int:
     shape = tuple(images.shape)
     formats = {}
     for train in (True, False):
-        name = "train" if train else "inference"
-        ours.train(train)
-        body, why = choose_channels_last(ours, shape, train=train, mode=args.memory_format)
-        print(f"{name}: {why}")
-        set_channels_last(ours, body)
-        head, why = choose_head_channels_last(ours, shape, train=train, mode=args.memory_format)
-        print(f"{name}: {why}")
-        formats[train] = (body, head)
+        for line in choose_memory_formats(ours, shape, train=train, mode=args.memory_format):
+            print(f"{'train' if train else 'inference'}: {line}")
+        formats[train] = (ours.channels_last, ours.channels_last_head)
     rows = []
     for name, fn_ours, fn_theirs, train in (
         ("train step", train_ours, train_theirs, True),

@@ -11,7 +11,7 @@ from detforge.engine.memory_format import (
     MemoryFormatChoice,
     choose_channels_last,
     choose_head_channels_last,
-    choose_inference_format,
+    choose_memory_formats,
     set_channels_last,
 )
 
@@ -127,7 +127,9 @@ def test_the_head_gets_its_own_faster_format(cache, tiny, rest_channels_last, he
     choice, why = choose_head_channels_last(model, (2, 3, 64, 64), timer=timer)
     assert choice is (not head_nchw_faster) and why.startswith("head memory format") and "measured" in why
     assert calls == [True, False] + [False, True, True, False] * 2
-    assert choose_head_channels_last(model, (2, 3, 64, 64), timer=lambda *_: pytest.fail("again"))[0] is choice
+    assert (
+        choose_head_channels_last(model, (2, 3, 64, 64), timer=lambda *_: pytest.fail("again"))[0] is choice
+    )
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert model.channels_last_head is rest_channels_last  # the caller switches it
@@ -197,7 +199,7 @@ def test_inference_format_sets_the_model_and_its_head(cache, monkeypatch, tiny):
     monkeypatch.setattr(memory_format, "choose_channels_last", body)
     monkeypatch.setattr(memory_format, "choose_head_channels_last", head)
     model = tiny().eval()
-    assert choose_inference_format(model, (1, 3, 64, 64)) == ["rest nchw", "head channels_last"]
+    assert choose_memory_formats(model, (1, 3, 64, 64)) == ["rest nchw", "head channels_last"]
     assert seen == [("body", False), ("head", False, False)]
     assert not model.channels_last and model.channels_last_head
-    assert choose_inference_format(torch.nn.Conv2d(3, 3, 1), (1, 3, 64, 64)) == []
+    assert choose_memory_formats(torch.nn.Conv2d(3, 3, 1), (1, 3, 64, 64)) == []

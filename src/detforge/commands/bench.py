@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from detforge.engine.memory_format import choose_inference_format
+    from detforge.engine.memory_format import choose_memory_formats
     from detforge.engine.threads import configure_threads
     from detforge.engine.validate import load_detector, resolve_device
 
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         model, name = create_model(args.model, num_classes=args.num_classes).to(device).eval(), args.model
     size = args.imgsz or max(getattr(model, "default_input_size", (640,)))
     images = torch.rand(args.batch, getattr(model, "in_chans", 3), size, size, device=device)
-    for line in choose_inference_format(model, tuple(images.shape)):  # as predict runs it
+    for line in choose_memory_formats(model, tuple(images.shape), train=False):  # as predict runs it
         print(f"detforge: {line}")
     result = bench(model, images, args.iters, args.warmup)
     per_image = (result["forward_ms"] + result["postprocess_ms"]) / args.batch

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
 
     from detforge.data.transforms import build_val_transforms
     from detforge.engine.callbacks import atomic_write, draw_predictions
-    from detforge.engine.memory_format import choose_inference_format
+    from detforge.engine.memory_format import choose_memory_formats
     from detforge.engine.validate import load_detector
     from detforge.io import load_image_uint8
     from detforge.slicing.predict import sliced_predict, slicing_options
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     slicing = slicing_options(args, full_image_size=int(imgsz))
     if slicing is None:  # channels-last or NCHW, whichever predicts faster here (measured once, cached)
         batch_shape = (min(args.batch, len(files)), model.hparams.in_chans, int(imgsz), int(imgsz))
-        for line in choose_inference_format(model.model, batch_shape):
+        for line in choose_memory_formats(model.model, batch_shape, train=False):
             print(f"detforge: {line}", file=sys.stderr)
     mode = "L" if model.hparams.in_chans == 1 else "RGB"
     names = model.class_names

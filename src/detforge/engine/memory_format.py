@@ -38,7 +38,7 @@ __all__ = [
     "cpu_name",
     "choose_channels_last",
     "choose_head_channels_last",
-    "choose_inference_format",
+    "choose_memory_formats",
     "machine_key",
     "measure_abba",
     "model_key",
@@ -162,6 +162,25 @@ def model_key(model: nn.Module, images_shape: tuple[int, ...]) -> str:
     return f"{machine_key()}|{name}:{size}|{tuple(images_shape)}"
 
 
+def _decided(model: nn.Module, mode: MemoryFormat | None, what: str) -> tuple[bool, str] | None:
+    """The answer (and its log line) when nothing is to be measured: ``mode`` (None: ``$DETFORGE_MEMORY_FORMAT``,
+    default "auto") fixes it, or the model is not on the CPU (its own ``channels_last`` setting); else None."""
+    mode = mode or os.environ.get(_ENV, "auto")
+    if mode not in _FORMATS:
+        raise ValueError(f"{_ENV} / memory format must be one of {_FORMATS}, got {mode!r}")
+    if mode != "auto":
+        return mode == "channels_last", f"{what} {mode} (fixed by {_ENV} or the caller)"
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return bool(getattr(model, "channels_last", False)), f"{what}: the model's own (not on the CPU)"
+    return None
+
+
+def _one_step(model: nn.Module, inputs: Any, train: bool) -> float:
+    """Seconds of one step, no warm-up (:func:`measure_abba` warms up itself): one ABBA sample."""
+    return time_step(model, inputs, train, repeats=1, warmup=0)
+
+
 def choose_channels_last(
     model: nn.Module,
     images_shape: tuple[int, int, int, int],
@@ -175,17 +194,11 @@ def choose_channels_last(
     (cached), "channels_last" / "nchw" decide; None reads ``$DETFORGE_MEMORY_FORMAT`` (default "auto"). The
     model is measured on a copy, so its weights, BatchNorm statistics, gradients and the RNG stay untouched.
     Off the CPU the answer is the model's own setting (channels-last, which suits recent GPUs)."""
-    mode = mode or os.environ.get(_ENV, "auto")
-    if mode not in _FORMATS:
-        raise ValueError(f"{_ENV} / memory format must be one of {_FORMATS}, got {mode!r}")
-    own = bool(getattr(model, "channels_last", False))
-    if mode != "auto":
-        return mode == "channels_last", f"memory format {mode} (fixed by {_ENV} or the caller)"
-    param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu":
-        return own, "memory format: the model's own (not on the CPU)"
+    decided = _decided(model, mode, "memory format")
+    if decided is not None:
+        return decided
     key = f"{model_key(model, images_shape)}|{'train' if train else 'eval'}"
-    timer = timer or (lambda m, x, t: time_step(m, x, t, repeats=1, warmup=0))
+    timer = timer or _one_step
 
     def measure() -> dict[bool, float]:
         probe = copy.deepcopy(model).train(train)
@@ -229,23 +242,19 @@ def choose_head_channels_last(
     ``train`` its backward into the features too. ``mode`` "channels_last" / "nchw" fixes the head as well."""
     if not isinstance(getattr(model, "channels_last_head", None), bool):
         return None, ""
-    mode = mode or os.environ.get(_ENV, "auto")
-    if mode not in _FORMATS:
-        raise ValueError(f"{_ENV} / memory format must be one of {_FORMATS}, got {mode!r}")
-    if mode != "auto":
-        return mode == "channels_last", f"head memory format {mode} (fixed by {_ENV} or the caller)"
-    param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu":
-        return bool(model.channels_last), "head memory format: the model's (not on the CPU)"
+    decided = _decided(model, mode, "head memory format")
+    if decided is not None:
+        return decided
     rest = "channels_last" if model.channels_last else "nchw"
     key = f"{model_key(model, images_shape)}|{'train' if train else 'eval'}|head after {rest}"
-    timer = timer or (lambda m, x, t: time_step(m, x, t, repeats=1, warmup=0))
+    timer = timer or _one_step
 
     def measure() -> dict[bool, float]:
         probe = copy.deepcopy(model).train(train)
         images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            features = [f.detach() for f in probe.features(probe.in_memory_format(images))]  # [B, C, H_l, W_l]
+            pyramid = probe.features(probe.in_memory_format(images))
+        features = [f.detach() for f in pyramid]  # list of Tensor[B, C, H_l, W_l]
         features = [f.requires_grad_(train) for f in features]  # training: the head's backward reaches them
         head = _FormattedHead(probe.head)
 
@@ -283,18 +292,22 @@ def _cached_choice(key: str, what: str, measure: Callable[[], dict[bool, float]]
     )
 
 
-def choose_inference_format(
-    model: nn.Module, images_shape: tuple[int, int, int, int], mode: MemoryFormat | None = None
+def choose_memory_formats(
+    model: nn.Module,
+    images_shape: tuple[int, int, int, int],
+    train: bool = False,
+    mode: MemoryFormat | None = None,
 ) -> list[str]:
-    """Put ``model`` (a detector in eval mode) in the faster memory format for inference batches of
-    ``images_shape`` here, then its head in its own (as training does); returns the log lines saying what and
-    why (none for a model without a ``channels_last`` flag)."""
+    """Put ``model`` in the faster memory format for training (``train``) or inference batches of
+    ``images_shape`` here (:func:`choose_channels_last`), then a pyramid detector's head in its own
+    (:func:`choose_head_channels_last`); returns the log lines saying what and why (none for a model without a
+    ``channels_last`` flag)."""
     if not isinstance(getattr(model, "channels_last", None), bool):
         return []
-    body, why = choose_channels_last(model, images_shape, train=False, mode=mode)
+    body, why = choose_channels_last(model, images_shape, train=train, mode=mode)
     set_channels_last(model, body)
     lines = [why]
-    head, why = choose_head_channels_last(model, images_shape, train=False, mode=mode)
+    head, why = choose_head_channels_last(model, images_shape, train=train, mode=mode)
     if head is not None:
         set_channels_last(model, body, head=head)
         lines.append(why)
@@ -324,14 +337,9 @@ class MemoryFormatChoice(L.Callback):
         shape = _batch_shape(trainer, model)
         if shape is None:
             return
-        self.choice, why = choose_channels_last(model, shape, train=True, mode=self.mode)
-        if self.choice != model.channels_last:
-            set_channels_last(model, self.choice)
-        rank_zero_info(f"detforge: {why}")
-        self.head_choice, why = choose_head_channels_last(model, shape, train=True, mode=self.mode)
-        if self.head_choice is not None:
-            set_channels_last(model, self.choice, head=self.head_choice)
-            rank_zero_info(f"detforge: {why}")
+        for line in choose_memory_formats(model, shape, train=True, mode=self.mode):
+            rank_zero_info(f"detforge: {line}")
+        self.choice, self.head_choice = model.channels_last, getattr(model, "channels_last_head", None)
 
 
 def _batch_shape(trainer: L.Trainer, model: nn.Module) -> tuple[int, int, int, int] | None:
