@@ -36,21 +36,30 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def interleaved_median_times(
+def interleaved_times(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds of each function over ``repeats`` rounds that call every function once, in turn: a
-    neighbour's burst or a frequency change costs all of them alike."""
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function over ``repeats`` rounds that call every function once, in
+    turn, the order reversed every other round (ABBA): a neighbour's burst or a frequency change costs all of
+    them alike, and none always runs first. Round i of every list comes from the same round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for i in range(repeats):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each function over the rounds of :func:`interleaved_times`."""
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, repeats, warmup).items()}
 
 
 def cpu_summary() -> str:

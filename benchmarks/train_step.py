@@ -2,10 +2,11 @@
 
 Both use a resnet18 backbone (random init, trainable BatchNorm), a 256-channel FPN with P6/P7, a 4-conv GroupNorm
 head, the same batch of images and targets. torchvision's transform runs at min_size = max_size = image size
-so it does not resize. Prints median times over repeats after warm-up and the ratios detforge / torchvision
-(goal on a CPU: training step <= 1.0, inference <= 0.9, on AVX2 and AVX-512 machines alike). detforge's
-memory format is chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached;
-then the head's own, the rest staying in the chosen one) and printed with the CPU and its capability.
+so it does not resize. Prints median times over repeats after warm-up (one step of each in turn, ABBA), the
+ratios detforge / torchvision of the medians and the middle half of the per-round ratios (goal on a CPU:
+training step <= 1.0, inference <= 0.9, on AVX2 and AVX-512 machines alike). detforge's memory format is
+chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached; then the head's
+own, the rest staying in the chosen one) and printed with the CPU and its capability.
 
     uv run python benchmarks/train_step.py [--batch 8] [--size 320] [--classes 20] [--repeats 7] [--threads 2]
         [--memory-format auto|channels_last|nchw]
@@ -24,7 +25,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from detforge.engine.memory_format import choose_memory_formats, machine_key, set_channels_last
 from detforge.models.fcos import FCOS
-from timing import make_batch, median_time  # benchmarks/timing.py, beside this script
+from timing import interleaved_times, make_batch  # benchmarks/timing.py, beside this script
 
 
 def build_torchvision(num_classes: int, size: int) -> torch.nn.Module:
@@ -109,12 +110,20 @@ def main() -> int:
         ("inference", infer_ours, infer_theirs, False),
     ):
         set_channels_last(ours, *formats[train])
-        # Interleave the peers so slow drift on a shared machine hits both alike.
-        t_ours, t_theirs = [], []
-        for _ in range(3):
-            t_ours.append(median_time(fn_ours, max(1, args.repeats // 3), args.warmup))
-            t_theirs.append(median_time(fn_theirs, max(1, args.repeats // 3), args.warmup))
-        rows.append((name, statistics.median(t_ours), statistics.median(t_theirs)))
+        # One call of each per round, in turn (ABBA): slow drift on a shared machine hits both alike, and the
+        # ratio of each round compares two steps taken seconds apart.
+        times = interleaved_times({"ours": fn_ours, "theirs": fn_theirs}, args.repeats, args.warmup)
+        ratios = sorted(a / b for a, b in zip(times["ours"], times["theirs"]))
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        rows.append(
+            (
+                name,
+                statistics.median(times["ours"]),
+                statistics.median(times["theirs"]),
+                quartiles[0],
+                quartiles[2],
+            )
+        )
 
     print(
         f"batch {args.batch}, {args.size}x{args.size}, {args.classes} classes, resnet18 + FPN(256) + P6/P7, "
@@ -123,9 +132,9 @@ def main() -> int:
     print(
         f"CPU: {machine_key()} (torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()})"
     )
-    print(f"{'':12s} {'detforge':>12s} {'torchvision':>12s} {'ratio':>8s}")
-    for name, a, b in rows:
-        print(f"{name:12s} {a * 1000:10.1f}ms {b * 1000:10.1f}ms {a / b:8.3f}")
+    print(f"{'':12s} {'detforge':>12s} {'torchvision':>12s} {'ratio':>8s} {'rounds 25-75%':>16s}")
+    for name, a, b, low, high in rows:
+        print(f"{name:12s} {a * 1000:10.1f}ms {b * 1000:10.1f}ms {a / b:8.3f} {low:7.3f} - {high:5.3f}")
     print(f"train step ratio (detforge / torchvision): {rows[0][1] / rows[0][2]:.3f} (goal <= 1.0 on CPU)")
     print(f"inference ratio  (detforge / torchvision): {rows[1][1] / rows[1][2]:.3f} (goal <= 0.9 on CPU)")
     return 0
