@@ -5,8 +5,9 @@ head, the same batch of images and targets. torchvision's transform runs at min_
 so it does not resize. Prints median times over repeats after warm-up (one step of each in turn, ABBA), the
 ratios detforge / torchvision of the medians and the middle half of the per-round ratios (goal on a CPU:
 training step <= 1.0, inference <= 0.9, on AVX2 and AVX-512 machines alike). detforge's memory format is
-chosen as training chooses it (``--memory-format auto``: both timed on this machine, cached; then the head's
-own, the rest staying in the chosen one) and printed with the CPU and its capability.
+chosen as training and predict choose it (``--memory-format auto``: both timed on this machine, cached; then
+the head's own, the rest staying in the chosen one) and printed with the CPU and its capability; its
+inference runs as ``detforge predict`` does, with BatchNorm folded into the convolutions.
 
     uv run python benchmarks/train_step.py [--batch 8] [--size 320] [--classes 20] [--repeats 7] [--threads 2]
         [--memory-format auto|channels_last|nchw]
@@ -15,6 +16,7 @@ own, the rest staying in the chosen one) and printed with the CPU and its capabi
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 
 import torch
@@ -23,8 +25,9 @@ from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detforge.engine.memory_format import choose_memory_formats, machine_key, set_channels_last
+from detforge.engine.memory_format import choose_memory_formats, machine_key
 from detforge.models.fcos import FCOS
+from detforge.models.fold_batchnorm import fold_batchnorm
 from timing import interleaved_times, make_batch  # benchmarks/timing.py, beside this script
 
 
@@ -62,6 +65,11 @@ def main() -> int:
         choices=("auto", "channels_last", "nchw"),
         help="detforge's memory format: auto measures both on this machine (cached), as training does",
     )
+    parser.add_argument(
+        "--no-fold-batchnorm",
+        action="store_true",
+        help="detforge's inference with its BatchNorm layers (default: folded, as detforge predict runs)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -88,10 +96,14 @@ def main() -> int:
         loss.backward()
         opt_theirs.step()
 
+    # Inference runs what `detforge predict` runs: a copy in eval mode with BatchNorm folded into the convs.
+    predictor = copy.deepcopy(ours).eval()
+    if not args.no_fold_batchnorm:
+        print(f"inference: {fold_batchnorm(predictor)} BatchNorm layers folded into their convolutions")
+
     @torch.inference_mode()
     def infer_ours():
-        ours.eval()
-        ours.postprocess(ours(images), sizes)
+        predictor.postprocess(predictor(images), sizes)
 
     @torch.inference_mode()
     def infer_theirs():
@@ -99,17 +111,14 @@ def main() -> int:
         theirs(list(images))
 
     shape = tuple(images.shape)
-    formats = {}
-    for train in (True, False):
-        for line in choose_memory_formats(ours, shape, train=train, mode=args.memory_format):
+    for model, train in ((ours, True), (predictor, False)):
+        for line in choose_memory_formats(model, shape, train=train, mode=args.memory_format):
             print(f"{'train' if train else 'inference'}: {line}")
-        formats[train] = (ours.channels_last, ours.channels_last_head)
     rows = []
-    for name, fn_ours, fn_theirs, train in (
-        ("train step", train_ours, train_theirs, True),
-        ("inference", infer_ours, infer_theirs, False),
+    for name, fn_ours, fn_theirs in (
+        ("train step", train_ours, train_theirs),
+        ("inference", infer_ours, infer_theirs),
     ):
-        set_channels_last(ours, *formats[train])
         # One call of each per round, in turn (ABBA): slow drift on a shared machine hits both alike, and the
         # ratio of each round compares two steps taken seconds apart.
         times = interleaved_times({"ours": fn_ours, "theirs": fn_theirs}, args.repeats, args.warmup)

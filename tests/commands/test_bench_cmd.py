@@ -19,4 +19,10 @@ def test_bench_command(capsys):
         main(["--model", "detforge_n", "--imgsz", "64", "--iters", "1", "--warmup", "0", "--device", "cpu"])
         == 0
     )
-    assert "ms/image" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ms/image" in out and "BatchNorm layers folded into their convolutions" in out
+    assert (
+        main(["--imgsz", "64", "--iters", "1", "--warmup", "0", "--device", "cpu", "--no-fold-batchnorm"])
+        == 0
+    )
+    assert "folded" not in capsys.readouterr().out

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -60,6 +61,9 @@ def test_predict_writes_drawings_and_json_in_original_pixels(tiny_checkpoint, im
     # the inference memory format is chosen (fixed to channels-last in tests), the head's too
     assert "detforge: memory format channels_last" in captured.err
     assert "detforge: head memory format channels_last" in captured.err
+    # BatchNorm folded into the convolutions (the boxes below still equal the unfolded model's)
+    folded = re.search(r"detforge: (\d+) BatchNorm layers folded", captured.err)
+    assert folded and int(folded.group(1)) > 0
 
     # boxes equal the model's own detections on the letterboxed input, scaled back to the file's size
     model = load_detector(tiny_checkpoint, "cpu")

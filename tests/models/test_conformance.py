@@ -7,6 +7,7 @@ the zoo is covered here without new test code.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import torch.multiprocessing as mp
 
 from detforge.export import check_onnx, export_onnx
 from detforge.models.base import Detector
+from detforge.models.fold_batchnorm import fold_batchnorm
 from detforge.models.registry import list_models
 
 sys.path.insert(0, str(Path(__file__).parent))  # conformance_cases, importable by DDP worker processes
@@ -147,6 +149,44 @@ def test_losses_do_not_depend_on_detections(name):
     assert set(lean) == set(full)
     for key in full:
         torch.testing.assert_close(lean[key], full[key], msg=f"{name}: {key} changed with detections=False")
+
+
+def _flat_floats(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flat_floats(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _flat_floats(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_folded_batchnorm_gives_the_eval_outputs(name):
+    """``fold_batchnorm`` (what predict and bench run) changes no eval output beyond float rounding, with
+    BatchNorm statistics and affines away from the identity so that a wrong fold shows."""
+    model = copy.deepcopy(model_named(name)).eval()
+    g = torch.Generator().manual_seed(3)
+    for bn in (m for m in model.modules() if type(m) is torch.nn.BatchNorm2d):
+        c = bn.num_features
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+        bn.running_var.copy_(0.5 + torch.rand(c, generator=g))
+        if bn.affine:
+            bn.weight.data.copy_(0.5 + torch.rand(c, generator=g))
+            bn.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    images = _images(model)
+    before = sum(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    with torch.no_grad():
+        expected = _flat_floats(model(images))
+        folded = fold_batchnorm(model)
+        got = _flat_floats(model(images))
+    assert before - sum(type(m) is torch.nn.BatchNorm2d for m in model.modules()) == folded
+    assert len(got) == len(expected)
+    for e, o in zip(expected, got):
+        scale = float(e.abs().max()) if e.numel() else 1.0
+        torch.testing.assert_close(
+            o, e, rtol=1e-4, atol=1e-4 * max(scale, 1.0), msg=f"{name}: folded output differs"
+        )
 
 
 @pytest.mark.parametrize("name", MODELS)

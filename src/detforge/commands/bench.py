@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch CPU threads (default: $DETFORGE_NUM_THREADS, else the available CPUs)",
     )
+    parser.add_argument(
+        "--no-fold-batchnorm",
+        action="store_true",
+        help="keep BatchNorm layers (default: folded into their convolutions, as predict runs)",
+    )
     return parser
 
 
@@ -65,6 +70,7 @@ def main(argv: list[str]) -> int:
     from detforge.engine.memory_format import choose_memory_formats
     from detforge.engine.threads import configure_threads
     from detforge.engine.validate import load_detector, resolve_device
+    from detforge.models.fold_batchnorm import fold_batchnorm
 
     configure_threads(args.threads or "auto")
     device = resolve_device(args.device)
@@ -75,6 +81,8 @@ def main(argv: list[str]) -> int:
         from detforge.models.registry import create_model
 
         model, name = create_model(args.model, num_classes=args.num_classes).to(device).eval(), args.model
+    if not args.no_fold_batchnorm:  # as predict runs it
+        print(f"detforge: {fold_batchnorm(model)} BatchNorm layers folded into their convolutions")
     size = args.imgsz or max(getattr(model, "default_input_size", (640,)))
     images = torch.rand(args.batch, getattr(model, "in_chans", 3), size, size, device=device)
     for line in choose_memory_formats(model, tuple(images.shape), train=False):  # as predict runs it

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-draw", action="store_true", help="only write predictions.json")
+    parser.add_argument(
+        "--no-fold-batchnorm",
+        action="store_true",
+        help="keep BatchNorm layers as trained (default: folded into their convolutions, a few %% faster)",
+    )
     from detforge.slicing.predict import add_slicing_arguments
 
     add_slicing_arguments(parser)
@@ -73,11 +78,17 @@ def main(argv: list[str]) -> int:
     from detforge.engine.memory_format import choose_memory_formats
     from detforge.engine.validate import load_detector
     from detforge.io import load_image_uint8
+    from detforge.models.fold_batchnorm import fold_batchnorm
     from detforge.slicing.predict import sliced_predict, slicing_options
     from detforge.targets import to_original_size
 
     files = collect_images(args.sources)
     model = load_detector(args.ckpt, args.device)
+    if not args.no_fold_batchnorm:
+        print(
+            f"detforge: {fold_batchnorm(model.model)} BatchNorm layers folded into their convolutions",
+            file=sys.stderr,
+        )
     imgsz = (
         args.imgsz or model.hparams.get("imgsz") or max(getattr(model.model, "default_input_size", (640,)))
     )
