@@ -25,9 +25,10 @@ __all__ = ["fold_batchnorm"]
 
 
 def _foldable_bn(module: nn.Module) -> bool:
-    # Exactly BatchNorm2d: subclasses such as timm's BatchNormAct2d apply more than the affine map.
+    # Exactly BatchNorm2d (subclasses such as timm's BatchNormAct2d apply more than the affine map), in eval.
     return (
         type(module) is nn.BatchNorm2d
+        and not module.training
         and module.track_running_stats
         and module.running_mean is not None
         and module.running_var is not None
