@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from detforge.engine.memory_format import _tensors as float_tensors  # floating tensors of a nested output
 from detforge.export import check_onnx, export_onnx
 from detforge.models.base import Detector
 from detforge.models.fold_batchnorm import fold_batchnorm
@@ -151,16 +152,6 @@ def test_losses_do_not_depend_on_detections(name):
         torch.testing.assert_close(lean[key], full[key], msg=f"{name}: {key} changed with detections=False")
 
 
-def _flat_floats(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value] if value.is_floating_point() else []
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _flat_floats(v)]
-    if isinstance(value, list | tuple):
-        return [t for v in value for t in _flat_floats(v)]
-    return []
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_folded_batchnorm_gives_the_eval_outputs(name):
     """``fold_batchnorm`` (what predict and bench run) changes no eval output beyond float rounding, with
@@ -177,9 +168,9 @@ def test_folded_batchnorm_gives_the_eval_outputs(name):
     images = _images(model)
     before = sum(type(m) is torch.nn.BatchNorm2d for m in model.modules())
     with torch.no_grad():
-        expected = _flat_floats(model(images))
+        expected = float_tensors(model(images))
         folded = fold_batchnorm(model)
-        got = _flat_floats(model(images))
+        got = float_tensors(model(images))
     assert before - sum(type(m) is torch.nn.BatchNorm2d for m in model.modules()) == folded
     assert len(got) == len(expected)
     for e, o in zip(expected, got):

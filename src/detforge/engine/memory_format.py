@@ -176,6 +176,13 @@ def _decided(model: nn.Module, mode: MemoryFormat | None, what: str) -> tuple[bo
     return None
 
 
+def _probe(model: nn.Module, images_shape: tuple[int, ...], train: bool) -> tuple[nn.Module, Tensor]:
+    """A copy of ``model`` to time (in train or eval mode) and a seeded batch of ``images_shape`` for it."""
+    return copy.deepcopy(model).train(train), torch.rand(
+        images_shape, generator=torch.Generator().manual_seed(0)
+    )
+
+
 def _one_step(model: nn.Module, inputs: Any, train: bool) -> float:
     """Seconds of one step, no warm-up (:func:`measure_abba` warms up itself): one ABBA sample."""
     return time_step(model, inputs, train, repeats=1, warmup=0)
@@ -201,8 +208,7 @@ def choose_channels_last(
     timer = timer or _one_step
 
     def measure() -> dict[bool, float]:
-        probe = copy.deepcopy(model).train(train)
-        images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
+        probe, images = _probe(model, images_shape, train)
 
         def run(fmt: bool) -> float:
             set_channels_last(probe, fmt)
@@ -250,8 +256,7 @@ def choose_head_channels_last(
     timer = timer or _one_step
 
     def measure() -> dict[bool, float]:
-        probe = copy.deepcopy(model).train(train)
-        images = torch.rand(images_shape, generator=torch.Generator().manual_seed(0))
+        probe, images = _probe(model, images_shape, train)
         with torch.no_grad():
             pyramid = probe.features(probe.in_memory_format(images))
         features = [f.detach() for f in pyramid]  # list of Tensor[B, C, H_l, W_l]
