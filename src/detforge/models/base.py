@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal, TypedDict, Unpack, get_args
 import torch
 from torch import Tensor, nn
 
+from detforge.models.preprocess import Preprocess
+
 __all__ = [
     "ChannelsLast",
     "Detector",
@@ -353,6 +355,60 @@ class Detector(nn.Module):
         return detect(
             scores, boxes, self.level_sizes(outputs), image_sizes, **asdict(self.postprocess_settings)
         )
+
+    # ------------------------------------------------------------------ images in, detections out
+    @property
+    def preprocess(self) -> Preprocess:
+        """The input pre-processing :meth:`predict` follows (:class:`~detforge.models.preprocess.Preprocess`):
+        the weights' own when the model was built with ``weights=`` (torchvision's resize and
+        normalisation), else detforge's letterbox to the longer side of ``default_input_size``, black padding
+        to a square (the validation transform of ``detforge train``)."""
+        chosen = self.__dict__.get("_preprocess")
+        if chosen is not None:
+            return chosen
+        side = max(self.default_input_size)
+        return Preprocess(resize="letterbox", max_size=side, size_divisible=side, pad_value="zero")
+
+    @preprocess.setter
+    def preprocess(self, value: Preprocess) -> None:
+        if not isinstance(value, Preprocess):
+            raise TypeError(f"preprocess must be a detforge.models.preprocess.Preprocess, got {type(value).__name__}")
+        self.__dict__["_preprocess"] = value
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | Sequence[Tensor]) -> list[dict]:
+        """Detections for ``images`` as users call torchvision's detectors: a list of Tensor[C, H, W] (or one
+        batch Tensor[B, C, H, W]) float in [0, 1], any sizes. Each is resized and the batch padded as
+        :attr:`preprocess` says, the model runs in eval mode, and each image gets a dict ``boxes``
+        (Tensor[K, 4] xyxy in its own pixels), ``scores`` (Tensor[K]) and ``labels`` (Tensor[K] int64)."""
+        from detforge.models.preprocess import batch_images, resize_image, scale_boxes_back
+
+        if isinstance(images, Tensor):
+            images = list(images) if images.ndim == 4 else [images]
+        if not images:
+            return []
+        for i, image in enumerate(images):
+            if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != self.in_chans:
+                got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise ValueError(f"predict: image {i} must be a Tensor[{self.in_chans}, H, W] in [0, 1], got {got}")
+            if not image.is_floating_point():
+                raise ValueError(f"predict: image {i} is {image.dtype}; give floats in [0, 1] (uint8 / 255)")
+        param = next(self.parameters(), None)
+        device = param.device if param is not None else images[0].device
+        preprocess = self.preprocess
+        originals = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        resized = [resize_image(im.to(device, torch.float32), preprocess) for im in images]
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in resized]
+        batch = batch_images(resized, preprocess)  # [B, C, H, W]
+        was_training = self.training
+        self.eval()
+        try:
+            detections = self.postprocess(forward_with_sizes(self, batch, sizes), sizes)
+        finally:
+            self.train(was_training)
+        for det, size, original in zip(detections, sizes, originals, strict=True):
+            det["boxes"] = scale_boxes_back(det["boxes"], size, original)
+        return detections
 
     # ------------------------------------------------------------------ export hooks
     def export_inputs(self, images: Tensor) -> dict[str, Tensor]:

@@ -6,6 +6,7 @@ A builder is a function ``fn(num_classes: int = ..., **kwargs) -> nn.Module`` th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,7 @@ BUILTIN_MODULES = (
     "detforge.models.centernet",
     "detforge.models.faster_rcnn",
     "detforge.models.detr",
+    "detforge.models.torchvision_zoo",  # torchvision's COCO detectors under their builder names
 )
 """The modules whose import registers the built-in models: each family registers its builders itself."""
 
@@ -87,9 +89,23 @@ def is_model(name: str) -> bool:
     return name in _MODELS or any(name.startswith(p) and len(name) > len(p) for p in _PREFIXES)
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the bare detector registered as ``name`` (or resolved by a prefix such as ``fcos_``)."""
+def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+    """Build the bare detector registered as ``name`` (or resolved by a prefix such as ``fcos_``): the one
+    construction path of the CLI, ``ObjectDetector`` and the Python API.
+
+    Args:
+        name: a registered name (``detforge models``) or ``<prefix><timm name>``.
+        weights: None (random init, or the backbone's own ``pretrained`` option), a tag of the model's
+            registered weights (``"coco"``: downloaded into torch hub's cache when not there yet) or the path of
+            a weight file in the layout of the model's registered weights (e.g. torchvision's ``.pth``). The
+            class names, input pre-processing and post-processing come with the weights; a ``num_classes``
+            other than the weights' builds a model for those classes whose class layers start anew
+            (fine-tuning; listed in ``model.reinitialized``).
+        **kwargs: the builder's arguments (``num_classes``, the model's options).
+    """
     _load_builtin()
+    if weights is not None:
+        return _create_with_weights(name, weights, kwargs)
     if name in _MODELS:
         return _MODELS[name](**kwargs)
     for prefix, fn in _PREFIXES.items():
@@ -103,3 +119,34 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             else ""
         )
     )
+
+
+def _create_with_weights(name: str, weights: str | os.PathLike, kwargs: dict[str, Any]) -> nn.Module:
+    """``create_model(name, weights=...)``: the model built for the weights' classes and options, loaded."""
+    from detforge.models.weights import _WEIGHTS, get_weights, is_weights_tag, load_weights
+
+    path = None
+    if isinstance(weights, str) and is_weights_tag(name, weights):
+        meta = get_weights(name, weights)
+    else:
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            tags = ", ".join(sorted(_WEIGHTS.get(name, {}))) or "none registered"
+            raise FileNotFoundError(
+                f"weights {path!r} for model {name!r} are neither a registered tag ({tags}) nor a file"
+            )
+        tags = _WEIGHTS.get(name, {})
+        if not tags:
+            raise ValueError(
+                f"model {name!r} has no registered weights whose layout {path!r} could have; load a detforge "
+                "checkpoint with --ckpt, or a backbone file with pretrained=PATH"
+            )
+        meta = tags["coco"] if "coco" in tags else tags[sorted(tags)[0]]
+    built_classes = len(meta.class_names)
+    num_classes = int(kwargs.get("num_classes", built_classes))
+    model = create_model(name, **{**meta.model_kwargs, "num_classes": num_classes, **kwargs})
+    load_weights(model, meta, path, strict_classes=num_classes == built_classes)
+    if num_classes == built_classes:
+        model.class_names = tuple(meta.class_names)
+        model.category_ids = None if meta.category_ids is None else tuple(meta.category_ids)
+    return model
