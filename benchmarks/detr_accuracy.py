@@ -1,7 +1,7 @@
 """mAP against training time for the set-prediction detectors next to ``detforge_n`` (issue 15).
 
 Each (model, budget) pair is one ``detforge train --model NAME`` run of the default recipe (synthetic:1024 at
-128 px, batch 16, the schedule fitted to ``--trainer.max_time``; each model's ``MODEL_RECIPES`` entry), run
+128 px, batch 16, the schedule fitted to ``--trainer.max_time``; each model's registered recipe), run
 one after the other through :func:`family_accuracy.train`; the final validation mAP@[.5:.95] is read from
 the run's ``results.json``. The recipe's 30-epoch cap is lifted (``--trainer.max_epochs 100000`` unless the
 extra flags set the epochs), so the budget, not the epoch count, ends every run: at 30 epochs of 64 steps a

@@ -136,42 +136,41 @@ def test_every_recipe_option_reaches_its_object(tmp_path, pretrained_file, capsy
 
 
 def test_every_model_recipe_names_a_model_and_real_options():
-    """A typo in ``MODEL_RECIPES`` would set a key nothing reads: each entry names a registered model and each
-    key an argument of the object its group builds."""
+    """A typo in a registered recipe (a model's, a prefix's or its weights') would set a key nothing reads:
+    each recipe belongs to a registered model or prefix and each key names an argument of the object its
+    group builds."""
     import inspect
 
     import lightning as L
 
-    from detforge.commands.train import MODEL_RECIPES
     from detforge.data.datamodule import DetectionDataModule
     from detforge.models.detector import ObjectDetector
-    from detforge.models.registry import is_model
+    from detforge.models.registry import _PREFIXES, _RECIPES, is_model, list_models
+    from detforge.models.weights import _WEIGHTS
 
+    list_models()  # registers the built-in models
     groups = {"model": ObjectDetector, "data": DetectionDataModule, "trainer": L.Trainer}
-    from detforge.models.registry import _PREFIXES
-
-    for name, recipe in MODEL_RECIPES.items():
+    recipes = list(_RECIPES.items()) + [
+        (name, weights.recipe) for name, tags in _WEIGHTS.items() for weights in tags.values()
+    ]
+    assert any(name == "detforge_n" for name, _ in recipes)
+    for name, recipe in recipes:
         assert is_model(name) or name in _PREFIXES, name
         for key in recipe:
             group, _, option = key.partition(".")
             assert option in inspect.signature(groups[group].__init__).parameters, (name, key)
 
 
-def test_a_prefix_recipe_covers_the_prefix_models():
+def test_a_prefix_recipe_covers_the_prefix_models(monkeypatch):
     """``faster_rcnn_`` covers every ``faster_rcnn_<timm name>``; a model's own entry wins over a prefix."""
-    from detforge.commands.train import MODEL_RECIPES, apply_model_recipe, model_recipe
+    from detforge.commands.train import apply_model_recipe, model_recipe
+    from detforge.models.registry import _RECIPES
 
-    assert model_recipe("faster_rcnn_resnet18") is MODEL_RECIPES["faster_rcnn_"]
-    assert model_recipe("faster_rcnn_n") is MODEL_RECIPES["faster_rcnn_"]
-    MODEL_RECIPES["faster_rcnn_n"] = own = {"model.lr": 5e-4}
-    try:
-        assert model_recipe("faster_rcnn_n") is own  # a model's own entry wins
-    finally:
-        del MODEL_RECIPES["faster_rcnn_n"]
-    assert (
-        model_recipe("fcos_resnet18") is None
-        and model_recipe("faster_rcnn_") is MODEL_RECIPES["faster_rcnn_"]
-    )
+    assert model_recipe("faster_rcnn_resnet18") == {"model.lr": 1e-3}
+    assert model_recipe("faster_rcnn_n") == {"model.lr": 1e-3}
+    monkeypatch.setitem(_RECIPES, "faster_rcnn_n", {"model.lr": 5e-4})
+    assert model_recipe("faster_rcnn_n") == {"model.lr": 5e-4}  # a model's own entry wins
+    assert model_recipe("fcos_resnet18") == {} and model_recipe("detforge_n") == {"model.lr": 1e-2}
     cfg = Namespace({"model.model": "faster_rcnn_convnext_atto", "model.lr": 3e-3})
     assert apply_model_recipe(cfg, []) == ["model.lr"] and cfg["model.lr"] == 1e-3
     given = Namespace({"model.model": "faster_rcnn_convnext_atto", "model.lr": 3e-3})

@@ -58,7 +58,7 @@ _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 # The out-of-the-box recipe: small model, synthetic data, under 5 minutes on a 2-core CPU (start-up and the final
 # plots included). 1024 training images (val: 256, seed 1) of 5 shape classes, 16 px to 0.75 of the side, cached
 # after the first render; flip + mild zoom (colour jitter costs more than the model on a CPU); batch 16 (more
-# steps beat bigger batches at a fixed image budget; batch 8 did worse), AdamW (lr in MODEL_RECIPES), warmup,
+# steps beat bigger batches at a fixed image budget; batch 8 did worse), AdamW (lr in the model's registered recipe), warmup,
 # per-step cosine over 30 epochs fitted to the 4:30 budget (FitScheduleToTime) and an EMA short enough for
 # ~1600 steps. On a quiet 2-core CPU max_time ends it in epoch ~26 with the learning rate annealed (measured:
 # 0.645 mAP, 4:49 wall); validation every 9 epochs and always at the end (ValidateLastEpoch).
@@ -105,41 +105,12 @@ SYNTHETIC_ONLY = (
 # detectors keep the 3e-3 their recipes were measured at. yolov3_n fits its anchors to the training boxes
 # (its defaults are COCO's, scaled to 256 px, while the recipe trains at 128 px). detr_n takes DETR's
 # published optimiser settings.
-MODEL_RECIPES: dict[str, dict[str, Any]] = {
-    "detforge_n": {"model.lr": 1e-2},
-    "centernet_n": {"model.lr": 1e-2},
-    "yolov3_n": {"model.lr": 1e-2, "model.anchors": "auto"},
-    # YOLOv1's 7 x 7 grid over a 128 px input is finer than the backbone's 4 x 4 stride-32 map; at 224 px the
-    # map is the grid (32 px cells): 0.107 mAP in the 4:30 budget at lr 1e-2, against 0.005 at 128 px.
-    "yolov1_n": {"model.lr": 1e-2, "data.imgsz": 224},
-    # DETR's optimiser: AdamW lr 1e-4 (the backbone at 0.1x: the model's lr_multipliers), weight decay 1e-4,
-    # gradient norm clipped at 0.1.
-    "detr_n": {"model.lr": 1e-4, "model.weight_decay": 1e-4, "trainer.gradient_clip_val": 0.1},
-    # RT-DETR's published optimiser (AdamW 1e-4, backbone 0.1x) assumes an ImageNet backbone; the default run
-    # trains from scratch with the backbone at 1x, where the learning rate decides most: in a 5-minute budget
-    # (benchmarks/detr_accuracy.py, 2-core Intel Xeon, varifocal loss) 0.301 mAP at 4e-3 against 0.162 at
-    # 2e-3, 0.139 at 8e-3 and 0.070 at 1e-3; with rtdetr_n's matchability loss 0.363 at 4e-3 and 0.618 in 10
-    # minutes (detforge_n: 0.551 in 5). Weight decay 1e-4 and clipping at 0.1 as published.
-    "rtdetr_n": {
-        "model.lr": 4e-3,
-        "model.backbone_lr_mult": 1.0,
-        "model.weight_decay": 1e-4,
-        "trainer.gradient_clip_val": 0.1,
-    },
-    # Faster R-CNN on any backbone (a key ending in "_" covers the registered prefix's models): its two-FC box
-    # head diverges early at the general 3e-3. faster_rcnn_resnet18 in a 3-minute budget on synthetic:1024,
-    # 128 px (64 RoIs per image, 256-wide head): 0.168 mAP at 1e-3 against 0.039 at 3e-3 and 0.140 at 5e-4.
-    "faster_rcnn_": {"model.lr": 1e-3},
-}
+def model_recipe(name: str, weights: str | None = None) -> dict[str, Any]:
+    """The model's training defaults from its registration (``register_model(..., recipe=...)``), with the
+    fine-tuning recipe of its ``weights`` on top (:func:`detforge.models.registry.model_recipe`)."""
+    from detforge.models.registry import model_recipe as registered
 
-
-def model_recipe(name: str) -> dict[str, Any] | None:
-    """The ``MODEL_RECIPES`` entry of the model ``name``: its own, else the longest prefix key (ending in
-    ``_``) it starts with, else None."""
-    if name in MODEL_RECIPES:
-        return MODEL_RECIPES[name]
-    prefixes = [key for key in MODEL_RECIPES if key.endswith("_") and name.startswith(key)]
-    return MODEL_RECIPES[max(prefixes, key=len)] if prefixes else None
+    return registered(name, weights)
 
 
 # The fine-tuning recipe: chosen by ``--recipe auto`` (the default) when the backbone is pretrained
@@ -268,9 +239,10 @@ def drop_synthetic_recipe(cfg, argv: list[str]) -> list[str]:
 
 
 def apply_model_recipe(cfg, argv: list[str]) -> list[str]:
-    """Set the chosen model's ``MODEL_RECIPES`` entries that the command line does not give (none when a
+    """Set the chosen model's recipe entries (its registration's, and its weights' fine-tuning recipe) that the command line does not give (none when a
     config file is given); returns the keys set."""
-    recipe = model_recipe(cfg.model.model) if isinstance(cfg.model.model, str) else None
+    weights = _get(cfg.model, "weights")
+    recipe = model_recipe(cfg.model.model, weights) if isinstance(cfg.model.model, str) else None
     given = _given_options(argv)
     if not recipe or "config" in given:
         return []

@@ -61,11 +61,12 @@ def build_model(
     num_classes: int | None = None,
     in_chans: int = 3,
     imgsz: int | None = None,
+    weights: str | None = None,
 ) -> nn.Module:
     """The detector ``ObjectDetector`` wraps (its arguments of the same names; ``options``: the model options
     that are set). A registered name, or the autotimm form (``backbone`` + ``detection_arch``: the registered
     ``<arch>_<timm name>``), is built by :func:`detforge.models.registry.create_model` with ``num_classes``,
-    ``in_chans``, ``options`` and ``model_kwargs``; a built module (or its ``class_path`` / ``init_args`` dict
+    ``in_chans``, ``options``, ``model_kwargs`` and ``weights`` (a registered tag or a file); a built module (or its ``class_path`` / ``init_args`` dict
     from a checkpoint) is taken as it is and must agree with ``num_classes`` and ``in_chans``.
 
     Example: ``build_model(None, backbone=FeatureBackboneConfig("resnet18", drop_path_rate=0.1),
@@ -77,6 +78,11 @@ def build_model(
     """
     check_detection_arch(detection_arch)
     options, model_kwargs = dict(options or {}), dict(model_kwargs or {})
+    if weights is not None and not isinstance(model, str):
+        raise ValueError(
+            f"weights={weights!r} needs a registered model name (--model NAME), not "
+            f"{'the autotimm form' if model is None else type(model).__name__}"
+        )
     if isinstance(model, dict):
         model = _instantiate(model)
     if isinstance(model, nn.Module):
@@ -122,7 +128,8 @@ def build_model(
         name = model
     if not isinstance(model, nn.Module):
         kwargs = {"in_chans": in_chans, **({} if num_classes is None else {"num_classes": num_classes})}
-        model = _create(name, {**kwargs, **options, **model_kwargs}, set(options))
+        extra = {} if weights is None else {"weights": weights}
+        model = _create(name, {**kwargs, **options, **model_kwargs, **extra}, set(options))
         if strides is not None and tuple(getattr(model, "strides", ())) != tuple(strides):
             model = _rebuild_for_strides(model, name, tuple(strides), {**kwargs, **options, **model_kwargs})
     elif strides is not None and tuple(getattr(model, "strides", ())) != tuple(strides):

@@ -170,7 +170,7 @@ def build_centernet(
     return CenterNet(_backbone(timm_name, pretrained, out_indices, backbone_kwargs), num_classes, **kwargs)
 
 
-@register_model("centernet_n")
+@register_model("centernet_n", recipe={"model.lr": 1e-2})
 def centernet_n(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> CenterNet:
     """CPU-friendly CenterNet: mobilenetv3_small_100 (as ``detforge_n``), 64-channel neck and head, heatmap
     at stride 4; 256 px default input."""

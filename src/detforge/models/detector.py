@@ -93,7 +93,12 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             the model's own multipliers (DETR's 0.1 on its backbone; 1 for the others).
         compile_model / compile_kwargs: ``torch.compile`` the detector (state-dict keys stay the same).
         seed / deterministic: seed everything when not None; with a seed, deterministic algorithms (warn-only).
-        class_names: optional class names, saved with the checkpoint for tables and drawings.
+        class_names: optional class names, saved with the checkpoint for tables and drawings; None with
+            ``weights`` of the same classes: the weights' names (COCO's).
+        weights: start from the registered model's named weights (``"coco"``) or a weight file in their
+            layout (:func:`detforge.models.registry.create_model`); with a ``num_classes`` other than the
+            weights' the class layers start anew (fine-tuning). A checkpoint loaded later holds the weights
+            itself: :meth:`load_from_checkpoint` does not fetch them again.
 
     Training stops with a ``FloatingPointError`` naming the batch's image ids when the loss is NaN or inf:
     an optimizer step on it would ruin the weights (and the EMA) for the rest of the run, so going on or
@@ -150,6 +155,7 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
         freeze_backbone_bn: bool = False,
         backbone_lr_mult: float | None = None,
         freeze_backbone_stride: int | None = None,
+        weights: str | None = None,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -185,7 +191,11 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             num_classes=num_classes,
             in_chans=in_chans,
             imgsz=imgsz,
+            weights=weights,
         )
+        if class_names is None and getattr(self.model, "class_names", None) is not None:
+            class_names = list(self.model.class_names)
+            self.hparams.class_names = class_names
         self.num_classes = int(getattr(self.model, "num_classes", num_classes or 0))
         if class_names is not None and len(class_names) != self.num_classes:
             raise ValueError(
@@ -217,6 +227,7 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
         hyper-parameters translated first (:func:`detforge.engine.config.upgrade_hparams`), and one that
         cannot be loaded raises a ValueError saying which version wrote it and what to do."""
         buffer, version = load_checkpoint(checkpoint_path, kwargs.get("weights_only"))
+        kwargs.setdefault("weights", None)  # the checkpoint holds the weights: never fetch them again
         try:
             return super().load_from_checkpoint(buffer, *args, **kwargs)
         except (TypeError, ValueError, KeyError, RuntimeError) as err:

@@ -12,36 +12,72 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "is_model", "list_models", "register_model", "register_prefix"]
+__all__ = [
+    "create_model",
+    "is_model",
+    "list_models",
+    "model_recipe",
+    "register_model",
+    "register_prefix",
+]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+_RECIPES: dict[str, dict[str, Any]] = {}
 _LOADED = False
 
 
-def register_model(name: str | None = None):
-    """Decorator: register a builder under ``name`` (default: the function's name). Duplicates raise."""
+def register_model(name: str | None = None, *, recipe: dict[str, Any] | None = None):
+    """Decorator: register a builder under ``name`` (default: the function's name). Duplicates raise.
+
+    ``recipe``: the model's training defaults, dotted ``detforge train`` keys (``{"model.lr": 1e-2}``), applied
+    unless the command line or a config file sets them (:func:`model_recipe`)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _MODELS:
             raise ValueError(f"model {key!r} is already registered")
         _MODELS[key] = fn
+        if recipe:
+            _RECIPES[key] = dict(recipe)
         return fn
 
     return wrap
 
 
-def register_prefix(prefix: str):
-    """Decorator: ``fn(suffix, **kwargs)`` builds any model named ``prefix + suffix`` (e.g. ``fcos_``)."""
+def register_prefix(prefix: str, *, recipe: dict[str, Any] | None = None):
+    """Decorator: ``fn(suffix, **kwargs)`` builds any model named ``prefix + suffix`` (e.g. ``fcos_``);
+    ``recipe`` as in :func:`register_model`, for every model the prefix builds (a name's own recipe wins)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if prefix in _PREFIXES:
             raise ValueError(f"model prefix {prefix!r} is already registered")
         _PREFIXES[prefix] = fn
+        if recipe:
+            _RECIPES[prefix] = dict(recipe)
         return fn
 
     return wrap
+
+
+def model_recipe(name: str, weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The training defaults of model ``name`` from its registration: its own recipe, else the longest
+    registered prefix's it starts with; with ``weights`` (a tag, or a file in the layout of the model's
+    registered weights) the weights' fine-tuning recipe on top. {} when none."""
+    _load_builtin()
+    if name in _RECIPES:
+        recipe = dict(_RECIPES[name])
+    else:
+        prefixes = [p for p in _RECIPES if p in _PREFIXES and name.startswith(p)]
+        recipe = dict(_RECIPES[max(prefixes, key=len)]) if prefixes else {}
+    if weights is not None:
+        from detforge.models.weights import _WEIGHTS
+
+        tags = _WEIGHTS.get(name, {})
+        meta = tags.get(str(weights)) or tags.get("coco") or (tags[sorted(tags)[0]] if tags else None)
+        if meta is not None:
+            recipe.update(meta.recipe)
+    return recipe
 
 
 BUILTIN_MODULES = (

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detforge.models.pretrained import WeightMappingError, load_state_dict_file
 from detforge.models.preprocess import Preprocess
+from detforge.models.pretrained import WeightMappingError, load_state_dict_file
 
 __all__ = [
     "Weights",

@@ -136,7 +136,9 @@ def build_yolov1(
     return YOLOv1(_backbone(timm_name, pretrained, out_indices, backbone_kwargs), num_classes, **kwargs)
 
 
-@register_model("yolov1_n")
+# YOLOv1's 7 x 7 grid over a 128 px input is finer than the backbone's 4 x 4 stride-32 map; at 224 px the map
+# is the grid (32 px cells): 0.107 mAP in the 4:30 budget at lr 1e-2, against 0.005 at 128 px.
+@register_model("yolov1_n", recipe={"model.lr": 1e-2, "data.imgsz": 224})
 def yolov1_n(num_classes: int = 20, pretrained: bool | str = False, **kwargs: Any) -> YOLOv1:
     """Small YOLOv1: mobilenetv3_small_100, head width 128, 7 x 7 grid, 2 boxes per cell, 256 px input."""
     options: dict[str, Any] = dict(head_width=128, input_size=(256, 256))

@@ -203,7 +203,7 @@ def build_yolov3(
     return YOLOv3(_backbone(timm_name, pretrained, out_indices, backbone_kwargs), num_classes, **kwargs)
 
 
-@register_model("yolov3_n")
+@register_model("yolov3_n", recipe={"model.lr": 1e-2, "model.anchors": "auto"})
 def yolov3_n(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> YOLOv3:
     """Small YOLOv3: mobilenetv3_small_100 (strides 8, 16, 32), neck width 128 (widths 32 / 64 / 128) with
     three-conv sets, COCO anchors scaled to the 256 px default input, and each ground truth on every anchor

@@ -84,7 +84,7 @@ def build_yolox(
 _SMALL_FCOS: dict[str, Any] = dict(fpn_channels=64, head_num_convs=2, extra_levels=1, input_size=(256, 256))
 
 
-@register_model("detforge_n")
+@register_model("detforge_n", recipe={"model.lr": 1e-2})
 def detforge_n(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> FCOS:
     """CPU-friendly FCOS, the default model: mobilenetv3_small_100, 64-channel FPN + one extra level (strides
     8-64), 2-conv GroupNorm head, IoU-aware classification (quality focal loss); 256 px default input (the

@@ -52,7 +52,11 @@ def build_detr(
     return DETR(config, num_classes, backbone_level=backbone_level, **kwargs)
 
 
-@register_model("detr_n")
+# DETR's optimiser: AdamW lr 1e-4 (the backbone at 0.1x: the model's lr_multipliers), weight decay 1e-4,
+# gradient norm clipped at 0.1.
+@register_model(
+    "detr_n", recipe={"model.lr": 1e-4, "model.weight_decay": 1e-4, "trainer.gradient_clip_val": 0.1}
+)
 def detr_n(num_classes: int = 80, pretrained: bool | str = False, **kwargs: Any) -> DETR:
     """CPU-sized DETR: mobilenetv3_small_100 at stride 16 (48 channels), width 128, 4 heads, feed-forward
     512, 2 encoder + 2 decoder layers, 100 queries, no dropout; 256 px default input."""

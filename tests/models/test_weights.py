@@ -1,0 +1,176 @@
+"""Named weights as registry metadata: the one construction path ``create_model(name, weights=...)``, the
+cache, hash, offline and bad-file errors. Weights are registered for ``detforge_n`` by the test itself, with a
+``file://`` URL to a file it writes: no network."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from detforge.models.preprocess import Preprocess
+from detforge.models.pretrained import WeightMappingError
+from detforge.models.registry import create_model, model_recipe
+from detforge.models.weights import (
+    _WEIGHTS,
+    Weights,
+    WeightsUnavailableError,
+    cached_path,
+    get_weights,
+    list_weights,
+    register_weights,
+    resolve_file,
+)
+
+NAMES = ("cat", "dog", "bird")
+
+
+def _reference_file(tmp_path, prefix: str = "ref.") -> tuple[torch.nn.Module, str]:
+    torch.manual_seed(1)
+    reference = create_model("detforge_n", num_classes=len(NAMES))
+    # the checkpoint's own layout: every name under "net."; the converter strips it
+    path = tmp_path / "source" / "detforge_n_test-00000000.pth"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({prefix + k: v for k, v in reference.state_dict().items()}, path)
+    return reference, str(path)
+
+
+def _sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    """Weights ``test`` of detforge_n, whose URL is a local file; torch hub's cache in tmp_path."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv("DETFORGE_OFFLINE", raising=False)
+    reference, source = _reference_file(tmp_path)
+    weights = Weights(
+        url=f"file://{source}",
+        sha256=_sha(source)[:8],
+        class_names=NAMES,
+        category_ids=(1, 3, 7),
+        preprocess=Preprocess(resize="shortest_edge", min_size=96, max_size=160),
+        licence="Apache-2.0",
+        metrics={"coco/box_ap": 1.0},
+        convert=lambda state: {k.removeprefix("ref."): v for k, v in state.items()},
+        model_kwargs={"score_thresh": 0.01},
+        recipe={"model.lr": 5e-3, "model.optimizer": "sgd"},
+        source="test",
+    )
+    monkeypatch.setitem(_WEIGHTS, "detforge_n", {"test": weights})
+    return reference, weights
+
+
+def test_a_tag_downloads_into_the_cache_and_loads_exactly(registered):
+    reference, weights = registered
+    model = create_model("detforge_n", weights="test")
+    assert cached_path(weights).is_file() and cached_path(weights).parent.name == "checkpoints"
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.num_classes == 3 and model.class_names == NAMES and model.category_ids == (1, 3, 7)
+    assert model.preprocess == weights.preprocess and model.score_thresh == 0.01
+    assert list_weights("detforge_n") == [("detforge_n", "test")] and get_weights("detforge_n", "test") is weights
+
+
+def test_a_path_in_the_weights_layout_loads_through_the_converter(registered, tmp_path):
+    reference, weights = registered
+    model = create_model("detforge_n", weights=weights.url.removeprefix("file://"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.state_dict().items())
+
+
+def test_other_classes_start_the_class_layer_anew(registered):
+    """Fine-tuning: a num_classes other than the weights' loads everything but the class layer."""
+    reference, _ = registered
+    model = create_model("detforge_n", weights="test", num_classes=5)
+    assert model.num_classes == 5 and model.reinitialized
+    own = model.state_dict()
+    for key, value in reference.state_dict().items():
+        if key in model.reinitialized:
+            assert own[key].shape != value.shape
+        else:
+            assert torch.equal(own[key], value), key
+    assert not hasattr(model, "class_names") or model.class_names != NAMES
+
+
+def test_offline_without_a_cached_file_names_the_url_and_the_path(registered, monkeypatch):
+    _, weights = registered
+    monkeypatch.setenv("DETFORGE_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model("detforge_n", weights="test")
+    message = str(err.value)
+    assert weights.url in message and str(cached_path(weights)) in message and "\n" not in message
+
+
+def test_a_failed_download_says_where_to_put_the_file(registered, monkeypatch, tmp_path):
+    _, weights = registered
+    broken = Weights(**{**weights.__dict__, "url": f"file://{tmp_path}/missing/x-1234.pth"})
+    monkeypatch.setitem(_WEIGHTS, "detforge_n", {"test": broken})
+    with pytest.raises(WeightsUnavailableError, match="put it at .*checkpoints/x-1234.pth"):
+        create_model("detforge_n", weights="test")
+    assert not cached_path(broken).exists()  # no partial file left behind
+
+
+def test_a_file_whose_hash_differs_is_refused(registered):
+    _, weights = registered
+    path = resolve_file(weights)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(WeightsUnavailableError, match="does not match the registered"):
+        create_model("detforge_n", weights="test")
+
+
+def test_a_truncated_file_gets_one_line(registered, tmp_path):
+    _, weights = registered
+    source = weights.url.removeprefix("file://")
+    bad = tmp_path / "truncated.pth"
+    with open(source, "rb") as f:
+        bad.write_bytes(f.read()[:1000])
+    with pytest.raises(WeightMappingError, match="not a readable weight file") as err:
+        create_model("detforge_n", weights=str(bad))
+    assert str(bad) in str(err.value)
+
+
+def test_a_mismatched_file_names_the_first_tensor_that_does_not_fit(registered, tmp_path):
+    reference, _ = registered
+    state = {"ref." + k: v for k, v in reference.state_dict().items()}
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    state[key] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, tmp_path / "wrong.pth")
+    with pytest.raises(WeightMappingError, match=f"tensor {key.removeprefix('ref.')!r} has shape"):
+        create_model("detforge_n", weights=str(tmp_path / "wrong.pth"))
+    del state[key]
+    torch.save(state, tmp_path / "missing.pth")
+    with pytest.raises(WeightMappingError, match=f"{key.removeprefix('ref.')!r} .* is missing"):
+        create_model("detforge_n", weights=str(tmp_path / "missing.pth"))
+    state[key] = reference.state_dict()[key.removeprefix("ref.")]
+    state["ref.extra.weight"] = torch.zeros(2)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(WeightMappingError, match="'extra.weight' in the file has no place"):
+        create_model("detforge_n", weights=str(tmp_path / "extra.pth"))
+
+
+def test_unknown_tags_and_missing_files_are_named(registered):
+    with pytest.raises(FileNotFoundError, match="neither a registered tag \\(test\\) nor a file"):
+        create_model("detforge_n", weights="imagenet")
+    with pytest.raises(ValueError, match="has no weights 'imagenet' \\(registered weights: test\\)"):
+        get_weights("detforge_n", "imagenet")
+    with pytest.raises(ValueError, match="already has weights"):
+        register_weights("detforge_n", "test", registered[1])
+
+
+def test_the_weights_recipe_goes_on_top_of_the_models(registered):
+    assert model_recipe("detforge_n") == {"model.lr": 1e-2}
+    assert model_recipe("detforge_n", "test") == {"model.lr": 5e-3, "model.optimizer": "sgd"}
+
+
+def test_object_detector_takes_weights_and_their_class_names(registered, tmp_path):
+    from detforge.models.detector import ObjectDetector
+
+    reference, _ = registered
+    module = ObjectDetector(model="detforge_n", weights="test", compile_model=False, deterministic=False)
+    assert module.class_names == list(NAMES) and module.num_classes == 3
+    assert all(torch.equal(module.model.state_dict()[k], v) for k, v in reference.state_dict().items())
+    with pytest.raises(ValueError, match="needs a registered model name"):
+        ObjectDetector(backbone="resnet18", weights="test", compile_model=False, deterministic=False)
