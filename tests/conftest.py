@@ -72,3 +72,42 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+NAMED_WEIGHTS_CLASSES = ("cat", "dog", "bird")
+
+
+@pytest.fixture
+def named_weights(tmp_path, monkeypatch):
+    """Named weights ``test`` of ``detforge_n`` (3 classes, COCO-style category ids 1, 3, 7, torchvision-style
+    pre-processing, an SGD fine-tune recipe), whose URL is a ``file://`` path to a file in its own layout
+    (every name under ``ref.``; the converter strips it); torch hub's cache in tmp_path. No network.
+    Returns (the reference model whose state the file holds, the Weights)."""
+    import hashlib
+
+    from detforge.models.preprocess import Preprocess
+    from detforge.models.registry import create_model
+    from detforge.models.weights import _WEIGHTS, Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv("DETFORGE_OFFLINE", raising=False)
+    torch.manual_seed(1)
+    reference = create_model("detforge_n", num_classes=len(NAMED_WEIGHTS_CLASSES))
+    source = tmp_path / "source" / "detforge_n_test-00000000.pth"
+    source.parent.mkdir()
+    torch.save({"ref." + k: v for k, v in reference.state_dict().items()}, source)
+    weights = Weights(
+        url=f"file://{source}",
+        sha256=hashlib.sha256(source.read_bytes()).hexdigest()[:8],
+        class_names=NAMED_WEIGHTS_CLASSES,
+        category_ids=(1, 3, 7),
+        preprocess=Preprocess(resize="shortest_edge", min_size=96, max_size=160),
+        licence="Apache-2.0",
+        metrics={"coco/box_ap": 1.0},
+        convert=lambda state: {k.removeprefix("ref."): v for k, v in state.items()},
+        model_kwargs={"score_thresh": 0.01},
+        recipe={"model.lr": 5e-3, "model.optimizer": "sgd"},
+        source="test",
+    )
+    monkeypatch.setitem(_WEIGHTS, "detforge_n", {"test": weights})
+    return reference, weights

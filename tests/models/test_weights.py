@@ -4,12 +4,9 @@ cache, hash, offline and bad-file errors. Weights are registered for ``detforge_
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
-from detforge.models.preprocess import Preprocess
 from detforge.models.pretrained import WeightMappingError
 from detforge.models.registry import create_model, model_recipe
 from detforge.models.weights import (
@@ -23,45 +20,12 @@ from detforge.models.weights import (
     resolve_file,
 )
 
-NAMES = ("cat", "dog", "bird")
-
-
-def _reference_file(tmp_path, prefix: str = "ref.") -> tuple[torch.nn.Module, str]:
-    torch.manual_seed(1)
-    reference = create_model("detforge_n", num_classes=len(NAMES))
-    # the checkpoint's own layout: every name under "net."; the converter strips it
-    path = tmp_path / "source" / "detforge_n_test-00000000.pth"
-    path.parent.mkdir(exist_ok=True)
-    torch.save({prefix + k: v for k, v in reference.state_dict().items()}, path)
-    return reference, str(path)
-
-
-def _sha(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+NAMES = ("cat", "dog", "bird")  # conftest's named_weights
 
 
 @pytest.fixture
-def registered(tmp_path, monkeypatch):
-    """Weights ``test`` of detforge_n, whose URL is a local file; torch hub's cache in tmp_path."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    monkeypatch.delenv("DETFORGE_OFFLINE", raising=False)
-    reference, source = _reference_file(tmp_path)
-    weights = Weights(
-        url=f"file://{source}",
-        sha256=_sha(source)[:8],
-        class_names=NAMES,
-        category_ids=(1, 3, 7),
-        preprocess=Preprocess(resize="shortest_edge", min_size=96, max_size=160),
-        licence="Apache-2.0",
-        metrics={"coco/box_ap": 1.0},
-        convert=lambda state: {k.removeprefix("ref."): v for k, v in state.items()},
-        model_kwargs={"score_thresh": 0.01},
-        recipe={"model.lr": 5e-3, "model.optimizer": "sgd"},
-        source="test",
-    )
-    monkeypatch.setitem(_WEIGHTS, "detforge_n", {"test": weights})
-    return reference, weights
+def registered(named_weights):
+    return named_weights
 
 
 def test_a_tag_downloads_into_the_cache_and_loads_exactly(registered):

@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", default="detforge_n", help="registered model name (default detforge_n)")
     source.add_argument("--ckpt", default=None, help="an ObjectDetector checkpoint instead of a model name")
+    parser.add_argument(
+        "--weights", default=None, help="with --model: its named weights (coco) or a file in their layout"
+    )
     parser.add_argument("--imgsz", type=int, default=None, help="square input size (default: the model's)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=80)
@@ -80,7 +83,8 @@ def main(argv: list[str]) -> int:
     else:
         from detforge.models.registry import create_model
 
-        model, name = create_model(args.model, num_classes=args.num_classes).to(device).eval(), args.model
+        kwargs = {"weights": args.weights} if args.weights else {"num_classes": args.num_classes}
+        model, name = create_model(args.model, **kwargs).to(device).eval(), args.model
     if not args.no_fold_batchnorm:  # as predict runs it
         print(f"detforge: {fold_batchnorm(model)} BatchNorm layers folded into their convolutions")
     size = args.imgsz or max(getattr(model, "default_input_size", (640,)))

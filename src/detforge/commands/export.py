@@ -12,6 +12,7 @@ it falls back to dynamic quantization and says so.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "export a checkpoint to ONNX (optionally with NMS in the graph) or INT8"
@@ -21,7 +22,11 @@ FORMATS = ("onnx", "int8")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge export", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True, help="ObjectDetector checkpoint")
+    parser.add_argument("--ckpt", default=None, help="ObjectDetector checkpoint")
+    parser.add_argument("--model", default=None, help="a registered model, with --weights instead of --ckpt")
+    parser.add_argument(
+        "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
+    )
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or int8")
     parser.add_argument("--out", default=None, help="output .onnx path (default: next to the checkpoint)")
     parser.add_argument("--nms", action="store_true", help="decode and run NMS inside the graph")
@@ -49,7 +54,7 @@ def calibration_batches(args: argparse.Namespace, imgsz: int, batch: int) -> lis
     from detforge.engine.validate import run_data_config
     from detforge.models.edge.evaluate import calibration_frames
 
-    run = run_data_config(args.ckpt)
+    run = run_data_config(args.ckpt) if args.ckpt else {}
     data = args.data or run.get("data")
     if not isinstance(data, str):
         return []
@@ -59,18 +64,29 @@ def calibration_batches(args: argparse.Namespace, imgsz: int, batch: int) -> lis
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.ckpt is None) == (args.weights is None) or (args.model is None) != (args.weights is None):
+        parser.error("give --ckpt CKPT, or --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco)")
     import torch
 
-    from detforge.engine.validate import load_detector
+    from detforge.engine.validate import load_detector, load_pretrained_detector
     from detforge.export import quantize_int8
 
-    detector = load_detector(args.ckpt, "cpu")
+    try:
+        if args.ckpt is not None:
+            detector = load_detector(args.ckpt, "cpu")
+        else:
+            detector = load_pretrained_detector(args.model, args.weights, "cpu")
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"detforge export: {err}", file=sys.stderr)
+        return 1
     model = detector.model
     imgsz = int(
         args.imgsz or detector.hparams.get("imgsz") or max(getattr(model, "default_input_size", (640,)))
     )
-    out = Path(args.out) if args.out else Path(args.ckpt).with_suffix(".nms.onnx" if args.nms else ".onnx")
+    source = Path(args.ckpt) if args.ckpt else Path(f"{args.model}_{Path(str(args.weights)).stem}")
+    out = Path(args.out) if args.out else source.with_suffix(".nms.onnx" if args.nms else ".onnx")
     example = torch.rand(args.batch, detector.hparams.in_chans, imgsz, imgsz)
     path = detector.to_onnx(
         str(out),

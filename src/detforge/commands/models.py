@@ -17,7 +17,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="classes to build each model with (default: each builder's own, e.g. 80 for COCO-style models)",
     )
     parser.add_argument("--names-only", action="store_true", help="print only the names (no model is built)")
+    parser.add_argument(
+        "--weights",
+        action="store_true",
+        help="list the registered named weights (source, licence, published COCO box AP, input, cached or not)",
+    )
     return parser
+
+
+def describe_weights(pattern: str | None = None) -> list[dict]:
+    """One row per registered named weight: ``model``, ``tag``, ``source``, ``licence``, ``box_ap``,
+    ``classes``, ``input`` (the pre-processing in words), ``params`` (millions), ``url`` and ``cached``."""
+    import fnmatch
+
+    from detforge.models.weights import cached_path, get_weights, list_weights
+
+    rows = []
+    for name, tag in list_weights():
+        if pattern and not fnmatch.fnmatch(name, pattern):
+            continue
+        w = get_weights(name, tag)
+        p = w.preprocess
+        if p.resize == "shortest_edge":
+            size = f"short side {p.min_size}, long <= {p.max_size}"
+        elif p.resize == "fixed":
+            size = f"{p.fixed_size[0]}x{p.fixed_size[1]}"
+        else:
+            size = f"long side {p.max_size}"
+        rows.append(
+            {
+                "model": name,
+                "tag": tag,
+                "source": w.source,
+                "licence": w.licence,
+                "box_ap": w.metrics.get("coco/box_ap"),
+                "classes": len(w.class_names),
+                "input": size,
+                "params": None if w.num_params is None else w.num_params / 1e6,
+                "url": w.url,
+                "cached": cached_path(w).is_file(),
+            }
+        )
+    return rows
+
+
+def print_weights(pattern: str | None = None) -> None:
+    rows = describe_weights(pattern)
+    if not rows:
+        print("no named weights registered" + (f" for {pattern!r}" if pattern else ""))
+        return
+    width = max(len(r["model"]) for r in rows)
+    print(
+        f"{'model':<{width}}  {'weights':<7}  {'source':<11}  {'box AP':>6}  {'params (M)':>10}  "
+        f"{'input':<28}  {'licence':<12}  cached"
+    )
+    for r in rows:
+        ap = "-" if r["box_ap"] is None else f"{r['box_ap']:.1f}"
+        params = "-" if r["params"] is None else f"{r['params']:.1f}"
+        print(
+            f"{r['model']:<{width}}  {r['tag']:<7}  {r['source']:<11}  {ap:>6}  {params:>10}  {r['input']:<28}  "
+            f"{r['licence']:<12}  {'yes' if r['cached'] else 'no'}"
+        )
+    print("\nload: create_model(NAME, weights=TAG) or --model NAME --weights TAG (downloaded once into torch hub's cache)")
 
 
 def describe_models(pattern: str | None = None, num_classes: int | None = None) -> list[dict]:
@@ -48,6 +109,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from detforge.models.registry import _PREFIXES, list_models
 
+    if args.weights:
+        print_weights(args.pattern)
+        return 0
     if args.names_only:
         print("\n".join(list_models(args.pattern)))
         return 0

@@ -46,7 +46,11 @@ def collect_images(sources: list[str]) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge predict", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
-    parser.add_argument("--ckpt", required=True, help="ObjectDetector checkpoint (best.ckpt / last.ckpt)")
+    parser.add_argument("--ckpt", default=None, help="ObjectDetector checkpoint (best.ckpt / last.ckpt)")
+    parser.add_argument("--model", default=None, help="a registered model, with --weights instead of --ckpt")
+    parser.add_argument(
+        "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
+    )
     parser.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     parser.add_argument(
         "--imgsz", type=int, default=None, help="network input size (default: the training size)"
@@ -67,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.ckpt is None) == (args.weights is None) or (args.model is None) != (args.weights is None):
+        parser.error("give --ckpt CKPT, or --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco)")
     from detforge.engine.threads import configure_threads
 
     configure_threads()
@@ -76,14 +83,22 @@ def main(argv: list[str]) -> int:
     from detforge.data.transforms import build_val_transforms
     from detforge.engine.callbacks import atomic_write, draw_predictions
     from detforge.engine.memory_format import choose_memory_formats
-    from detforge.engine.validate import load_detector
+    from detforge.engine.validate import load_detector, load_pretrained_detector, uses_own_preprocess
     from detforge.io import load_image_uint8
     from detforge.models.fold_batchnorm import fold_batchnorm
     from detforge.slicing.predict import sliced_predict, slicing_options
     from detforge.targets import to_original_size
 
     files = collect_images(args.sources)
-    model = load_detector(args.ckpt, args.device)
+    try:
+        if args.ckpt is not None:
+            model = load_detector(args.ckpt, args.device)
+        else:
+            model = load_pretrained_detector(args.model, args.weights, args.device)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"detforge predict: {err}", file=sys.stderr)
+        return 1
+    own_preprocess = uses_own_preprocess(model)  # named weights: their resize, on the images as they are
     if not args.no_fold_batchnorm:
         print(
             f"detforge: {fold_batchnorm(model.model)} BatchNorm layers folded into their convolutions",
@@ -94,7 +109,7 @@ def main(argv: list[str]) -> int:
     )
     transform = build_val_transforms(int(imgsz))
     slicing = slicing_options(args, full_image_size=int(imgsz))
-    if slicing is None:  # channels-last or NCHW, whichever predicts faster here (measured once, cached)
+    if slicing is None and not own_preprocess:  # channels-last or NCHW, whichever predicts faster here (measured once, cached)
         batch_shape = (min(args.batch, len(files)), model.hparams.in_chans, int(imgsz), int(imgsz))
         for line in choose_memory_formats(model.model, batch_shape, train=False):
             print(f"detforge: {line}", file=sys.stderr)
@@ -119,6 +134,8 @@ def main(argv: list[str]) -> int:
         if slicing is not None:  # tiles of the originals, boxes already in their pixels
             full = [raw.to(model.device).float() / 255 for raw in originals]  # [C, H, W] each
             preds = sliced_predict(model, full, batch_size=args.batch, **slicing)
+        elif own_preprocess:  # e.g. torchvision's shortest side 800, boxes back in the originals' pixels
+            preds = model.model.predict([raw.to(model.device).float() / 255 for raw in originals])
         else:
             batch = torch.stack(images).to(model.device)  # [B, C, S, S]
             sizes = [tuple(int(v) for v in t["size"]) for t in targets]

@@ -44,6 +44,7 @@ ALIASES = {
     "--imgsz": "--data.imgsz",
     "--batch": "--data.batch_size",
     "--lr": "--model.lr",
+    "--weights": "--model.weights",
     "--workers": "--data.num_workers",
     "--devices": "--trainer.devices",
     "--accelerator": "--trainer.accelerator",
@@ -187,6 +188,8 @@ def choose_recipe(cfg) -> tuple[str | None, str]:
         return None, "--recipe none"
     if asked != "auto":
         return asked, f"--recipe {asked}"
+    if _get(_get(cfg, "model"), "weights") is not None:
+        return None, "named weights: their own fine-tuning recipe"
     spec = _get(_get(cfg, "data"), "data")
     synthetic = isinstance(spec, str) and spec.startswith("synthetic")
     if pretrained_backbone(cfg) and not synthetic:
@@ -370,7 +373,10 @@ def _make_cli_class(argv: list[str]):
         def before_instantiate_classes(self) -> None:
             cfg = self.config
             drop_synthetic_recipe(cfg, argv)
-            apply_model_recipe(cfg, argv)
+            applied_model = apply_model_recipe(cfg, argv)
+            if applied_model and _get(cfg.model, "weights") is not None:
+                values = ", ".join(f"{key}={cfg[key]}" for key in applied_model)
+                print(f"recipe: {cfg.model.model} from weights {cfg.model.weights}: {values}", file=sys.stderr)
             recipe, why = choose_recipe(cfg)
             applied = apply_recipe(cfg, argv, recipe)
             if recipe is not None and "config" not in _given_options(argv):

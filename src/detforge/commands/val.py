@@ -5,6 +5,7 @@ detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES [--imgsz 640 --bat
 detforge val --ckpt runs/train/exp/best.ckpt     # the run's own validation split and data settings
 detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's --data.test_data
 detforge val --ckpt C --data synthetic-dense:50 --slice 512 --overlap 0.2   # sliced inference, full images
+detforge val --model fasterrcnn_resnet50_fpn --weights coco --data coco:ANN.json:IMAGES   # a COCO-trained model
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     files.add_argument("--save-json", type=Path, help="write the 12 stats and per-class AP here as JSON")
     model = p.add_argument_group("evaluate a checkpoint")
     model.add_argument("--ckpt", type=Path, help="checkpoint written by `detforge train`")
+    model.add_argument("--model", default=None, help="a registered model, with --weights instead of --ckpt")
+    model.add_argument(
+        "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
+    )
     model.add_argument(
         "--data",
         help="data set spec, e.g. synthetic:200, coco:ANN.json:IMAGES, voc:DIR (default: the training run's, "
@@ -148,6 +153,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         dataset_kwargs=args.dataset_kwargs,
         split=args.split,
         slicing=slicing_options(args),
+        model_name=args.model,
+        weights=args.weights,
     )
     return int(out) if isinstance(out, int) else 0
 
@@ -158,14 +165,18 @@ def main(argv: list[str]) -> int:
     from detforge.engine.threads import configure_threads
 
     configure_threads()
-    if args.ckpt is not None or args.data is not None:
+    if (args.model is None) != (args.weights is None):
+        parser.error("--model and --weights go together (a registered model and its named weights)")
+    if args.ckpt is not None or args.data is not None or args.weights is not None:
         if args.gt is not None or args.pred is not None:
             parser.error("use either --gt/--pred or --ckpt/--data, not both")
-        if args.ckpt is None:
-            parser.error("--data needs --ckpt")
+        if args.ckpt is not None and args.weights is not None:
+            parser.error("give --ckpt or --model/--weights, not both")
+        if args.ckpt is None and args.weights is None:
+            parser.error("--data needs --ckpt (or --model NAME --weights W)")
         try:
             return _evaluate_checkpoint(args)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
             print(f"detforge val: {err}", file=sys.stderr)
             return 1
     if args.gt is None or args.pred is None:

@@ -48,6 +48,51 @@ def load_detector(ckpt: str | Path, device: str | torch.device | None = None):
     return model.to(device).eval()
 
 
+def load_pretrained_detector(model: str, weights: str, device: str | torch.device | None = None):
+    """An ``ObjectDetector`` for the registered ``model`` with its named ``weights`` (a tag such as ``"coco"``,
+    or a file in their layout), in eval mode: what ``predict`` / ``val`` / ``export`` / ``bench`` run with
+    ``--model NAME --weights W`` instead of ``--ckpt``."""
+    from detforge.models.detector import ObjectDetector
+
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    detector = ObjectDetector(model=model, weights=weights, compile_model=False, deterministic=False)
+    return detector.to(device).eval()
+
+
+def uses_own_preprocess(detector) -> bool:
+    """Whether the detector's model came with its own input pre-processing (named weights: torchvision's
+    resize and normalisation), which ``predict`` and ``val`` then follow on the images as they are."""
+    return "_preprocess" in detector.model.__dict__
+
+
+def label_map(model, dataset) -> dict[int, int] | None:
+    """The model's label -> the data set's label, through category ids, when the model carries its weights'
+    ``category_ids`` (torchvision's COCO ids) and the data set has its own (``label_to_cat_id``); None when
+    the labels are the same."""
+    model_ids = getattr(model, "category_ids", None)
+    data_ids = getattr(dataset, "label_to_cat_id", None)
+    if model_ids is None or not data_ids:
+        return None
+    pairs = data_ids.items() if isinstance(data_ids, dict) else enumerate(data_ids)  # a list: label -> id
+    to_data = {int(cat): int(label) for label, cat in pairs}
+    return {label: to_data[cat] for label, cat in enumerate(model_ids) if cat in to_data}
+
+
+def _relabel(pred: dict, mapping: dict[int, int] | None) -> dict:
+    """``pred`` with labels moved to the data set's, dropping classes the data set does not have."""
+    if mapping is None:
+        return pred
+    lookup = torch.full((max(mapping) + 1 if mapping else 1,), -1, dtype=torch.int64)
+    for src, dst in mapping.items():
+        lookup[src] = dst
+    labels = pred["labels"].cpu()
+    new = torch.where(labels < len(lookup), lookup[labels.clamp(max=len(lookup) - 1)], -1)
+    keep = new >= 0
+    out = {k: v[keep.to(v.device)] for k, v in pred.items()}
+    out["labels"] = new[keep].to(pred["labels"].device)
+    return out
+
+
 def _default_imgsz(model) -> int:
     size = getattr(model.model, "default_input_size", None)
     return int(max(size)) if size else 640
@@ -80,6 +125,8 @@ def validate_checkpoint(
     dataset_kwargs: dict[str, Any] | None = None,
     split: str = "val",
     slicing: dict[str, Any] | None = None,
+    model_name: str | None = None,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``'s validation (or test) split; print the COCO table, write the COCO results JSON.
 
@@ -102,6 +149,10 @@ def validate_checkpoint(
             to evaluate sliced inference: the images are read at their own size (no resize to ``imgsz``) and
             cut into tiles, ``batch`` tiles per forward; the whole-image pass (``full_image_pass``) runs at
             ``imgsz``. None: the usual resize to ``imgsz``.
+        model_name, weights: instead of ``ckpt``, a registered model with its named weights (``"coco"`` or a
+            file in their layout; ``data`` is then needed): the images are read at their own size and the
+            model's own pre-processing runs (:meth:`~detforge.models.base.Detector.predict`); its labels are
+            mapped to the data set's through the category ids (COCO's 90 ids to a COCO file's classes).
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
@@ -116,7 +167,11 @@ def validate_checkpoint(
 
     if split not in ("val", "test"):
         raise ValueError(f"split must be one of ('val', 'test'), got {split!r}")
-    run = run_data_config(ckpt)
+    if (ckpt is None) == (weights is None):
+        raise ValueError("give a checkpoint (--ckpt) or a model with named weights (--model NAME --weights W)")
+    run = run_data_config(ckpt) if ckpt is not None else {}
+    if data is None and ckpt is None:
+        raise ValueError(f"model {model_name!r} with weights {weights!r}: give the data set (--data SPEC)")
     if data is None:
         data = run.get("data" if split == "val" else "test_data")
         if not isinstance(data, str):
@@ -126,7 +181,11 @@ def validate_checkpoint(
             )
     if dataset_kwargs is None:
         dataset_kwargs = (run.get("dataset_kwargs") or {}) if data in (run.get("data"), run.get("test_data")) else {}
-    model = load_detector(ckpt, device)
+    if ckpt is not None:
+        model = load_detector(ckpt, device)
+    else:
+        model = load_pretrained_detector(str(model_name), str(weights), device)
+    own_preprocess = uses_own_preprocess(model) and slicing is None
     dev = model.device
     imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
     dm = DetectionDataModule(
@@ -139,13 +198,15 @@ def validate_checkpoint(
     )
     dm.setup("validate" if split == "val" else "test")
     dataset = dm.val_dataset if split == "val" else dm.test_dataset
-    if slicing is not None:  # the images as they are: sliced_predict cuts them
+    if slicing is not None or own_preprocess:  # the images as they are: sliced_predict / predict resize them
         if not hasattr(dataset, "transforms"):
-            raise ValueError(f"sliced evaluation needs a detforge data set (with .transforms), got {dataset!r}")
+            raise ValueError(f"this evaluation needs a detforge data set (with .transforms), got {dataset!r}")
         dataset.transforms = None
+    if slicing is not None:
         slicing = {"full_image_size": imgsz, **{k: v for k, v in slicing.items() if v is not None}}
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
-    if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
+    mapping = label_map(model.model, dataset)
+    if mapping is None and getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
         raise ValueError(
             f"{ckpt}: the model has {model.num_classes} classes but data {data!r} has {dataset.num_classes}"
         )
@@ -159,6 +220,9 @@ def validate_checkpoint(
             if slicing is not None:
                 crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)]
                 preds = sliced_predict(model, crops, batch_size=batch, **slicing)
+            elif own_preprocess:
+                preds = model.model.predict([image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)])
+                preds = [_relabel(p, mapping) for p in preds]
             else:
                 outputs = forward_with_sizes(model.model, images, sizes)
                 preds = model.model.postprocess(outputs, sizes)
@@ -169,13 +233,13 @@ def validate_checkpoint(
             image_ids += [int(t["image_id"]) for t in targets]
     stats = dict(metric.compute())
     stats["coco_eval"] = metric.last_result
-    out = Path(out_dir) if out_dir is not None else Path(ckpt).parent
+    out = Path(out_dir) if out_dir is not None else (Path(ckpt).parent if ckpt is not None else Path("runs/val"))
     label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
     stats["results_json"] = str(
         write_coco_results(all_preds, image_ids, label_to_cat_id, out / "predictions.json")
     )
     if verbose:
-        names = model.class_names or getattr(dataset, "class_names", None)
+        names = (model.class_names if mapping is None else None) or getattr(dataset, "class_names", None)
         print(format_table(stats, names))
         print(f"COCO results: {stats['results_json']}")
     return stats
