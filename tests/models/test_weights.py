@@ -138,3 +138,28 @@ def test_object_detector_takes_weights_and_their_class_names(registered, tmp_pat
     assert all(torch.equal(module.model.state_dict()[k], v) for k, v in reference.state_dict().items())
     with pytest.raises(ValueError, match="needs a registered model name"):
         ObjectDetector(backbone="resnet18", weights="test", compile_model=False, deterministic=False)
+
+
+@pytest.mark.parametrize("layout", [(1, 0, 1), (9, 0, 1), (1, 1, 1), (1, 1, 4), (6, 1, 1)])
+def test_copy_class_rows_equals_a_plain_loop(layout):
+    """Rows of kept classes come from the weights, by (group, class, row) index; the rest stay."""
+    from detforge.models.weights import copy_class_rows
+
+    groups, background, per = layout
+    n_src, mapping = 5, [3, None, 0, 4]
+    source = torch.randn(groups * (n_src + background) * per, 7)
+    target = torch.randn(groups * (len(mapping) + background) * per, 7)
+    out = copy_class_rows(target, source, layout, mapping)
+    for g in range(groups):
+        for c in range(len(mapping) + background):
+            for r in range(per):
+                row = (g * (len(mapping) + background) + c) * per + r
+                if c < background:
+                    expected = source[(g * (n_src + background) + c) * per + r]
+                elif mapping[c - background] is None:
+                    expected = target[row]
+                else:
+                    expected = source[(g * (n_src + background) + background + mapping[c - background]) * per + r]
+                assert torch.equal(out[row], expected), (g, c, r)
+    with pytest.raises(ValueError, match="does not fit"):
+        copy_class_rows(target[:-1], source, layout, mapping)

@@ -54,6 +54,8 @@ ALIASES = {
     "--precision": "--trainer.precision",
     "--seed": "--seed_everything",
 }
+FLAG_ALIASES = {"--keep-classes": "--model.keep_classes=true"}
+"""Short options that take no value."""
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 # The out-of-the-box recipe: small model, synthetic data, under 5 minutes on a 2-core CPU (start-up and the final
@@ -265,7 +267,9 @@ def expand_aliases(argv: list[str]) -> list[str]:
     while i < len(argv):
         arg = argv[i]
         key, eq, value = arg.partition("=")
-        if key in ALIASES:
+        if arg in FLAG_ALIASES:
+            out.append(FLAG_ALIASES[arg])
+        elif key in ALIASES:
             if not eq and i + 1 < len(argv):
                 value, i = argv[i + 1], i + 1
             elif not eq:

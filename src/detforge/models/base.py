@@ -356,6 +356,13 @@ class Detector(nn.Module):
             scores, boxes, self.level_sizes(outputs), image_sizes, **asdict(self.postprocess_settings)
         )
 
+    def class_layers(self) -> dict[str, tuple[int, int, int]]:
+        """The state-dict keys of the layers whose dim 0 runs over the classes, each with its layout (groups,
+        background, rows per class): what fine-tuning re-initialises for new classes and ``keep_classes``
+        copies row by row (:func:`detforge.models.weights.copy_class_rows`). {} by default: a model that
+        supports ``keep_classes`` says where its class layers are."""
+        return {}
+
     # ------------------------------------------------------------------ images in, detections out
     @property
     def preprocess(self) -> Preprocess:

@@ -62,6 +62,7 @@ def build_model(
     in_chans: int = 3,
     imgsz: int | None = None,
     weights: str | None = None,
+    keep_classes: list[str] | None = None,
 ) -> nn.Module:
     """The detector ``ObjectDetector`` wraps (its arguments of the same names; ``options``: the model options
     that are set). A registered name, or the autotimm form (``backbone`` + ``detection_arch``: the registered
@@ -128,7 +129,7 @@ def build_model(
         name = model
     if not isinstance(model, nn.Module):
         kwargs = {"in_chans": in_chans, **({} if num_classes is None else {"num_classes": num_classes})}
-        extra = {} if weights is None else {"weights": weights}
+        extra = {} if weights is None else {"weights": weights, "keep_classes": keep_classes}
         model = _create(name, {**kwargs, **options, **model_kwargs, **extra}, set(options))
         if strides is not None and tuple(getattr(model, "strides", ())) != tuple(strides):
             model = _rebuild_for_strides(model, name, tuple(strides), {**kwargs, **options, **model_kwargs})

@@ -99,6 +99,8 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             layout (:func:`detforge.models.registry.create_model`); with a ``num_classes`` other than the
             weights' the class layers start anew (fine-tuning). A checkpoint loaded later holds the weights
             itself: :meth:`load_from_checkpoint` does not fetch them again.
+        keep_classes: with ``weights`` and other classes: the class-layer rows of the classes whose names
+            (``class_names``) are among the weights' start from the weights' rows instead of anew.
 
     Training stops with a ``FloatingPointError`` naming the batch's image ids when the loss is NaN or inf:
     an optimizer step on it would ruin the weights (and the EMA) for the rest of the run, so going on or
@@ -156,6 +158,7 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
         backbone_lr_mult: float | None = None,
         freeze_backbone_stride: int | None = None,
         weights: str | None = None,
+        keep_classes: bool = False,
     ) -> None:
         if seed is not None:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -192,7 +195,10 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             in_chans=in_chans,
             imgsz=imgsz,
             weights=weights,
+            keep_classes=list(class_names) if keep_classes and class_names is not None else None,
         )
+        if keep_classes and (weights is None or class_names is None):
+            raise ValueError("keep_classes needs weights and class_names (the data's class names)")
         if class_names is None and getattr(self.model, "class_names", None) is not None:
             class_names = list(self.model.class_names)
             self.hparams.class_names = class_names
@@ -228,6 +234,7 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
         cannot be loaded raises a ValueError saying which version wrote it and what to do."""
         buffer, version = load_checkpoint(checkpoint_path, kwargs.get("weights_only"))
         kwargs.setdefault("weights", None)  # the checkpoint holds the weights: never fetch them again
+        kwargs.setdefault("keep_classes", False)
         try:
             return super().load_from_checkpoint(buffer, *args, **kwargs)
         except (TypeError, ValueError, KeyError, RuntimeError) as err:

@@ -88,6 +88,8 @@ BUILTIN_MODULES = (
     "detforge.models.centernet",
     "detforge.models.faster_rcnn",
     "detforge.models.detr",
+    "detforge.models.retinanet",
+    "detforge.models.ssd",
     "detforge.models.torchvision_zoo",  # torchvision's COCO detectors under their builder names
 )
 """The modules whose import registers the built-in models: each family registers its builders itself."""
@@ -125,7 +127,12 @@ def is_model(name: str) -> bool:
     return name in _MODELS or any(name.startswith(p) and len(name) > len(p) for p in _PREFIXES)
 
 
-def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    keep_classes: list[str] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build the bare detector registered as ``name`` (or resolved by a prefix such as ``fcos_``): the one
     construction path of the CLI, ``ObjectDetector`` and the Python API.
 
@@ -137,11 +144,16 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs: 
             class names, input pre-processing and post-processing come with the weights; a ``num_classes``
             other than the weights' builds a model for those classes whose class layers start anew
             (fine-tuning; listed in ``model.reinitialized``).
+        keep_classes: with ``weights`` and another ``num_classes``: the new classes' names; the class-layer
+            rows of those whose name is one of the weights' (COCO's "person", "car", ...) are copied from the
+            weights instead of starting anew (``model.kept_classes`` lists them).
         **kwargs: the builder's arguments (``num_classes``, the model's options).
     """
     _load_builtin()
     if weights is not None:
-        return _create_with_weights(name, weights, kwargs)
+        return _create_with_weights(name, weights, kwargs, keep_classes)
+    if keep_classes is not None:
+        raise ValueError("keep_classes needs weights (the named weights whose class rows it keeps)")
     if name in _MODELS:
         return _MODELS[name](**kwargs)
     for prefix, fn in _PREFIXES.items():
@@ -157,7 +169,9 @@ def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs: 
     )
 
 
-def _create_with_weights(name: str, weights: str | os.PathLike, kwargs: dict[str, Any]) -> nn.Module:
+def _create_with_weights(
+    name: str, weights: str | os.PathLike, kwargs: dict[str, Any], keep_classes: list[str] | None = None
+) -> nn.Module:
     """``create_model(name, weights=...)``: the model built for the weights' classes and options, loaded."""
     from detforge.models.weights import _WEIGHTS, get_weights, is_weights_tag, load_weights
 
@@ -181,7 +195,9 @@ def _create_with_weights(name: str, weights: str | os.PathLike, kwargs: dict[str
     built_classes = len(meta.class_names)
     num_classes = int(kwargs.get("num_classes", built_classes))
     model = create_model(name, **{**meta.model_kwargs, "num_classes": num_classes, **kwargs})
-    load_weights(model, meta, path, strict_classes=num_classes == built_classes)
+    if keep_classes is not None and len(keep_classes) != num_classes:
+        raise ValueError(f"keep_classes has {len(keep_classes)} names for num_classes={num_classes}")
+    load_weights(model, meta, path, strict_classes=num_classes == built_classes, keep_classes=keep_classes)
     if num_classes == built_classes:
         model.class_names = tuple(meta.class_names)
         model.category_ids = None if meta.category_ids is None else tuple(meta.category_ids)

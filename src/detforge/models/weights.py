@@ -175,14 +175,46 @@ def resolve_file(weights: Weights, *, download: bool = True) -> Path:
     raise WeightsUnavailableError(f"weights not cached: download {weights.url} and put it at {path}")
 
 
+def copy_class_rows(
+    target: Tensor, source: Tensor, layout: tuple[int, int, int], mapping: list[int | None]
+) -> Tensor:
+    """``target`` (a class layer's tensor for the new classes) with the rows of the classes ``mapping`` finds
+    in the weights copied from ``source`` (the same layer for the weights' classes).
+
+    ``layout`` = (groups, background, rows per class): dim 0 of the tensor is ``groups`` blocks (anchors per
+    location) of ``background + num_classes`` classes (a softmax head's background first) of ``rows per
+    class`` rows each (4 for class-specific box deltas). ``mapping[i]``: the weights' class of new class i,
+    or None (a new class: its rows stay as initialised). The background rows are copied too."""
+    groups, background, per = layout
+    n_src, n_dst = len(source) // (groups * per) - background, len(mapping)
+    if len(target) != groups * (n_dst + background) * per or len(source) != groups * (n_src + background) * per:
+        raise ValueError(f"class layout {layout} does not fit tensors of {len(source)} and {len(target)} rows")
+    src = source.reshape(groups, n_src + background, per, *source.shape[1:])
+    out = target.clone().reshape(groups, n_dst + background, per, *target.shape[1:])
+    if background:
+        out[:, :background] = src[:, :background]
+    for i, j in enumerate(mapping):
+        if j is not None:
+            out[:, background + i] = src[:, background + j]
+    return out.reshape(target.shape)
+
+
 def load_weights(
-    model: nn.Module, weights: Weights, path: str | os.PathLike | None = None, *, strict_classes: bool = True
+    model: nn.Module,
+    weights: Weights,
+    path: str | os.PathLike | None = None,
+    *,
+    strict_classes: bool = True,
+    keep_classes: list[str] | None = None,
 ) -> nn.Module:
     """Load the file of ``weights`` (``path``, else the cached or downloaded file) into ``model``, converted
     to detforge's names; every tensor of the model must be in the file with the same shape, or a
     :class:`WeightMappingError` names the first one that is not. Sets the model's pre-processing and class
     names from the metadata. ``strict_classes=False`` skips the class layer's tensors whose shapes differ
-    (a model built for other classes: fine-tuning) and returns them in ``model.reinitialized``."""
+    (a model built for other classes: fine-tuning) and returns them in ``model.reinitialized``;
+    ``keep_classes`` (the new classes' names) then copies the rows of every new class whose name is one of the
+    weights' (case-insensitive) from the weights' class layers (the model's ``class_layers()``), listed in
+    ``model.kept_classes``."""
     file = Path(path) if path is not None else resolve_file(weights)
     if not file.is_file():
         raise FileNotFoundError(f"weight file not found: {file}")
@@ -198,6 +230,7 @@ def load_weights(
         except KeyError as err:
             raise WeightMappingError(f"{file}: tensor {err.args[0]!r} the model needs is missing") from None
     own = model.state_dict()
+    source_state = dict(state)
     skipped: list[str] = []
     for key, tensor in own.items():
         if key.endswith("num_batches_tracked"):
@@ -217,7 +250,19 @@ def load_weights(
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         raise WeightMappingError(f"{file}: tensor {unexpected[0]!r} in the file has no place in the model")
+    kept: list[str] = []
+    if keep_classes is not None and skipped:
+        layers = model.class_layers() if hasattr(model, "class_layers") else {}
+        if not layers:
+            raise ValueError(f"{type(model).__name__} does not say where its class layers are: keep_classes cannot copy rows")
+        index = {name.lower(): i for i, name in enumerate(weights.class_names)}
+        mapping = [index.get(name.lower()) for name in keep_classes]
+        kept = [name for name, j in zip(keep_classes, mapping, strict=True) if j is not None]
+        for key in skipped:
+            if key in layers:
+                state[key] = copy_class_rows(own[key], source_state[key], layers[key], mapping)
     model.load_state_dict(state)
+    model.kept_classes = kept
     model.preprocess = weights.preprocess
     model.reinitialized = skipped
     return model
