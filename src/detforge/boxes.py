@@ -30,7 +30,9 @@ __all__ = [
     "centre_size_to_xyxy",
     "feature_sizes",
     "grid_points",
+    "grid_points_yx",
     "offset_size_to_xyxy",
+    "padded_strides",
     "ltrb_to_origin_xyxy",
     "ltrb_to_xyxy",
     "xyxy_to_centre_size",
@@ -194,6 +196,42 @@ def feature_sizes(image_size: tuple[int, int], strides: Sequence[int]) -> list[t
     convolutions with padding round up)."""
     h, w = image_size
     return [(-(-int(h) // int(s)), -(-int(w) // int(s))) for s in strides]
+
+
+def padded_strides(
+    image_size: tuple[int, int], feat_sizes: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Per-level (stride_y, stride_x) as torchvision's ``AnchorGenerator`` derives them: the padded input's
+    side // the feature map's side. Not the nominal stride where the input is not a multiple of it: an 800 x
+    1216 batch has P6 13 x 19 (stride (61, 64), nominal 64) and P7 7 x 10 (stride (114, 121), nominal 128)."""
+    h, w = int(image_size[0]), int(image_size[1])
+    return [(h // int(fh), w // int(fw)) for fh, fw in feat_sizes]
+
+
+def grid_points_yx(
+    feat_sizes: Sequence[tuple[int, int]],
+    strides_yx: Sequence[tuple[float, float]],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    offset: float = 0.0,
+) -> Tensor:
+    """:func:`grid_points` with a stride per axis: location ``(fx, fy)`` of a level with strides ``(sy, sx)``
+    is the image point ``((fx + offset) sx, (fy + offset) sy)``. With :func:`padded_strides` and ``offset=0``
+    these are torchvision's anchor centres (``AnchorGenerator``: the point of cell (fx, fy) is its top-left
+    corner, ``fx * (W // w)``).
+
+    Returns:
+        points (Tensor[P, 2], (x, y) pixels); P = sum of H * W, levels concatenated, row-major inside a level.
+    """
+    if len(feat_sizes) != len(strides_yx):
+        raise ValueError(f"got {len(feat_sizes)} feature sizes for {len(strides_yx)} strides")
+    points = []
+    for (h, w), (sy, sx) in zip(feat_sizes, strides_yx):
+        xs = (torch.arange(int(w), device=device, dtype=dtype) + offset) * sx  # [W]
+        ys = (torch.arange(int(h), device=device, dtype=dtype) + offset) * sy  # [H]
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W] each
+        points.append(torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2))  # [HW, 2]
+    return torch.cat(points)
 
 
 # ---------------------------------------------------------------------------------------------- box coders

@@ -8,20 +8,27 @@ Same three steps in train and eval mode: ``forward(images) -> raw outputs``, ``l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Unpack
+from typing import Any, Literal, Unpack, get_args
 
 from torch import Tensor, nn
 
 from detforge.assigners.fcos import FCOSAssigner
-from detforge.boxes import grid_points, ltrb_to_xyxy
+from detforge.boxes import ltrb_to_xyxy, padded_strides
 from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.base import PostprocessOptions
 from detforge.models.criteria import FCOSCriterion, IoULossName, default_regress_ranges
-from detforge.models.heads.fcos import FCOSHead, FCOSNorm
+from detforge.models.criteria.fcos import LossConvention
+from detforge.models.heads.fcos import BoxActivation, FCOSHead, FCOSNorm
 from detforge.models.pyramid_detector import PyramidDetector
 from detforge.targets import pad_targets
 
-__all__ = ["FCOS", "default_regress_ranges"]
+__all__ = ["FCOS", "PointGrid", "default_regress_ranges"]
+
+PointGrid = Literal["centres", "torchvision"]
+"""Where a level's locations lie: ``centres``: ``((fx + 0.5) * s, (fy + 0.5) * s)`` with the nominal stride
+``s``; ``torchvision``: torchvision's anchor centres ``(fx * sx, fy * sy)`` with ``(sy, sx)`` the padded
+input's side // the feature map's side (:func:`detforge.boxes.padded_strides`: 61 rather than 64 for the P6
+level of an 800-row input), while the box scale, centre-sampling radius and size ranges keep ``s``."""
 
 
 class FCOS(PyramidDetector):
@@ -44,6 +51,13 @@ class FCOS(PyramidDetector):
         reg_loss_fn: "giou" or another IoU-family name (built with ``box_format="ltrb"``), or a module called
             as ``fn(pred_ltrb [N, 4], target_ltrb [N, 4], weight [N]) -> summed weighted loss``.
         cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the loss parts in ``loss``.
+        box_activation: "exp" (``exp(scale_l * x) * stride_l``, FCOS) or "relu" (``relu(x) * stride_l``,
+            torchvision's FCOS) box branch.
+        head_conv_bias: the head's tower convolutions have a bias before their norm (torchvision's FCOS).
+        points: location grid, "centres" or "torchvision" (:data:`PointGrid`).
+        loss_convention: "fcos" or "torchvision" (torchvision's matching, unweighted box loss and loss
+            names ``classification`` / ``bbox_regression`` / ``bbox_ctrness``;
+            :data:`~detforge.models.criteria.fcos.LossConvention`).
         in_chans, input_size, channels_last, **postprocess: image, memory-format and post-processing
             settings (``score_thresh``, ``nms_thresh``, ``pre_nms_topk``, ``max_detections_per_image``,
             ``nms_method``, ``soft_nms_sigma``), as in :class:`PyramidDetector`.
@@ -66,6 +80,10 @@ class FCOS(PyramidDetector):
         cls_loss_weight: float = 1.0,
         reg_loss_weight: float = 1.0,
         centerness_loss_weight: float = 1.0,
+        box_activation: BoxActivation = "exp",
+        head_conv_bias: bool = False,
+        points: PointGrid = "centres",
+        loss_convention: LossConvention = "fcos",
         in_chans: int = 3,
         input_size: tuple[int, int] = (320, 320),
         channels_last: bool = True,
@@ -81,7 +99,18 @@ class FCOS(PyramidDetector):
             channels_last=channels_last,
             **postprocess,
         )
-        self.head = FCOSHead(fpn_channels, num_classes, self.strides, head_num_convs, norm=head_norm)
+        if points not in get_args(PointGrid):
+            raise ValueError(f"points must be one of {get_args(PointGrid)}, got {points!r}")
+        self.points = points
+        self.head = FCOSHead(
+            fpn_channels,
+            num_classes,
+            self.strides,
+            head_num_convs,
+            norm=head_norm,
+            box_activation=box_activation,
+            conv_bias=head_conv_bias,
+        )
         self.criterion = FCOSCriterion(
             self.strides,
             regress_ranges=regress_ranges,
@@ -93,6 +122,8 @@ class FCOS(PyramidDetector):
             cls_weight=cls_loss_weight,
             reg_weight=reg_loss_weight,
             centerness_weight=centerness_loss_weight,
+            point_offset=0.5 if points == "centres" else 0.0,
+            convention=loss_convention,
         )
         self.apply_memory_format()
 
@@ -111,13 +142,30 @@ class FCOS(PyramidDetector):
         """The criterion's classification loss module."""
         return self.criterion.cls_loss_fn
 
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        """Raw head outputs for ``images`` (Tensor[B, in_chans, H, W] in [0, 1]): ``cls_logits`` [B, P, C],
+        ``box_reg`` [B, P, 4], ``centerness`` [B, P], ``feat_sizes``; with ``points="torchvision"`` also
+        ``image_size`` (H, W), which the location grid depends on."""
+        outputs = super().forward(images)
+        if self.points == "torchvision":
+            outputs["image_size"] = (int(images.shape[-2]), int(images.shape[-1]))
+        return outputs
+
+    def point_strides(self, outputs: dict) -> list[tuple[int, int]] | None:
+        """(stride_y, stride_x) of each level's locations when they are not the nominal strides
+        (``points="torchvision"``), else None."""
+        if self.points == "centres":
+            return None
+        return padded_strides(outputs["image_size"], outputs["feat_sizes"])
+
     def loss(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """FCOS losses of a batch (:class:`~detforge.models.criteria.FCOSCriterion`).
 
         ``targets``: one dict per image with ``boxes`` (Tensor[N, 4] xyxy pixels) and ``labels`` (Tensor[N]);
         crowd / ignored boxes are left out (:func:`detforge.targets.pad_targets`). The classification and
         centerness losses are divided by the number of positives, the box loss by the sum of the positives'
-        centerness targets, both averaged over DDP ranks.
+        centerness targets (``loss_convention="torchvision"``: unweighted, by the number of positives), both
+        averaged over DDP ranks.
         """
         gt_boxes, gt_labels, gt_mask = pad_targets(targets, outputs["cls_logits"].device)
         return self.criterion(
@@ -128,12 +176,14 @@ class FCOS(PyramidDetector):
             gt_boxes,
             gt_labels,
             gt_mask,
+            point_strides=self.point_strides(outputs),
         )
 
     def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
         """Per-location class scores ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (Tensor[B, P, C]) and
         xyxy boxes (Tensor[B, P, 4])."""
-        points, _ = grid_points(outputs["feat_sizes"], self.strides, outputs["box_reg"].device)  # [P, 2]
+        device = outputs["box_reg"].device
+        points, _ = self.assigner.points(outputs["feat_sizes"], device, self.point_strides(outputs))  # [P, 2]
         boxes = ltrb_to_xyxy(points, outputs["box_reg"].float())  # [B, P, 4]
         scores = (
             outputs["cls_logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]

@@ -263,6 +263,7 @@ def load_weights(
                 state[key] = copy_class_rows(own[key], source_state[key], layers[key], mapping)
     model.load_state_dict(state)
     model.kept_classes = kept
-    model.preprocess = weights.preprocess
+    if "_preprocess" not in model.__dict__:  # a builder that set its own (min_size=...) keeps it
+        model.preprocess = weights.preprocess
     model.reinitialized = skipped
     return model

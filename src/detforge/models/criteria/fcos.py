@@ -22,10 +22,21 @@ from detforge.losses.quality_focal import QualityFocalLoss
 from detforge.losses.uncertainty import UncertaintyLoss
 from detforge.models.criteria.common import check_labels, mean_over_ranks, positives_normaliser
 
-__all__ = ["FCOSCriterion", "IoULossName", "default_regress_ranges"]
+__all__ = ["FCOSCriterion", "IoULossName", "LossConvention", "default_regress_ranges"]
 
 IoULossName = Literal["iou", "giou", "diou", "ciou"]
 """The IoU-family box losses (registered in :mod:`detforge.losses`)."""
+
+LossConvention = Literal["fcos", "torchvision"]
+"""``fcos``: FCOS's assignment, box loss weighted by the centerness targets and divided by their sum, parts
+named ``cls_loss`` / ``reg_loss`` / ``centerness_loss``. ``torchvision``: torchvision's ``FCOS.compute_loss``:
+its matching (:class:`~detforge.assigners.fcos.FCOSAssigner` ``rule="torchvision"``), the box loss unweighted
+and divided by the positives, parts named ``classification`` / ``bbox_regression`` / ``bbox_ctrness``."""
+
+_PART_NAMES = {
+    "fcos": ("cls_loss", "reg_loss", "centerness_loss"),
+    "torchvision": ("classification", "bbox_regression", "bbox_ctrness"),
+}
 
 
 def default_regress_ranges(strides: Sequence[int]) -> tuple[tuple[float, float], ...]:
@@ -40,8 +51,9 @@ class FCOSCriterion(nn.Module):
     """FCOS losses of a whole batch; holds loss hyper-parameters only (no parameters, no buffers).
 
     The classification, centerness and uncertainty losses are divided by the number of positives, the box loss
-    by the sum of the positives' centerness targets; both normalisers are averaged over DDP ranks, so every
-    rank's gradient has the same scale whatever its share of the positives.
+    by the sum of the positives' centerness targets (``convention="torchvision"``: unweighted, by the number of
+    positives); both normalisers are averaged over DDP ranks, so every rank's gradient has the same scale
+    whatever its share of the positives.
 
     Args:
         strides: stride of each level in pixels.
@@ -55,6 +67,9 @@ class FCOSCriterion(nn.Module):
         cls_weight, reg_weight, centerness_weight: weights of the parts in ``loss``.
         uncertainty_weight: weight of the Gaussian NLL of the box sides in log-stride units under the
             predicted log-variance (Nexus: 0.5); 0 leaves it out and ``box_log_var`` is not needed.
+        point_offset: the assigner's location points, ``(fx + offset) * stride``: 0.5 cell centres, 0
+            torchvision's anchor centres.
+        convention: "fcos" or "torchvision" (:data:`LossConvention`).
     """
 
     def __init__(
@@ -70,12 +85,19 @@ class FCOSCriterion(nn.Module):
         reg_weight: float = 1.0,
         centerness_weight: float = 1.0,
         uncertainty_weight: float = 0.0,
+        point_offset: float = 0.5,
+        convention: LossConvention = "fcos",
     ) -> None:
         super().__init__()
+        if convention not in get_args(LossConvention):
+            raise ValueError(f"convention must be one of {get_args(LossConvention)}, got {convention!r}")
+        self.convention = convention
         self.strides = tuple(int(s) for s in strides)
         if regress_ranges is None:
             regress_ranges = default_regress_ranges(self.strides)
-        self.assigner = FCOSAssigner(self.strides, regress_ranges, center_sampling_radius)
+        self.assigner = FCOSAssigner(
+            self.strides, regress_ranges, center_sampling_radius, point_offset=point_offset, rule=convention
+        )
         # Quality focal loss (GFL) learns IoU-aware scores: the true class's target is the IoU of the box.
         self.cls_quality = cls_loss == "quality_focal" or isinstance(cls_loss, QualityFocalLoss)
         if isinstance(cls_loss, str):
@@ -114,6 +136,7 @@ class FCOSCriterion(nn.Module):
         gt_labels: Tensor,
         gt_mask: Tensor,
         box_log_var: Tensor | None = None,
+        point_strides: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor]:
         """Losses of a batch.
 
@@ -126,14 +149,17 @@ class FCOSCriterion(nn.Module):
                 (:func:`detforge.targets.pad_targets`).
             box_log_var: Tensor[B, P, 4] log-variance of the sides in stride units; needed when
                 ``uncertainty_weight > 0``.
+            point_strides: (stride_y, stride_x) spacing of each level's points when not the nominal stride
+                (:func:`detforge.boxes.padded_strides`).
 
         Returns:
             ``loss`` (the weighted total), detached ``cls_loss``, ``reg_loss``, ``centerness_loss`` (and
-            ``uncertainty_loss``), and ``num_pos`` (this rank's positives).
+            ``uncertainty_loss``; torchvision's names with ``convention="torchvision"``), and ``num_pos``
+            (this rank's positives).
         """
         num_classes = cls_logits.shape[-1]
         check_labels(gt_labels, gt_mask, num_classes)
-        assigned = self.assigner(feat_sizes, gt_boxes, gt_labels, gt_mask)
+        assigned = self.assigner(feat_sizes, gt_boxes, gt_labels, gt_mask, point_strides)
         pos = assigned.labels >= 0  # [B, P]
         num_pos = positives_normaliser(pos.sum())
 
@@ -148,15 +174,19 @@ class FCOSCriterion(nn.Module):
         cls_loss = self.cls_loss_fn(cls_logits, cls_target) / num_pos
 
         ctr_target = assigned.centerness[pos]  # [M]
-        ctr_norm = mean_over_ranks(ctr_target.sum()).clamp(min=1e-6)
         pred_ltrb, target_ltrb = box_reg[pos], assigned.ltrb[pos]  # [M, 4]
-        reg_loss = self.reg_loss_fn(pred_ltrb, target_ltrb, ctr_target) / ctr_norm
+        if self.convention == "torchvision":  # unweighted, per positive
+            reg_loss = self.reg_loss_fn(pred_ltrb, target_ltrb, None) / num_pos
+        else:
+            ctr_norm = mean_over_ranks(ctr_target.sum()).clamp(min=1e-6)
+            reg_loss = self.reg_loss_fn(pred_ltrb, target_ltrb, ctr_target) / ctr_norm
         centerness_loss = self.centerness_loss_fn(centerness[pos], ctr_target) / num_pos
 
         total = (
             self.cls_weight * cls_loss + self.reg_weight * reg_loss + self.centerness_weight * centerness_loss
         )
-        losses = {"cls_loss": cls_loss, "reg_loss": reg_loss, "centerness_loss": centerness_loss}
+        names = _PART_NAMES[self.convention]
+        losses = dict(zip(names, (cls_loss, reg_loss, centerness_loss)))
         if self.uncertainty_weight > 0:
             if box_log_var is None:
                 raise ValueError("FCOSCriterion with uncertainty_weight > 0 needs box_log_var [B, P, 4]")

@@ -10,10 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FCOSHead", "FCOSNorm"]
+__all__ = ["BoxActivation", "FCOSHead", "FCOSNorm"]
 
 FCOSNorm = Literal["GN", "BN", "none"]
 _NORMS = ("GN", "BN", "none")
+BoxActivation = Literal["exp", "relu"]
+"""How the box branch's output ``x`` becomes side distances: ``exp(scale_l * x) * stride_l`` with a learnable
+``scale_l`` per level (FCOS), or ``relu(x) * stride_l`` (torchvision's FCOS: no per-level scale)."""
+_BOX_ACTIVATIONS = ("exp", "relu")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -24,10 +28,11 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
+def _tower(channels: int, num_convs: int, norm: str, conv_bias: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=norm == "none"), _norm(norm, channels)]
+        bias = conv_bias or norm == "none"
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=bias), _norm(norm, channels)]
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -43,13 +48,17 @@ class FCOSHead(nn.Module):
         prior_prob: initial foreground probability of the classifier (focal-loss initialisation).
         norm: normalisation in the towers: "GN" (32 groups, fewer below 64 channels), "BN" or "none".
         centerness_on_reg: centerness branch on the box tower (True, FCOS-imprv) or the class tower.
+        box_activation: "exp" (``exp(scale_l * x) * stride_l``, a learnable ``scales`` entry per level) or
+            "relu" (``relu(x) * stride_l``, no ``scales``: torchvision's FCOS, whose stride_l is the anchor size).
+        conv_bias: the tower convolutions have a bias before their normalisation (torchvision's FCOS); they
+            always have one with ``norm="none"``.
 
     ``forward(features: list[Tensor[B, in_channels, H_l, W_l]])`` returns a dict:
 
     - ``cls_logits``: Tensor[B, P, num_classes], P = sum of H_l * W_l, levels concatenated, row-major inside
       a level (the order of :class:`detforge.assigners.fcos.FCOSAssigner`);
     - ``box_reg``: Tensor[B, P, 4] distances ``(l, t, r, b)`` in pixels from the location to the box edges,
-      ``exp(scale_l * x) * stride_l`` with a learnable ``scale_l`` per level;
+      ``exp(scale_l * x) * stride_l`` with a learnable ``scale_l`` per level, or ``relu(x) * stride_l``;
     - ``centerness``: Tensor[B, P] logits;
     - ``feat_sizes``: list of (H_l, W_l).
     """
@@ -63,10 +72,14 @@ class FCOSHead(nn.Module):
         prior_prob: float = 0.01,
         norm: FCOSNorm = "GN",
         centerness_on_reg: bool = True,
+        box_activation: BoxActivation = "exp",
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+        if box_activation not in _BOX_ACTIVATIONS:
+            raise ValueError(f"box_activation must be one of {_BOX_ACTIVATIONS}, got {box_activation!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 < prior_prob < 1.0:
@@ -74,12 +87,14 @@ class FCOSHead(nn.Module):
         self.num_classes = int(num_classes)
         self.strides = tuple(int(s) for s in strides)
         self.centerness_on_reg = centerness_on_reg
-        self.cls_tower = _tower(in_channels, num_convs, norm)
-        self.box_tower = _tower(in_channels, num_convs, norm)
+        self.box_activation = box_activation
+        self.cls_tower = _tower(in_channels, num_convs, norm, conv_bias)
+        self.box_tower = _tower(in_channels, num_convs, norm, conv_bias)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.box_reg = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
-        self.scales = nn.Parameter(torch.ones(len(self.strides)))
+        if box_activation == "exp":
+            self.scales = nn.Parameter(torch.ones(len(self.strides)))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, std=0.01)
@@ -103,8 +118,10 @@ class FCOSHead(nn.Module):
                 box, ctr = box_ctr[:, :4], box_ctr[:, 4:]  # [B, 4, H, W], [B, 1, H, W]
             else:
                 box, ctr = self.box_reg(box_feat), self.centerness(cls_feat)
-            # exp of a clamped input: distances stay finite even if a level's scale runs away.
-            dist = (self.scales[level] * box).clamp(max=20.0).exp() * stride  # [B, 4, H, W]
+            if self.box_activation == "relu":
+                dist = F.relu(box) * stride  # [B, 4, H, W]
+            else:  # exp of a clamped input: distances stay finite even if a level's scale runs away.
+                dist = (self.scales[level] * box).clamp(max=20.0).exp() * stride  # [B, 4, H, W]
             out = torch.cat([self.cls_logits(cls_feat), dist, ctr], dim=1)  # [B, C + 5, H, W]
             per_level.append(out.flatten(2))  # [B, C + 5, HW]
             feat_sizes.append((int(x.shape[-2]), int(x.shape[-1])))
