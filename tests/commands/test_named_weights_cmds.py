@@ -126,3 +126,19 @@ def test_train_fine_tunes_from_named_weights_with_their_recipe(named_weights, tm
     monkeypatch.setenv("DETFORGE_OFFLINE", "1")
     loaded = load_detector(tmp_path / "ft" / "last.ckpt", "cpu")
     assert loaded.num_classes == 5 and loaded.model.num_classes == 5
+
+
+def test_keep_classes_is_a_flag_and_reaches_the_model(named_weights):
+    from detforge.commands.train import expand_aliases
+    from detforge.models.detector import ObjectDetector
+
+    assert expand_aliases(["--keep-classes", "--weights", "test"]) == [
+        "--model.keep_classes=true",
+        "--model.weights",
+        "test",
+    ]
+    module = ObjectDetector(
+        model="detforge_n", weights="test", num_classes=2, class_names=["bird", "fish"], keep_classes=True,
+        compile_model=False, deterministic=False,
+    )  # fmt: skip
+    assert module.model.kept_classes == ["bird"]

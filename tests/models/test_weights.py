@@ -163,3 +163,21 @@ def test_copy_class_rows_equals_a_plain_loop(layout):
                 assert torch.equal(out[row], expected), (g, c, r)
     with pytest.raises(ValueError, match="does not fit"):
         copy_class_rows(target[:-1], source, layout, mapping)
+
+
+def test_keep_classes_copies_the_rows_of_the_classes_the_weights_have(registered):
+    """New classes ("Dog", "fish"): the dog row comes from the weights' "dog" (case-insensitive), the fish
+    row starts anew; every other tensor is the weights'."""
+    reference, _ = registered
+    torch.manual_seed(5)
+    fresh = create_model("detforge_n", num_classes=2)
+    torch.manual_seed(5)
+    model = create_model("detforge_n", weights="test", num_classes=2, keep_classes=["Dog", "fish"])
+    assert model.kept_classes == ["Dog"]
+    ref, own, new = reference.state_dict(), model.state_dict(), fresh.state_dict()
+    for key in ("head.cls_logits.weight", "head.cls_logits.bias"):
+        assert torch.equal(own[key][0], ref[key][1]) and torch.equal(own[key][1], new[key][1]), key
+    with pytest.raises(ValueError, match="keep_classes has 1 names for num_classes=2"):
+        create_model("detforge_n", weights="test", num_classes=2, keep_classes=["dog"])
+    with pytest.raises(ValueError, match="keep_classes needs weights"):
+        create_model("detforge_n", num_classes=2, keep_classes=["dog", "cat"])

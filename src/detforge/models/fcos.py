@@ -179,6 +179,10 @@ class FCOS(PyramidDetector):
             point_strides=self.point_strides(outputs),
         )
 
+    def class_layers(self) -> dict[str, tuple[int, int, int]]:
+        """The class layer (one row per class, no background), for fine-tuning's ``keep_classes``."""
+        return {"head.cls_logits.weight": (1, 0, 1), "head.cls_logits.bias": (1, 0, 1)}
+
     def decode(self, outputs: dict) -> tuple[Tensor, Tensor]:
         """Per-location class scores ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (Tensor[B, P, C]) and
         xyxy boxes (Tensor[B, P, 4])."""
