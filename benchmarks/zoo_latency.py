@@ -28,11 +28,10 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import interleaved_times  # noqa: E402
-
 from detforge.engine.threads import configure_threads  # noqa: E402
 from detforge.models.registry import create_model  # noqa: E402
 from detforge.models.weights import get_weights, list_weights  # noqa: E402
+from timing import interleaved_times  # noqa: E402
 
 # Class layers that decide how many candidates reach NMS: (parameter name, bias value) per family.
 BUSY_BIASES = {
@@ -96,7 +95,10 @@ def main() -> None:
                 chunk = images[:batch]
                 exact, worst = same_detections(reference(chunk), ours.predict(chunk))
                 times = interleaved_times(
-                    {"torchvision": lambda c=chunk: reference(c), "detforge": lambda c=chunk: ours.predict(c)},
+                    {
+                        "torchvision": lambda c=chunk, m=reference: m(c),
+                        "detforge": lambda c=chunk, m=ours: m.predict(c),
+                    },
                     args.repeats,
                 )
                 tv, df = statistics.median(times["torchvision"]), statistics.median(times["detforge"])

@@ -29,8 +29,9 @@ timm's hub weights (needs internet); ``pretrained="PATH"`` loads a local weight 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -278,6 +279,8 @@ class FeatureBody(nn.Module):
             (timm's ``pretrained_cfg``, ImageNet statistics by default).
         pyramid_scales: when every level has the same stride (ViT, DeiT: 16), ``self.simple`` (a
             :class:`SimplePyramid`) turns the last map into these scales of it (default: strides 8, 16, 32).
+        simple_pyramid: False keeps equal-stride levels as they are, without the simple pyramid
+            (torchvision's MobileNetV3-FPN feeds two stride-32 maps to its FPN).
 
     Attributes:
         body: the timm feature extractor (what ``freeze_backbone`` freezes).
@@ -293,6 +296,7 @@ class FeatureBody(nn.Module):
         input_size: tuple[int, int] | None = None,
         normalize: bool = True,
         pyramid_scales: tuple[float, ...] = (2.0, 1.0, 0.5),
+        simple_pyramid: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(backbone, nn.Module):
@@ -305,7 +309,7 @@ class FeatureBody(nn.Module):
         fmt = getattr(self.body, "output_fmt", "NCHW")
         self.channels_last_features = str(getattr(fmt, "value", fmt)) == "NHWC"
         self.fixed_input_size = fixed_input_size(self.body)
-        if len(set(strides)) == 1:
+        if len(set(strides)) == 1 and simple_pyramid:
             self.simple: SimplePyramid | None = SimplePyramid(channels[-1], strides[-1], pyramid_scales)
             channels, strides = list(self.simple.channels), list(self.simple.strides)
         else:
@@ -358,6 +362,10 @@ class PyramidBackbone(FeatureBody):
         backbone, in_chans, normalize, input_size: as in :class:`FeatureBody`.
         fpn_channels: channels of every pyramid level.
         extra_levels: stride-2 levels added above the pyramid's coarsest one (2 gives FCOS's P6, P7).
+        fpn_norm_layer: normalisation after the FPN's convolutions (:class:`~detforge.models.necks.FPN`'s
+            ``norm_layer``; torchvision's v2 models: ``nn.BatchNorm2d``); None: none.
+        simple_pyramid: as in :class:`FeatureBody`; False also lets the FPN take equal-stride levels.
+        extra_from: what the first extra level convolves, "fpn" (P5) or "backbone" (C5) (the FPN's).
 
     The FPN gets the backbone's levels (a single-stride ViT's through ViTDet's simple pyramid, strides 8-32);
     ``self.strides`` holds the strides of the output levels.
@@ -374,9 +382,15 @@ class PyramidBackbone(FeatureBody):
         in_chans: int = 3,
         normalize: bool = True,
         input_size: tuple[int, int] | None = None,
+        fpn_norm_layer: Callable[..., nn.Module] | None = None,
+        simple_pyramid: bool = True,
+        extra_from: Literal["fpn", "backbone"] = "fpn",
     ) -> None:
-        super().__init__(backbone, in_chans, input_size, normalize)
-        self.fpn = FPN(list(self.channels), list(self.strides), fpn_channels, extra_levels)
+        super().__init__(backbone, in_chans, input_size, normalize, simple_pyramid=simple_pyramid)
+        self.fpn = FPN(
+            list(self.channels), list(self.strides), fpn_channels, extra_levels, norm_layer=fpn_norm_layer,
+            allow_equal_strides=not simple_pyramid, extra_from=extra_from,
+        )  # fmt: skip
         self.strides = self.fpn.strides
         self.channels = (int(fpn_channels),) * len(self.strides)
 

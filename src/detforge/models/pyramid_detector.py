@@ -8,7 +8,7 @@ now live; re-exported here), ``loss`` and ``decode``.
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import Literal, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,8 @@ class PyramidDetector(ChannelsLast, Detector):
         input_size: (h, w) the model is meant to run at (``default_input_size``); a fixed-size timm backbone
             (ViT, DeiT) is built for it, so it exports at this size.
         channels_last: run convolutions in channels-last memory format (faster on CPU and recent GPUs).
+        extra_from: what the first extra level convolves, "fpn" (P5) or "backbone" (C5) (the
+            :class:`~detforge.models.necks.FPN`'s).
         **postprocess: post-processing settings (:class:`~detforge.models.base.PostprocessOptions`;
             ``pre_nms_topk`` per level and image).
     """
@@ -52,11 +54,17 @@ class PyramidDetector(ChannelsLast, Detector):
         in_chans: int,
         input_size: tuple[int, int],
         channels_last: bool,
+        extra_from: Literal["fpn", "backbone"] = "fpn",
         **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
         self.features = PyramidBackbone(
-            backbone, fpn_channels, extra_levels, in_chans, input_size=tuple(input_size)
+            backbone,
+            fpn_channels,
+            extra_levels,
+            in_chans,
+            input_size=tuple(input_size),
+            extra_from=extra_from,
         )
         self.strides: tuple[int, ...] = self.features.strides
         self.channels_last = channels_last

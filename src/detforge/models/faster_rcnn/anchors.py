@@ -62,8 +62,16 @@ class AnchorGenerator(nn.Module):
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()  # [R * S, 4]
 
     def forward(
-        self, feat_sizes: Sequence[tuple[int, int]], device: torch.device | str | None = None
+        self,
+        feat_sizes: Sequence[tuple[int, int]],
+        device: torch.device | str | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> tuple[Tensor, list[int]]:
+        """``image_size``: the padded batch's (h, w); given, each level's stride is ``(h // H, w // W)`` per
+        axis, as torchvision's ``AnchorGenerator`` derives it (not the nominal stride where a level's size was
+        rounded up, e.g. a "pool" level of an odd-sized map). None: the nominal ``strides``."""
+        if image_size is not None:
+            return self._anchors_floor_strides(feat_sizes, device, image_size)
         points, _ = grid_points(feat_sizes, self.strides, device=device, offset=0.0)  # [P, 2] (x, y)
         anchors, counts, start = [], [], 0
         for (h, w), base in zip(feat_sizes, self.base):
@@ -72,4 +80,22 @@ class AnchorGenerator(nn.Module):
             shifts = torch.cat([level, level], dim=1)  # [HW, 4]
             anchors.append((shifts[:, None, :] + base.to(device)[None]).reshape(-1, 4))  # [HW * A, 4]
             counts.append(h * w * len(base))
+        return torch.cat(anchors), counts
+
+    def _anchors_floor_strides(
+        self,
+        feat_sizes: Sequence[tuple[int, int]],
+        device: torch.device | str | None,
+        image_size: tuple[int, int],
+    ) -> tuple[Tensor, list[int]]:
+        """The anchors with per-axis strides ``image side // feature side`` (torchvision's rule)."""
+        anchors, counts = [], []
+        for (h, w), base in zip(feat_sizes, self.base):
+            stride_y, stride_x = int(image_size[0]) // int(h), int(image_size[1]) // int(w)
+            xs = torch.arange(int(w), device=device, dtype=torch.float32) * stride_x  # [W]
+            ys = torch.arange(int(h), device=device, dtype=torch.float32) * stride_y  # [H]
+            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W] each
+            shifts = torch.stack([grid_x, grid_y, grid_x, grid_y], dim=-1).reshape(-1, 4)  # [HW, 4]
+            anchors.append((shifts[:, None, :] + base.to(device)[None]).reshape(-1, 4))  # [HW * A, 4]
+            counts.append(int(h) * int(w) * len(base))
         return torch.cat(anchors), counts

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +26,49 @@ from detforge.models.criteria.common import check_labels
 from detforge.models.faster_rcnn.anchors import AnchorGenerator, default_anchor_sizes
 from detforge.models.faster_rcnn.detect import detections_flat, to_padded, to_per_image
 from detforge.models.faster_rcnn.losses import roi_loss, rpn_loss
-from detforge.models.faster_rcnn.roi_head import FastRCNNPredictor, MultiScaleRoIPool, TwoMLPHead
-from detforge.models.faster_rcnn.rpn import RPNHead, select_proposals
+from detforge.models.faster_rcnn.roi_head import (
+    BoxHeadType,
+    FastRCNNPredictor,
+    MultiScaleRoIPool,
+    build_box_head,
+)
+from detforge.models.faster_rcnn.rpn import ProposalOrder, RPNHead, select_proposals
 from detforge.targets import image_sizes_of, pad_targets
 
-__all__ = ["FasterRCNN"]
+__all__ = ["AnchorStrides", "FPNNorm", "FasterRCNN"]
+
+FPNNorm = Literal["none", "batch"]
+"""Normalisation after the FPN's convolutions: none (convolutions with bias) or BatchNorm (torchvision's v2)."""
+
+AnchorStrides = Literal["nominal", "floor_ratio"]
+"""Where a level's anchors sit: ``nominal``: every ``stride`` pixels; ``floor_ratio``: every ``padded image side
+// feature side`` pixels per axis, torchvision's ``AnchorGenerator`` (they differ where a level's size was
+rounded up, e.g. the "pool" level of an odd-sized map)."""
 
 
 class FasterRCNN(ChannelsLast, Detector):
-    """Two-stage detector: timm backbone + FPN, RPN, multi-scale RoIAlign, two-FC box head.
+    """Two-stage detector: timm backbone + FPN, RPN, multi-scale RoIAlign, box head (two FC layers, or
+    convolutions + one FC layer).
 
     Args:
         backbone: timm model name, ``FeatureBackboneConfig`` or built timm feature extractor; its levels feed
             the FPN (P2-P5 on a ResNet with ``out_indices=(1, 2, 3, 4)``, as torchvision).
         num_classes: object classes (labels 0..C-1; the background class is internal, index 0 of the head).
         fpn_channels: FPN channels.
+        fpn_norm: normalisation after the FPN's convolutions (:data:`FPNNorm`; "batch": torchvision's v2).
+        simple_pyramid: False keeps backbone levels of equal stride as they are, each an FPN input
+            (torchvision's MobileNetV3-FPN: two stride-32 maps); True turns a single-stride backbone (ViT)
+            into ViTDet's simple pyramid.
         pool_level: add torchvision's "pool" level (1x1 max pool, stride 2, of the coarsest FPN level) for the
             RPN; the RoI head pools from the FPN levels only.
         anchor_sizes: anchor sizes per RPN level (None: 8 x stride, torchvision's 32-512 on strides 4-64).
+        anchor_strides: :data:`AnchorStrides` ("floor_ratio": torchvision's placement, exact on any size).
+        rpn_conv_depth: 3x3 convs of the RPN head (torchvision's v2: 2).
+        rpn_score_thresh: drop proposals whose objectness probability is below this (torchvision's
+            MobileNetV3 models: 0.05).
+        proposal_order: the kept proposals (and their RoI head outputs) best first ("score"), or in anchor
+            order ("anchor": the same proposals and detections, and raw outputs of an exported graph that do
+            not depend on how a runtime's rounding orders near-equal objectness).
         aspect_ratios: anchor height / width ratios (one tuple for all levels, or one per level).
         rpn_pre_nms_top_n_train / _test: proposals kept per level and image before NMS (train / inference).
         rpn_post_nms_top_n_train / _test: proposals kept per image after NMS.
@@ -52,7 +77,11 @@ class FasterRCNN(ChannelsLast, Detector):
         rpn_batch_size_per_image, rpn_positive_fraction: anchors sampled per image for the RPN loss.
         box_fg_iou_thresh, box_bg_iou_thresh: RoI matching thresholds.
         box_batch_size_per_image, box_positive_fraction: RoIs sampled per image for the box-head loss.
-        representation_size: width of the two FC layers; roi_output_size, roi_sampling_ratio: RoIAlign's.
+        box_head: :data:`~detforge.models.faster_rcnn.roi_head.BoxHeadType` ("two_mlp": two FC layers;
+            "conv_fc": ``box_head_conv_channels`` 3x3 conv + BatchNorm + ReLU layers and one FC layer,
+            torchvision's v2).
+        box_head_conv_channels: the "conv_fc" head's conv channels.
+        representation_size: width of the FC layers; roi_output_size, roi_sampling_ratio: RoIAlign's.
         box_weights: the box head's delta weights (the RPN's are 1, 1, 1, 1).
         hard_negative_mining: keep the highest-loss background RoIs (OHEM) instead of random ones.
         score_thresh, nms_thresh, pre_nms_topk (candidates per image), max_detections_per_image, nms_method,
@@ -74,9 +103,15 @@ class FasterRCNN(ChannelsLast, Detector):
         backbone: str | FeatureBackboneConfig | nn.Module,
         num_classes: int,
         fpn_channels: int = 256,
+        fpn_norm: FPNNorm = "none",
+        simple_pyramid: bool = True,
         pool_level: bool = True,
         anchor_sizes: Sequence[Sequence[float]] | None = None,
         aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
+        anchor_strides: AnchorStrides = "nominal",
+        rpn_conv_depth: int = 1,
+        rpn_score_thresh: float = 0.0,
+        proposal_order: ProposalOrder = "score",
         rpn_pre_nms_top_n_train: int = 2000,
         rpn_pre_nms_top_n_test: int = 1000,
         rpn_post_nms_top_n_train: int = 2000,
@@ -90,6 +125,8 @@ class FasterRCNN(ChannelsLast, Detector):
         box_bg_iou_thresh: float = 0.5,
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
+        box_head: BoxHeadType = "two_mlp",
+        box_head_conv_channels: Sequence[int] = (256, 256, 256, 256),
         representation_size: int = 1024,
         roi_output_size: int = 7,
         roi_sampling_ratio: int = 2,
@@ -105,21 +142,37 @@ class FasterRCNN(ChannelsLast, Detector):
         for name in ("rpn_batch_size_per_image", "box_batch_size_per_image", "representation_size"):
             if int(locals()[name]) < 1:
                 raise ValueError(f"{name} must be >= 1, got {locals()[name]}")
-        self.features = PyramidBackbone(backbone, fpn_channels, 0, in_chans, normalize, tuple(input_size))
+        for name, value, allowed in (
+            ("fpn_norm", fpn_norm, FPNNorm), ("anchor_strides", anchor_strides, AnchorStrides),
+            ("proposal_order", proposal_order, ProposalOrder),
+        ):  # fmt: skip
+            if value not in get_args(allowed):
+                raise ValueError(f"{name} must be one of {get_args(allowed)}, got {value!r}")
+        if not 0.0 <= float(rpn_score_thresh) < 1.0:
+            raise ValueError(f"rpn_score_thresh must be in [0, 1), got {rpn_score_thresh}")
+        self.features = PyramidBackbone(
+            backbone, fpn_channels, 0, in_chans, normalize, tuple(input_size),
+            fpn_norm_layer=nn.BatchNorm2d if fpn_norm == "batch" else None, simple_pyramid=simple_pyramid,
+        )  # fmt: skip
         self.pool_level = bool(pool_level)
         pooled = self.features.strides  # RoIAlign levels
         self.strides: tuple[int, ...] = pooled + ((2 * pooled[-1],) if pool_level else ())
         sizes = default_anchor_sizes(self.strides) if anchor_sizes is None else anchor_sizes
         self.anchor_generator = AnchorGenerator(self.strides, sizes, aspect_ratios)
-        self.rpn_head = RPNHead(fpn_channels, self.anchor_generator.num_anchors)
+        self.anchor_strides = anchor_strides
+        self.rpn_head = RPNHead(fpn_channels, self.anchor_generator.num_anchors, rpn_conv_depth)
         self.roi_pool = MultiScaleRoIPool(pooled, roi_output_size, roi_sampling_ratio)
-        self.box_head = TwoMLPHead(fpn_channels * roi_output_size**2, representation_size)
+        self.box_head = build_box_head(
+            box_head, fpn_channels, roi_output_size, representation_size, box_head_conv_channels
+        )
         self.box_predictor = FastRCNNPredictor(representation_size, num_classes)
         self.rpn_coder = AnchorBoxCoder((1.0, 1.0, 1.0, 1.0))
         self.box_coder = AnchorBoxCoder(tuple(box_weights))
         self.rpn_train = (int(rpn_pre_nms_top_n_train), int(rpn_post_nms_top_n_train))
         self.rpn_test = (int(rpn_pre_nms_top_n_test), int(rpn_post_nms_top_n_test))
         self.rpn_nms_thresh = float(rpn_nms_thresh)
+        self.rpn_score_thresh = float(rpn_score_thresh)
+        self.proposal_order = proposal_order
         self.rpn_match = (float(rpn_fg_iou_thresh), float(rpn_bg_iou_thresh))
         self.rpn_sampling = (int(rpn_batch_size_per_image), float(rpn_positive_fraction))
         self.box_match = (float(box_fg_iou_thresh), float(box_bg_iou_thresh))
@@ -139,7 +192,7 @@ class FasterRCNN(ChannelsLast, Detector):
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         device = self.box_predictor.cls_score.weight.device
-        self.box_predictor = FastRCNNPredictor(self.box_head.fc7.out_features, int(num_classes)).to(device)
+        self.box_predictor = FastRCNNPredictor(self.box_head.out_features, int(num_classes)).to(device)
         self.num_classes = int(num_classes)
         self.init_args["num_classes"] = int(num_classes)
 
@@ -167,8 +220,9 @@ class FasterRCNN(ChannelsLast, Detector):
         """:func:`select_proposals` with this model's coder and NMS IoU; ``settings`` is ``rpn_test`` or
         ``rpn_train`` (per-level top-k, post-NMS count)."""
         return select_proposals(
-            objectness, rpn_deltas, anchors, counts, sizes, self.rpn_coder, *settings, self.rpn_nms_thresh
-        )
+            objectness, rpn_deltas, anchors, counts, sizes, self.rpn_coder, *settings, self.rpn_nms_thresh,
+            score_thresh=self.rpn_score_thresh, order=self.proposal_order,
+        )  # fmt: skip
 
     def _rpn(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor, Tensor, list[int]]:
         """Features, RPN objectness (Tensor[B, A]) and deltas (Tensor[B, A, 4]), anchors (Tensor[A, 4]) and
@@ -176,7 +230,10 @@ class FasterRCNN(ChannelsLast, Detector):
         features = self._pyramid(images)
         objectness, rpn_deltas = self.rpn_head(features)  # [B, A], [B, A, 4]
         feat_sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
-        anchors, counts = self.anchor_generator(feat_sizes, images.device)  # [A, 4]
+        padded = (
+            (int(images.shape[-2]), int(images.shape[-1])) if self.anchor_strides == "floor_ratio" else None
+        )
+        anchors, counts = self.anchor_generator(feat_sizes, images.device, padded)  # [A, 4]
         return features, objectness, rpn_deltas, anchors, counts
 
     def _detect(

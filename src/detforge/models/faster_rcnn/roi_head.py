@@ -1,11 +1,12 @@
 """The RoI box head: multi-scale RoIAlign (torchvision's ``MultiScaleRoIAlign`` level mapping, on flat
-RoIs with their image index so any batch size traces into one graph), the two-FC head and the class-specific
-box predictor."""
+RoIs with their image index so any batch size traces into one graph), the box heads (two FC layers, or
+convolutions + one FC layer) and the class-specific box predictor."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,18 @@ from torch import Tensor, nn
 from detforge.models.faster_rcnn.roi_align import eager_on_cpu, pooled_roi_align
 from detforge.models.faster_rcnn.roi_gather import gather_roi_align
 
-__all__ = ["FastRCNNPredictor", "MultiScaleRoIPool", "TwoMLPHead"]
+__all__ = [
+    "BoxHeadType",
+    "ConvFCHead",
+    "FastRCNNPredictor",
+    "MultiScaleRoIPool",
+    "TwoMLPHead",
+    "build_box_head",
+]
+
+BoxHeadType = Literal["two_mlp", "conv_fc"]
+"""``two_mlp``: flatten + two FC layers (torchvision's ``TwoMLPHead``); ``conv_fc``: 3x3 conv + BatchNorm + ReLU
+layers, then one FC layer (torchvision's ``FastRCNNConvFCHead`` of the v2 models)."""
 
 
 class MultiScaleRoIPool(nn.Module):
@@ -23,7 +35,8 @@ class MultiScaleRoIPool(nn.Module):
     with torchvision's ``roi_align`` per level.
 
     Args:
-        strides: strides of the pooled levels (e.g. 4, 8, 16, 32: P2-P5), finest first.
+        strides: strides of the pooled levels (e.g. 4, 8, 16, 32: P2-P5), finest first; equal strides are
+            allowed (torchvision's MobileNetV3-FPN: 32, 32): every RoI then pools from the first of them.
         output_size: RoIAlign output (7 x 7).
         sampling_ratio: RoIAlign sampling points per bin (2, as torchvision).
 
@@ -73,9 +86,50 @@ class TwoMLPHead(nn.Module):
         super().__init__()
         self.fc6 = nn.Linear(in_features, representation_size)
         self.fc7 = nn.Linear(representation_size, representation_size)
+        self.out_features = int(representation_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(self.fc7(torch.relu(self.fc6(x.flatten(1)))))
+
+
+class ConvFCHead(nn.Module):
+    """3x3 conv (no bias) + BatchNorm + ReLU layers, flatten, one FC layer + ReLU (torchvision's
+    ``FastRCNNConvFCHead`` with ``norm_layer=nn.BatchNorm2d``): [K, C, S, S] -> [K, D].
+
+    Args:
+        in_channels: channels of the pooled RoI features; roi_size: their side S.
+        conv_channels: output channels of each conv layer (torchvision's v2: four of 256).
+        representation_size: width D of the FC layer.
+    """
+
+    def __init__(
+        self, in_channels: int, roi_size: int, conv_channels: Sequence[int], representation_size: int
+    ) -> None:
+        super().__init__()
+        layers, previous = [], int(in_channels)
+        for channels in conv_channels:
+            conv = nn.Conv2d(previous, int(channels), 3, padding=1, bias=False)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            layers.append(nn.Sequential(conv, nn.BatchNorm2d(int(channels)), nn.ReLU(inplace=True)))
+            previous = int(channels)
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(previous * int(roi_size) ** 2, representation_size)
+        self.out_features = int(representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(self.convs(x).flatten(1)))  # [K, D]
+
+
+def build_box_head(
+    kind: BoxHeadType, in_channels: int, roi_size: int, representation_size: int, conv_channels: Sequence[int]
+) -> nn.Module:
+    """The box head ``kind`` (:data:`BoxHeadType`) on RoI features Tensor[K, in_channels, roi_size, roi_size];
+    its ``out_features`` is ``representation_size``."""
+    if kind == "two_mlp":
+        return TwoMLPHead(in_channels * roi_size**2, representation_size)
+    if kind == "conv_fc":
+        return ConvFCHead(in_channels, roi_size, conv_channels, representation_size)
+    raise ValueError(f"box_head must be one of ('two_mlp', 'conv_fc'), got {kind!r}")
 
 
 class FastRCNNPredictor(nn.Module):

@@ -4,6 +4,7 @@ selection (per-level top-k, clip, small-box removal, NMS per image and level, po
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -11,22 +12,31 @@ from torch import Tensor, nn
 from detforge.boxes import AnchorBoxCoder
 from detforge.nms import grouped_nms
 
-__all__ = ["RPNHead", "rank_in_image", "select_proposals"]
+__all__ = ["ProposalOrder", "RPNHead", "rank_in_image", "select_proposals"]
+
+ProposalOrder = Literal["score", "anchor"]
+"""The order of the kept proposals: best first, or by anchor (see :func:`select_proposals`)."""
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU shared by every level, then 1x1 convs for objectness and anchor deltas.
+    """``conv_depth`` 3x3 convs + ReLU shared by every level (torchvision's v1 models: 1, v2: 2), then 1x1
+    convs for objectness and anchor deltas. The convs are ``conv.0``, ``conv.2``, ... (ReLUs between).
 
     ``forward(features [Tensor[B, C, H_l, W_l] per level]) -> (objectness Tensor[B, A], deltas Tensor[B, A, 4])``
     with the levels concatenated and ``(row, column, anchor)`` order inside a level (the anchors' order).
     """
 
-    def __init__(self, channels: int, num_anchors: int) -> None:
+    def __init__(self, channels: int, num_anchors: int, conv_depth: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
+        if int(conv_depth) < 1:
+            raise ValueError(f"rpn conv_depth must be >= 1, got {conv_depth}")
+        layers: list[nn.Module] = []
+        for _ in range(int(conv_depth)):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.conv = nn.Sequential(*layers)
         self.cls_logits = nn.Conv2d(channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 1)
-        for layer in (self.conv[0], self.cls_logits, self.bbox_pred):
+        for layer in (*self.conv[::2], self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
@@ -67,17 +77,22 @@ def select_proposals(
     nms_thresh: float,
     min_size: float = 1e-3,
     score_thresh: float = 0.0,
+    order: ProposalOrder = "score",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Proposals of every image at once (torchvision's ``RegionProposalNetwork.filter_proposals``).
 
     Args:
         objectness: Tensor[B, A] logits; deltas: Tensor[B, A, 4]; anchors: Tensor[A, 4]; level_sizes: anchors
             per level (sum A); image_sizes: Tensor[B, 2] (h, w) the proposals are clipped to.
+        order: "score": the kept proposals best first (torchvision's order); "anchor": the same proposals in
+            the order of their anchors, which does not depend on how rounding orders near-equal objectness
+            (an exported graph's raw outputs then match across runtimes).
 
     Returns:
         proposals (Tensor[B, R, 4] xyxy, zeros past an image's count), their objectness probabilities
-        (Tensor[B, R]) and which are real (Tensor[B, R] bool), best first; R = min(post_nms_top_n, sum over
-        levels of min(pre_nms_top_n, level size)): fixed by the input size, not the data.
+        (Tensor[B, R]) and which are real (Tensor[B, R] bool), best first (``order="score"``); R =
+        min(post_nms_top_n, sum over levels of min(pre_nms_top_n, level size)): fixed by the input size, not
+        the data.
     """
     num_images = objectness.shape[0]
     objectness, deltas = objectness.detach(), deltas.detach()
@@ -102,13 +117,16 @@ def select_proposals(
     # near 0.5 create (which onnxruntime and PyTorch would break differently)
     groups = image_idx * len(level_sizes) + level[k_idx]
     kept = grouped_nms(flat_boxes, logits[image_idx, k_idx], groups, nms_thresh)
-    image_idx = image_idx[kept]
-    rank = rank_in_image(image_idx, num_images)  # [M]
-    top = rank < post_nms_top_n
+    rank = rank_in_image(image_idx[kept], num_images)  # [M]
+    kept, rank = kept[rank < post_nms_top_n], rank[rank < post_nms_top_n]  # [M'] best first per image
+    if order == "anchor":  # the kept ones by (image, anchor): no order among near-equal scores to break
+        anchor_id = index[image_idx[kept], k_idx[kept]]  # [M']
+        kept = kept[(image_idx[kept] * anchors.shape[0] + anchor_id).argsort()]
+        rank = rank_in_image(image_idx[kept], num_images)
     r = min(post_nms_top_n, index.shape[1])
-    slot = (image_idx * r + rank)[top]  # [M'] unique slots of the [B * R] outputs
-    out_boxes = boxes.new_zeros(num_images * r, 4).index_put((slot,), flat_boxes[kept][top])
-    out_scores = scores.new_zeros(num_images * r).index_put((slot,), flat_scores[kept][top])
+    slot = image_idx[kept] * r + rank  # [M'] unique slots of the [B * R] outputs
+    out_boxes = boxes.new_zeros(num_images * r, 4).index_put((slot,), flat_boxes[kept])
+    out_scores = scores.new_zeros(num_images * r).index_put((slot,), flat_scores[kept])
     valid = torch.zeros(num_images * r, dtype=torch.bool, device=boxes.device).index_put(
         (slot,), torch.ones_like(slot, dtype=torch.bool)
     )
