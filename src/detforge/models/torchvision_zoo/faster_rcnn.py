@@ -59,7 +59,7 @@ _TORCHVISION = {
 _MOBILENET_ANCHORS = ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3
 
 # Fine-tuning from the COCO weights: torchvision's detection fine-tuning tutorial (SGD, lr 0.005 for batches of
-# 2, momentum 0.9, weight decay 5e-4); the general warmup and cosine schedule of ``detforge train`` apply.
+# 2, momentum 0.9, weight decay 5e-4) with its StepLR(3, 0.1) over epochs, after the general warmup.
 FINETUNE = {
     "model.optimizer": "sgd",
     "model.lr": 0.005,
