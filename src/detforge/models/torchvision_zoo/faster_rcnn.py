@@ -34,10 +34,15 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detforge.models.backbone import FeatureBackboneConfig, build_backbone
 from detforge.models.faster_rcnn.model import FasterRCNN
 from detforge.models.frozen_norm import fuse_frozen_batchnorm
-from detforge.models.preprocess import Preprocess
 from detforge.models.registry import register_model
 from detforge.models.torchvision_body import mobilenet_v3_large_body
-from detforge.models.torchvision_zoo.coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, NUM_COCO_CLASSES
+from detforge.models.torchvision_zoo.coco import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASS_NAMES,
+    NUM_COCO_CLASSES,
+    TUTORIAL_FINETUNE,
+    torchvision_preprocess,
+)
 from detforge.models.weights import Weights, register_weights
 
 __all__ = [
@@ -60,22 +65,7 @@ _MOBILENET_ANCHORS = ((32.0, 64.0, 128.0, 256.0, 512.0),) * 3
 
 # Fine-tuning from the COCO weights: torchvision's detection fine-tuning tutorial (SGD, lr 0.005 for batches of
 # 2, momentum 0.9, weight decay 5e-4) with its StepLR(3, 0.1) over epochs, after the general warmup.
-FINETUNE = {
-    "model.optimizer": "sgd",
-    "model.lr": 0.005,
-    "model.optimizer_kwargs": {"momentum": 0.9},
-    "model.weight_decay": 5e-4,
-    "model.scheduler": "step",
-    "model.scheduler_kwargs": {"step_size": 3, "gamma": 0.1},
-}
-
-
-def torchvision_preprocess(min_size: int, max_size: int) -> Preprocess:
-    """torchvision's ``GeneralizedRCNNTransform``: shorter side to ``min_size`` (longer at most ``max_size``),
-    ImageNet normalisation, batch padded to a multiple of 32 with the mean colour."""
-    return Preprocess(
-        resize="shortest_edge", min_size=int(min_size), max_size=int(max_size), size_divisible=32
-    )
+FINETUNE = TUTORIAL_FINETUNE
 
 
 def _build(

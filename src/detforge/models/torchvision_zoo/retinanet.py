@@ -35,10 +35,15 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detforge.models.backbone import FeatureBackboneConfig, build_backbone
 from detforge.models.frozen_norm import fuse_frozen_batchnorm
-from detforge.models.preprocess import Preprocess
 from detforge.models.registry import register_model
 from detforge.models.retinanet.model import RetinaNet
-from detforge.models.torchvision_zoo.coco import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, NUM_COCO_CLASSES
+from detforge.models.torchvision_zoo.coco import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASS_NAMES,
+    NUM_COCO_CLASSES,
+    TUTORIAL_FINETUNE,
+    torchvision_preprocess,
+)
 from detforge.models.weights import Weights, register_weights
 
 __all__ = ["convert_retinanet", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2"]
@@ -51,22 +56,7 @@ _TORCHVISION: dict[str, Any] = {"score_thresh": 0.05, "pre_nms_topk": 1000}
 # 2, momentum 0.9, weight decay 5e-4), as the Faster R-CNN weights; a RetinaNet's head is trained from those
 # weights too (torchvision's reference recipe: SGD 0.01 for batches of 16), with the tutorial's StepLR(3, 0.1)
 # (epochs) after the general warmup of ``detforge train``.
-FINETUNE = {
-    "model.optimizer": "sgd",
-    "model.lr": 0.005,
-    "model.optimizer_kwargs": {"momentum": 0.9},
-    "model.weight_decay": 5e-4,
-    "model.scheduler": "step",
-    "model.scheduler_kwargs": {"step_size": 3, "gamma": 0.1},
-}
-
-
-def _preprocess(min_size: int, max_size: int) -> Preprocess:
-    """torchvision's ``GeneralizedRCNNTransform``: shorter side to ``min_size`` (longer at most ``max_size``),
-    ImageNet normalisation, batch padded to a multiple of 32 with the mean colour."""
-    return Preprocess(
-        resize="shortest_edge", min_size=int(min_size), max_size=int(max_size), size_divisible=32
-    )
+FINETUNE = TUTORIAL_FINETUNE
 
 
 def _resnet50_body(pretrained: bool | str, frozen_eps: float | None, trainable_layers: int) -> nn.Module:
@@ -102,7 +92,7 @@ def _build(
         raise ValueError(f"torchvision's RetinaNet takes RGB images (in_chans=3), got {options['in_chans']}")
     options = {**_TORCHVISION, "input_size": (int(min_size), int(min_size)), **options}
     model = RetinaNet(body, num_classes, **options)
-    model.preprocess = _preprocess(min_size, max_size)
+    model.preprocess = torchvision_preprocess(min_size, max_size)
     return model
 
 
@@ -215,7 +205,7 @@ def _register(name: str, enum: Any) -> None:
             sha256=enum.url.rsplit("-", 1)[-1].split(".")[0],
             class_names=COCO_CLASS_NAMES,
             category_ids=COCO_CATEGORY_IDS,
-            preprocess=_preprocess(800, 1333),
+            preprocess=torchvision_preprocess(800, 1333),
             licence="BSD-3-Clause",
             metrics={"coco/box_ap": float(meta["_metrics"]["COCO-val2017"]["box_map"])},
             convert=convert_retinanet,
