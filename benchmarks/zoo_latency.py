@@ -44,11 +44,25 @@ def torchvision_models() -> list[str]:
     return [name for name, tag in list_weights() if get_weights(name, tag).source == "torchvision"]
 
 
-def build_pair(name: str, tmp: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+def calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    """Set the BatchNorm statistics from ``images``: through an untrained network's unit running variances the
+    features shrink layer by layer (SSDlite's last maps to 1e-26, denormal floats: slow, and every default box
+    then scores the same, so the kept boxes are ties that torchvision and detforge may break differently)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration call
+        norm.train()
+    model(images)
+    model.eval()
+
+
+def build_pair(name: str, tmp: Path, images: list[torch.Tensor]) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(torchvision's model, detforge's import of it), both in eval mode on the same random weights."""
     torch.manual_seed(0)
     reference = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None).eval()
     with torch.no_grad():
+        calibrate_batchnorm(reference, images)
         for key, param in reference.named_parameters():
             if key in BUSY_BIASES:
                 param.fill_(BUSY_BIASES[key])
@@ -62,15 +76,25 @@ def build_pair(name: str, tmp: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     return reference, ours
 
 
-def same_detections(expected: list[dict], found: list[dict]) -> tuple[bool, float]:
-    """Whether the detections agree (same count, labels, order) and the largest box difference in pixels."""
-    worst = 0.0
+def same_detections(expected: list[dict], found: list[dict]) -> tuple[int, int, int, float]:
+    """How far the detections agree: (torchvision's detections, detforge's, those of torchvision's that
+    detforge also has, the largest box difference among those in pixels). Found: one of detforge's with the
+    label, the score within 1e-4 and the box within 0.05 px (two detections whose scores tie to float rounding
+    may come in either order)."""
+    total, ours, matched, worst = 0, 0, 0, 0.0
     for exp, det in zip(expected, found, strict=True):
-        if len(exp["boxes"]) != len(det["boxes"]) or not torch.equal(exp["labels"], det["labels"] + 1):
-            return False, float("inf")
-        if len(exp["boxes"]):
-            worst = max(worst, float((exp["boxes"] - det["boxes"]).abs().max()))
-    return worst <= 1e-3, worst
+        total, ours = total + len(exp["boxes"]), ours + len(det["boxes"])
+        if not len(exp["boxes"]) or not len(det["boxes"]):
+            continue
+        alike = (exp["labels"][:, None] == det["labels"][None, :] + 1) & (
+            (exp["scores"][:, None] - det["scores"][None, :]).abs() <= 1e-4
+        )  # [N, M]
+        gap = (exp["boxes"][:, None] - det["boxes"][None, :]).abs().amax(-1)  # [N, M] pixels
+        best = gap.masked_fill(~alike, float("inf")).amin(1)  # [N]
+        hit = best <= 0.05
+        matched += int(hit.sum())
+        worst = max(worst, float(best[hit].max())) if hit.any() else worst
+    return total, ours, matched, worst
 
 
 def main() -> None:
@@ -90,10 +114,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for name in args.models or torchvision_models():
-            reference, ours = build_pair(name, Path(tmp))
+            reference, ours = build_pair(name, Path(tmp), images)
             for batch in args.batches:
                 chunk = images[:batch]
-                exact, worst = same_detections(reference(chunk), ours.predict(chunk))
+                total, found, matched, worst = same_detections(reference(chunk), ours.predict(chunk))
                 times = interleaved_times(
                     {
                         "torchvision": lambda c=chunk, m=reference: m(c),
@@ -104,17 +128,18 @@ def main() -> None:
                 tv, df = statistics.median(times["torchvision"]), statistics.median(times["detforge"])
                 rounds = sorted(d / t for d, t in zip(times["detforge"], times["torchvision"], strict=True))
                 q = len(rounds) // 4
-                row = (name, batch, tv * 1e3, df * 1e3, df / tv, rounds[q], rounds[-1 - q], exact, worst)
+                agree = f"{matched}/{total} of torchvision's found, {found} detforge's (max {worst:.0e} px)"
+                row = (name, batch, tv * 1e3, df * 1e3, df / tv, rounds[q], rounds[-1 - q], agree)
                 rows.append(row)
                 print(
                     f"{name:<40} batch {batch}: torchvision {row[2]:8.1f} ms, detforge {row[3]:8.1f} ms, "
-                    f"ratio {row[4]:.3f} [{row[5]:.3f}-{row[6]:.3f}], identical {exact} (max {worst:.1e} px)",
+                    f"ratio {row[4]:.3f} [{row[5]:.3f}-{row[6]:.3f}], detections: {agree}",
                     flush=True,
                 )
-    print("\n| model | batch | torchvision ms | detforge ms | ratio [middle half] | identical |")
+    print("\n| model | batch | torchvision ms | detforge ms | ratio [middle half] | detections |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name, batch, tv, df, ratio, lo, hi, exact, worst in rows:
-        print(f"| `{name}` | {batch} | {tv:.0f} | {df:.0f} | {ratio:.3f} [{lo:.3f}-{hi:.3f}] | {exact} ({worst:.0e} px) |")
+    for name, batch, tv, df, ratio, lo, hi, agree in rows:
+        print(f"| `{name}` | {batch} | {tv:.0f} | {df:.0f} | {ratio:.3f} [{lo:.3f}-{hi:.3f}] | {agree} |")
 
 
 if __name__ == "__main__":

@@ -233,3 +233,25 @@ def test_training_losses_equal_torchvision(pair):
         )
     total = sum(expected.values()).detach()
     torch.testing.assert_close(losses["loss"].detach(), total, atol=4e-5, rtol=1e-5)
+
+
+def test_keep_classes_copies_the_predictor_rows(pair, tmp_path):
+    """Fine-tuning to ("Dog", "unicorn") keeps torchvision's background row and its "dog" rows (label 18) of
+    ``cls_score`` and the four of ``bbox_pred``; the unicorn rows start anew. One model is enough: the
+    predictor is the same in all four."""
+    name, reference, _ = pair
+    if name != "fasterrcnn_mobilenet_v3_large_320_fpn":
+        pytest.skip("the predictor's layout is the same in every Faster R-CNN")
+    path = tmp_path / "reference.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model(name, weights=str(path), num_classes=2, keep_classes=["Dog", "unicorn"])
+    assert model.kept_classes == ["Dog"]
+    cls, box = reference.roi_heads.box_predictor.cls_score, reference.roi_heads.box_predictor.bbox_pred
+    ours = model.box_predictor
+    assert torch.equal(ours.cls_score.weight[:2].detach(), cls.weight[[0, 18]].detach())
+    assert torch.equal(ours.cls_score.bias[:2].detach(), cls.bias[[0, 18]].detach())
+    assert torch.equal(
+        ours.bbox_pred.weight[:8].detach(), torch.cat([box.weight[:4], box.weight[72:76]]).detach()
+    )
+    assert torch.equal(ours.bbox_pred.bias[4:8].detach(), box.bias[72:76].detach())
+    assert not torch.equal(ours.cls_score.weight[2].detach(), cls.weight[19].detach())

@@ -196,6 +196,16 @@ class FasterRCNN(ChannelsLast, Detector):
         self.num_classes = int(num_classes)
         self.init_args["num_classes"] = int(num_classes)
 
+    def class_layers(self) -> dict[str, tuple[int, int, int]]:
+        """The box predictor for fine-tuning's ``keep_classes``: the background row then one row per class
+        of ``cls_score``, and four box-delta rows per class of ``bbox_pred`` (torchvision's layout)."""
+        return {
+            "box_predictor.cls_score.weight": (1, 1, 1),
+            "box_predictor.cls_score.bias": (1, 1, 1),
+            "box_predictor.bbox_pred.weight": (1, 1, 4),
+            "box_predictor.bbox_pred.bias": (1, 1, 4),
+        }
+
     # ------------------------------------------------------------------ forward
     def _sizes(self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | Tensor | None) -> Tensor:
         """(h, w) per image (Tensor[B, 2]): the given unpadded sizes, else the batch's H, W."""
