@@ -36,12 +36,16 @@ from timing import interleaved_times  # noqa: E402
 # Class layers that decide how many candidates reach NMS: (parameter name, bias value) per family.
 BUSY_BIASES = {
     "head.classification_head.cls_logits.bias": -1.5,  # FCOS, RetinaNet: sigmoid 0.18
-    "roi_heads.box_predictor.cls_score.bias": 0.0,
 }
 
 
 def torchvision_models() -> list[str]:
     return [name for name, tag in list_weights() if get_weights(name, tag).source == "torchvision"]
+
+
+# torchvision sets the frozen backbone BatchNorm's eps to 0 for these COCO weights (``overwrite_eps``), and
+# detforge's imports do the same: the reference built without weights gets it too
+EPS_ZERO = ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn")
 
 
 def calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
@@ -55,6 +59,8 @@ def calibrate_batchnorm(model: torch.nn.Module, images: list[torch.Tensor]) -> N
         norm.train()
     model(images)
     model.eval()
+    for norm in norms:
+        norm.running_var.clamp_(min=1e-3)  # finite with eps 0 (EPS_ZERO), as trained variances are
 
 
 def build_pair(name: str, tmp: Path, images: list[torch.Tensor]) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -63,11 +69,16 @@ def build_pair(name: str, tmp: Path, images: list[torch.Tensor]) -> tuple[torch.
     reference = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None).eval()
     with torch.no_grad():
         calibrate_batchnorm(reference, images)
+        if name in EPS_ZERO:
+            for norm in reference.backbone.body.modules():
+                if isinstance(norm, torch.nn.BatchNorm2d):
+                    norm.eps = 0.0
         for key, param in reference.named_parameters():
             if key in BUSY_BIASES:
                 param.fill_(BUSY_BIASES[key])
-            elif key.startswith("roi_heads.box_predictor.cls_score.weight"):
-                param.normal_(0, 0.05)  # Faster R-CNN: softmax scores spread over the classes
+            elif key.startswith("roi_heads.box_predictor.cls_score."):
+                # Faster R-CNN: softmax scores spread over the classes, a few above the 0.05 threshold
+                param.normal_(0, 0.05 if key.endswith("weight") else 2.0)
             elif key.startswith("head.classification_head.module_list") and key.endswith("1.bias"):
                 param.normal_(0, 1.0)  # SSDlite: softmax scores spread over the classes
     path = tmp / f"{name}.pth"
