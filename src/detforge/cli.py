@@ -1,14 +1,23 @@
 """``detforge`` command line: a thin dispatcher; each sub-command lives in ``detforge.commands.<name>``.
 
 Every command module exposes ``main(argv: list[str]) -> int`` and a one-line ``HELP``. Imports are lazy so
-``detforge --help`` stays fast. A ``RunError`` (``detforge.engine.trainer``) from any command is printed as
-one line on stderr and the exit status is 1.
+``detforge --help`` stays fast.
+
+User errors (a missing or corrupt file, an unknown name, a bad option value, bad data: ``detforge.errors``)
+from any command are printed as one line ``detforge CMD: MESSAGE`` on stderr, without a traceback, and the
+exit status is 2 (1 for ``WeightsUnavailableError``: offline without the weights file). ``--verbose``
+anywhere on the command line (taken out before the command sees its options) or ``DETFORGE_DEBUG=1`` shows
+the full traceback instead. argparse's own usage errors exit 2 too; ``detforge doctor`` exits 1 when it
+finds problems in the data (a report, not an error). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from detforge.errors import exit_status, find_user_error, user_message
 
 COMMANDS = {
     "train": "train a detector (default: small model on the built-in synthetic data set)",
@@ -33,6 +42,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--verbose" in argv or os.environ.get("DETFORGE_DEBUG", "0") == "1"
+    argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -55,19 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(rest) or 0)
     except Exception as err:
-        if _is_run_error(err):
-            print(f"detforge {name}: {err}", file=sys.stderr)
-            return 1
-        raise
-
-
-def _is_run_error(err: BaseException) -> bool:
-    """``detforge.engine.trainer.RunError`` (nothing to resume, an unwritable or full run folder...): a
-    one-line message for the user, not a traceback. Only looked up when that module is loaded, so commands
-    that never import it stay fast."""
-    module = sys.modules.get("detforge.engine.trainer")
-    run_error = getattr(module, "RunError", None)
-    return run_error is not None and isinstance(err, run_error)
+        user_error = None if debug else find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"detforge {name}: {user_message(user_error)}", file=sys.stderr)
+        return exit_status(user_error)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import json
 
 from detforge.cli import COMMANDS
+from detforge.cli import main as cli_main
 from detforge.commands.anchors import compute_anchors, main
 
 
@@ -27,5 +28,5 @@ def test_anchors_scale_with_the_input_size():
 
 
 def test_too_few_boxes_is_reported(capsys):
-    assert main(["--data", "synthetic:32", "--imgsz", "64", "--k", "100000"]) == 1
-    assert "at least k=100000" in capsys.readouterr().out
+    assert cli_main(["anchors", "--data", "synthetic:32", "--imgsz", "64", "--k", "100000"]) == 2
+    assert capsys.readouterr().err.startswith("detforge anchors: --k 100000: k-means needs at least k=100000")

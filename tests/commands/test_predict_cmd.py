@@ -82,3 +82,44 @@ def test_predict_writes_drawings_and_json_in_original_pixels(tiny_checkpoint, im
         for d in records[0]["detections"]
     )
     assert {d["class_name"] for d in records[0]["detections"]} <= {"circle", "rectangle", "triangle"}
+
+
+def test_default_conf_is_the_checkpoints_f1_best_else_025_and_the_flag_wins(
+    tiny_checkpoint, images, tmp_path, capsys
+):
+    """Without --conf: the checkpoint's F1-best confidence (``detforge_best_conf``), else 0.25 for a checkpoint
+    without one; --conf wins. One log line says which, and the kept detections are those at or above it."""
+    from detforge.models.detector import BEST_CONF_KEY
+
+    def run(ckpt, *extra):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        argv = ["--ckpt", str(ckpt), str(images), "--out", str(out), "--device", "cpu", "--no-draw", *extra]
+        assert main(argv) == 0
+        scores = [
+            d["score"] for r in json.loads((out / "predictions.json").read_text()) for d in r["detections"]
+        ]
+        return scores, capsys.readouterr().err
+
+    everything, err = run(tiny_checkpoint, "--conf", "0")
+    assert "detforge: conf 0: from --conf" in err
+    distinct = sorted(set(everything))  # rounded to 4 decimals in the JSON
+    best = distinct[len(distinct) // 2]
+    # a raw score that rounds to ``best`` may lie on either side of it; the others are kept or not for sure
+    at_least, at_most = sum(s > best for s in everything), sum(s >= best for s in everything)
+    assert at_least > 0 and at_most < len(everything)
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint[BEST_CONF_KEY] = best
+    torch.save(checkpoint, tmp_path / "best.ckpt")
+    scores, err = run(tmp_path / "best.ckpt")
+    assert f"detforge: conf {best:.4g}: the F1-best confidence of the checkpoint's validation" in err
+    assert at_least <= len(scores) <= at_most and min(scores) >= best
+
+    scores, err = run(tmp_path / "best.ckpt", "--conf", "0")  # the flag wins
+    assert "conf 0: from --conf" in err and len(scores) == len(everything)
+
+    del checkpoint[BEST_CONF_KEY]  # written before the key existed
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    scores, err = run(tmp_path / "old.ckpt")
+    assert "detforge: conf 0.25: the default" in err
+    assert len(scores) == sum(s >= 0.25 for s in everything)

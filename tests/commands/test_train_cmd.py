@@ -105,6 +105,8 @@ def test_train_writes_run_folder_and_resumes(tmp_path, capsys):
         "pr_curves.png",
         "val_predictions.png",
         "results.json",
+        "train_batches.jpg",
+        "labels.png",
     ):
         assert (run / name).is_file(), name
     assert not list(run.glob(".*")), "temporary files left behind"

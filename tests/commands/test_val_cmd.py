@@ -61,10 +61,10 @@ def test_errors_name_the_file(coco_files, tmp_path, capsys) -> None:
     gt_path, _ = coco_files
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 77, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 0.5}]))
-    assert val.main(["--gt", str(gt_path), "--pred", str(bad)]) == 1
+    assert cli_main(["val", "--gt", str(gt_path), "--pred", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "bad.json" in err and "image_id 77" in err
-    assert val.main(["--gt", str(tmp_path / "missing.json"), "--pred", str(bad)]) == 1
+    assert err.startswith("detforge val: ") and "bad.json" in err and "image_id 77" in err
+    assert cli_main(["val", "--gt", str(tmp_path / "missing.json"), "--pred", str(bad)]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         val.main(["--gt", str(gt_path)])  # --pred is required with --gt
@@ -143,7 +143,7 @@ def test_split_test_evaluates_the_runs_test_data(tmp_path, capsys) -> None:
     }
     torch.save(ckpt, run / "best.ckpt")
     (run / "config.yaml").write_text("data:\n  data: synthetic:8\n  test_data: null\n")
-    assert val.main(["--ckpt", str(run / "best.ckpt"), "--split", "test"]) == 1
+    assert cli_main(["val", "--ckpt", str(run / "best.ckpt"), "--split", "test"]) == 2
     assert "test_data" in capsys.readouterr().err
     (run / "config.yaml").write_text("data:\n  data: synthetic:8\n  test_data: synthetic:200\n")
     assert val.main(["--ckpt", str(run / "best.ckpt"), "--split", "test", "--batch", "8"]) == 0

@@ -167,7 +167,7 @@ def test_default_callbacks_write_last_atomically(tmp_path, monkeypatch):
 
 
 def test_cli_prints_one_line_for_run_errors(tmp_path, capsys):
-    assert cli.main(["train", *TINY, f"--project={tmp_path}", "--name=none", "--resume=last"]) == 1
+    assert cli.main(["train", *TINY, f"--project={tmp_path}", "--name=none", "--resume=last"]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         err == f"detforge train: --resume last: nothing to resume, no checkpoint at {tmp_path}/none/last.ckpt"
@@ -175,7 +175,7 @@ def test_cli_prints_one_line_for_run_errors(tmp_path, capsys):
 
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert cli.main(["train", *TINY, f"--project={blocker}", "--name=r", "--trainer.max_steps=1"]) == 1
+    assert cli.main(["train", *TINY, f"--project={blocker}", "--name=r", "--trainer.max_steps=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"detforge train: run folder {blocker}/r is not writable")
     assert not any("Traceback" in line for line in err)

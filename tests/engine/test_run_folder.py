@@ -107,7 +107,11 @@ def test_prediction_grid_draws_ground_truth_beside_predictions():
     """Each tile is [GT | predictions] of one image: the GT panel has the target's box drawn (with no score
     threshold), the predictions panel only the detections; grid shape from make_grid's tiling."""
     images = [torch.full((3, 40, 50), 0.5), torch.full((3, 40, 50), 0.5)]
-    no_preds = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    no_preds = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.long),
+    }
     targets = [
         {"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0]]), "labels": torch.tensor([0])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
@@ -136,3 +140,72 @@ def test_format_table_matches_pycocotools_layout():
         " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.500"
     )
     assert any("dog" in line and "0.750" in line for line in lines)
+
+
+def test_training_run_writes_f1_curve_confusion_matrix_and_keeps_best_conf(tmp_path):
+    """A tiny fit with validation: ``confusion_matrix.png``, ``f1_curve.png`` and the ``results.json`` keys
+    (every validation object is in its class's row), the F1-best confidence on the module and in its
+    checkpoint, restored on load; a checkpoint written before the key existed loads with None."""
+    import json
+
+    import lightning as L
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from detforge.data.datamodule import detection_collate
+    from detforge.data.synthetic import SyntheticShapes
+    from detforge.engine.callbacks import RunArtifacts
+    from detforge.engine.validate import load_detector
+    from detforge.models.detector import BEST_CONF_KEY, ObjectDetector
+
+    names = ["circle", "rectangle", "triangle"]
+    model = ObjectDetector(
+        backbone="test_resnet",
+        num_classes=3,
+        fpn_channels=16,
+        head_num_convs=1,
+        strides=(8, 16, 32),
+        compile_model=False,
+        deterministic=False,
+        imgsz=64,
+        score_thresh=0.0,
+        class_names=names,
+    )
+    train = SyntheticShapes(4, 64, num_classes=3)
+    val = SyntheticShapes(4, 64, num_classes=3, seed=1)
+    loaders = [DataLoader(d, batch_size=2, collate_fn=detection_collate) for d in (train, val)]
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[RunArtifacts(tmp_path, num_images=0, print_table=False)],
+    )
+    trainer.fit(model, *loaders)
+
+    for name in ("confusion_matrix.png", "f1_curve.png", "results.json"):
+        assert (tmp_path / name).is_file(), name
+        assert name.endswith(".json") or Image.open(tmp_path / name).size[0] > 300
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = model.last_val_stats["detection_summary"]
+    assert results["class_names"] == names
+    assert results["best_conf"] == model.best_conf == summary.f1.best_conf
+    assert results["f1"] == summary.f1.best_f1 and results["confusion_conf"] == summary.confusion_conf
+    matrix = np.array(results["confusion_matrix"])
+    objects = np.bincount(torch.cat([val[i][1]["labels"] for i in range(len(val))]).numpy(), minlength=3)
+    assert matrix.shape == (4, 4) and matrix[:3].sum(axis=1).tolist() == objects.tolist()
+    assert 0.0 <= results["map"] <= 1.0  # the scalar stats are still there
+
+    for best in (model.best_conf, 0.3125):  # the fit's own (None without a true positive) and a set value
+        model.best_conf = best
+        path = tmp_path / "run.ckpt"
+        trainer.save_checkpoint(path)
+        assert torch.load(path, weights_only=True)[BEST_CONF_KEY] == best
+        assert load_detector(path, "cpu").best_conf == best
+    old = torch.load(path, weights_only=True)
+    del old[BEST_CONF_KEY]
+    torch.save(old, tmp_path / "old.ckpt")
+    assert load_detector(tmp_path / "old.ckpt", "cpu").best_conf is None

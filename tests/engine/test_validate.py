@@ -47,6 +47,7 @@ def test_metric_equals_pycocotools_on_written_results(
         preds = []
         for _ in image_sizes:
             t = queue.pop(0)
+            queue.append(t)  # around again for the report's gallery, which predicts its images once more
             n = len(t["boxes"])
             jitter = torch.as_tensor(rng.normal(0, 2.0, (n, 4)), dtype=torch.float32)
             preds.append(
@@ -108,3 +109,29 @@ def test_run_folder_data_settings_are_reused(tiny_checkpoint, tmp_path, monkeypa
     assert seen[-1] == ("synthetic:4", {"num_classes": 3})
     with pytest.raises(ValueError, match="no config.yaml"):
         validate_checkpoint(tiny_checkpoint, imgsz=64, device="cpu")
+
+
+def test_out_folder_gets_f1_curve_and_confusion_matrix(tiny_checkpoint, tmp_path, capsys):
+    """``--out DIR``: the run folder's two summary plots, from the same DetectionMAP.summary; without it
+    (the checkpoint's folder) they are not written over a run's own."""
+    import shutil
+
+    kwargs = dict(imgsz=64, device="cpu", dataset_kwargs={"num_classes": 3})
+    stats = validate_checkpoint(tiny_checkpoint, "synthetic:4", out_dir=tmp_path / "val", **kwargs)
+    names = ("confusion_matrix.png", "f1_curve.png", "report.html")
+    assert stats["plots"] == [str(tmp_path / "val" / n) for n in names]
+    out = capsys.readouterr().out
+    for path in stats["plots"]:
+        assert Path(path).is_file() and f"written: {path}" in out
+    summary = stats["detection_summary"]
+    dm = DetectionDataModule(data="synthetic:4", imgsz=64, batch_size=8, dataset_kwargs={"num_classes": 3})
+    dm.setup("validate")
+    objects = torch.cat([t["labels"] for _, targets in dm.val_dataloader() for t in targets])
+    rows = summary.confusion_matrix[:3].sum(axis=1)  # every object: matched or missed
+    assert summary.confusion_matrix.shape == (4, 4)
+    assert rows.tolist() == torch.bincount(objects, minlength=3).tolist()
+    assert summary.f1.f1.shape == (3, 1001)
+
+    ckpt = shutil.copy(tiny_checkpoint, tmp_path / "best.ckpt")
+    assert "plots" not in validate_checkpoint(ckpt, "synthetic:4", verbose=False, **kwargs)
+    assert not (tmp_path / "confusion_matrix.png").exists()

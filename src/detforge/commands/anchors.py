@@ -44,16 +44,19 @@ def compute_anchors(
 
 
 def main(argv: list[str]) -> int:
+    from detforge.errors import InvalidValueError, UserError
+
     args = build_parser().parse_args(argv)
     if args.imgsz < 1:
-        raise SystemExit("detforge anchors: --imgsz must be >= 1")
+        raise InvalidValueError(f"--imgsz must be >= 1, got {args.imgsz}")
     try:
         anchors, mean_iou, count = compute_anchors(
             args.data, args.imgsz, args.k, args.iters, args.seed, args.max_images
         )
-    except ValueError as err:
-        print(f"detforge anchors: {err}")
-        return 1
+    except ValueError as err:  # k-means' checks of --k against the boxes found (the data's errors name files)
+        if isinstance(err, UserError):
+            raise
+        raise InvalidValueError(f"--k {args.k}: {err}") from err
     print(f"{count} training boxes of {args.data} at {args.imgsz} px, k-means (1 - IoU), k={args.k}")
     print(f"{'anchor':>6}  {'w':>7}  {'h':>7}")
     for i, (w, h) in enumerate(anchors):

@@ -103,7 +103,9 @@ def synth(args: argparse.Namespace) -> int:
     from detforge.data.writers import write_coco, write_voc, write_widerface, write_yolo
 
     if args.num_images < 1:
-        raise SystemExit(f"detforge data synth: --num-images must be >= 1, got {args.num_images}")
+        from detforge.errors import InvalidValueError
+
+        raise InvalidValueError(f"synth --num-images must be >= 1, got {args.num_images}")
     val_images = args.val_images if args.val_images is not None else max(args.num_images // 4, 32)
     writers = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo, "widerface": write_widerface}
     writer = writers[args.format]

@@ -12,7 +12,6 @@ it falls back to dynamic quantization and says so.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "export a checkpoint to ONNX (optionally with NMS in the graph) or INT8"
@@ -73,14 +72,10 @@ def main(argv: list[str]) -> int:
     from detforge.engine.validate import load_detector, load_pretrained_detector
     from detforge.export import quantize_int8
 
-    try:
-        if args.ckpt is not None:
-            detector = load_detector(args.ckpt, "cpu")
-        else:
-            detector = load_pretrained_detector(args.model, args.weights, "cpu")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"detforge export: {err}", file=sys.stderr)
-        return 1
+    if args.ckpt is not None:  # a missing or corrupt checkpoint: one line and exit 2 (detforge.cli)
+        detector = load_detector(args.ckpt, "cpu")
+    else:
+        detector = load_pretrained_detector(args.model, args.weights, "cpu")
     model = detector.model
     imgsz = int(
         args.imgsz or detector.hparams.get("imgsz") or max(getattr(model, "default_input_size", (640,)))

@@ -25,7 +25,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def collect_images(sources: list[str]) -> list[Path]:
     """Image files named by ``sources`` (files, folders searched recursively, glob patterns), sorted within
-    each source and without duplicates. A source that matches nothing raises ``FileNotFoundError``."""
+    each source and without duplicates. A source that matches nothing raises
+    :class:`~detforge.errors.MissingFileError` (a ``FileNotFoundError``) naming it."""
+    from detforge.errors import MissingFileError
+
     found: list[Path] = []
     for source in sources:
         path = Path(source)
@@ -37,10 +40,25 @@ def collect_images(sources: list[str]) -> list[Path]:
             matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
             matches = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
         if not matches:
-            raise FileNotFoundError(f"predict: no images found for {source!r}")
+            raise MissingFileError(f"no images found for {source!r}")
         found += matches
     seen: set[Path] = set()
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def choose_conf(flag: float | None, best_conf: float | None) -> tuple[float, str]:
+    """The score threshold and the log line saying where it comes from: ``--conf`` when given, else the
+    checkpoint's F1-best confidence (``ObjectDetector.best_conf``), else :data:`detforge.metrics.f1.DEFAULT_CONF`."""
+    from detforge.metrics.f1 import DEFAULT_CONF
+
+    if flag is not None:
+        return float(flag), f"conf {flag:g}: from --conf"
+    if best_conf is not None:
+        return float(best_conf), (
+            f"conf {best_conf:.4g}: the F1-best confidence of the checkpoint's validation (--conf to change)"
+        )
+    why = "the default, no F1-best confidence in the model (--conf to change)"
+    return DEFAULT_CONF, f"conf {DEFAULT_CONF:g}: {why}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--imgsz", type=int, default=None, help="network input size (default: the training size)"
     )
-    parser.add_argument("--conf", type=float, default=0.25, help="score threshold for drawing and JSON")
+    parser.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="score threshold for drawing and JSON (default: the checkpoint's F1-best validation confidence, "
+        "else 0.25)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-draw", action="store_true", help="only write predictions.json")
@@ -90,14 +114,13 @@ def main(argv: list[str]) -> int:
     from detforge.targets import to_original_size
 
     files = collect_images(args.sources)
-    try:
-        if args.ckpt is not None:
-            model = load_detector(args.ckpt, args.device)
-        else:
-            model = load_pretrained_detector(args.model, args.weights, args.device)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"detforge predict: {err}", file=sys.stderr)
-        return 1
+    # a missing or corrupt checkpoint, a bad --device: one line and exit 2 (detforge.cli)
+    if args.ckpt is not None:
+        model = load_detector(args.ckpt, args.device)
+    else:
+        model = load_pretrained_detector(args.model, args.weights, args.device)
+    conf, conf_source = choose_conf(args.conf, getattr(model, "best_conf", None))
+    print(f"detforge: {conf_source}", file=sys.stderr)
     own_preprocess = uses_own_preprocess(model)  # named weights: their resize, on the images as they are
     if not args.no_fold_batchnorm:
         print(
@@ -141,7 +164,7 @@ def main(argv: list[str]) -> int:
             sizes = [tuple(int(v) for v in t["size"]) for t in targets]
             preds = to_original_size(model.predict(batch, sizes), targets)
         for path, raw, pred in zip(chunk, originals, preds, strict=True):
-            keep = pred["scores"] >= args.conf
+            keep = pred["scores"] >= conf
             pred = {k: v[keep].cpu() for k, v in pred.items()}
             dets = [
                 {
@@ -163,7 +186,7 @@ def main(argv: list[str]) -> int:
             if not args.no_draw:
                 from PIL import Image
 
-                drawn = draw_predictions(raw.float() / 255, pred, names, score_thresh=args.conf)
+                drawn = draw_predictions(raw.float() / 255, pred, names, score_thresh=conf)
                 array = drawn.permute(1, 2, 0).numpy()  # [H, W, 3]
                 name = path.stem
                 n = 2
@@ -176,5 +199,5 @@ def main(argv: list[str]) -> int:
     text = json.dumps(records, indent=1)
     atomic_write(out / "predictions.json", lambda tmp: Path(tmp).write_text(text))
     total = sum(len(r["detections"]) for r in records)
-    print(f"{len(records)} images, {total} detections (score >= {args.conf}) -> {out}")
+    print(f"{len(records)} images, {total} detections (score >= {conf:.4g}) -> {out}")
     return 0

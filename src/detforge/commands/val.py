@@ -108,13 +108,15 @@ def _write_plots(result, gt_path: Path, pred_path: Path, out: Path) -> list[Path
 
 
 def _evaluate_files(args: argparse.Namespace) -> int:
+    from detforge.errors import InvalidValueError, UserError
     from detforge.metrics import evaluate_coco_files
 
     try:
         result = evaluate_coco_files(args.gt, args.pred)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"detforge val: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:  # the checks of the user's --gt / --pred files, naming them
+        if isinstance(err, UserError):
+            raise
+        raise InvalidValueError(str(err)) from err
     print(f"{len(result.image_ids)} images, {len(result.category_ids)} categories")
     print(result.table())
     if args.save_json:
@@ -174,11 +176,7 @@ def main(argv: list[str]) -> int:
             parser.error("give --ckpt or --model/--weights, not both")
         if args.ckpt is None and args.weights is None:
             parser.error("--data needs --ckpt (or --model NAME --weights W)")
-        try:
-            return _evaluate_checkpoint(args)
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            print(f"detforge val: {err}", file=sys.stderr)
-            return 1
+        return _evaluate_checkpoint(args)  # user errors: one line and exit 2 (detforge.cli)
     if args.gt is None or args.pred is None:
         parser.error("give --gt GT.json and --pred RESULTS.json (or --ckpt CKPT [--data SPEC])")
     return _evaluate_files(args)

@@ -20,6 +20,7 @@ from detforge.boxes import convert_boxes
 from detforge.data.base import Annotation, DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import DataError, MissingFileError
 from detforge.io import ImageMode, image_size
 
 __all__ = ["CocoDataset", "load_coco_json", "parse_coco"]
@@ -32,34 +33,34 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict[str, Any]:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file}") from None
+        raise MissingFileError(f"COCO annotation file not found: {ann_file}") from None
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise DataError(
             f"{ann_file}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
             "is the file truncated?"
         ) from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{ann_file}: not a UTF-8 JSON file ({err})") from None
+        raise DataError(f"{ann_file}: not a UTF-8 JSON file ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: expected a JSON object with 'images' and 'categories'")
+        raise DataError(f"{ann_file}: expected a JSON object with 'images' and 'categories'")
     for key in ("images", "categories"):
         if key not in data:
-            raise ValueError(
+            raise DataError(
                 f"{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, categories)"
             )
         if not isinstance(data[key], list):
-            raise ValueError(f"{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}")
+            raise DataError(f"{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}")
     if not isinstance(data.get("annotations", []), list):
-        raise ValueError(f"{ann_file}: 'annotations' must be a list")
+        raise DataError(f"{ann_file}: 'annotations' must be a list")
     return data
 
 
 def _require(entry: Any, keys: tuple[str, ...], where: str) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
     missing = [k for k in keys if k not in entry]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
+        raise DataError(f"{where}: missing key(s) {missing}")
 
 
 def parse_coco(
@@ -90,7 +91,7 @@ def parse_coco(
         _require(cat, ("id", "name"), f"{name}: categories[{k}]")
     cat_ids = sorted(int(c["id"]) for c in categories)
     if len(set(cat_ids)) != len(cat_ids):
-        raise ValueError(f"{name}: categories repeat an id ({cat_ids})")
+        raise DataError(f"{name}: categories repeat an id ({cat_ids})")
     names_by_id = {int(c["id"]): str(c["name"]) for c in categories}
     cat_id_to_label = {cid: i for i, cid in enumerate(cat_ids)}
 
@@ -100,7 +101,7 @@ def parse_coco(
         _require(img, ("id", "file_name"), f"{name}: images[{k}]")
         image_id = int(img["id"])
         if image_id in index_of_image:
-            raise ValueError(
+            raise DataError(
                 f"{name}: images[{k}] repeats id {image_id} (first at images[{index_of_image[image_id]}])"
             )
         index_of_image[image_id] = k

@@ -20,6 +20,7 @@ from detforge.data.mosaic import Mosaic, keep_uint8
 from detforge.data.multi_scale import MultiScale, model_stride
 from detforge.data.sliced import SlicedDataset
 from detforge.data.transforms import build_train_transforms, build_val_transforms, pad_value
+from detforge.errors import DataError, InvalidValueError
 
 __all__ = ["DetectionDataModule", "auto_num_workers", "detection_collate"]
 
@@ -177,27 +178,27 @@ class DetectionDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers == "auto":
             num_workers = auto_num_workers()
         if isinstance(num_workers, str) or num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 or 'auto', got {num_workers!r}")
+            raise InvalidValueError(f"num_workers must be >= 0 or 'auto', got {num_workers!r}")
         if cache not in ("none", "ram"):
-            raise ValueError(f"cache must be one of ('none', 'ram'), got {cache!r}")
+            raise InvalidValueError(f"cache must be one of ('none', 'ram'), got {cache!r}")
         if cache_gb < 0:
-            raise ValueError(f"cache_gb must be >= 0, got {cache_gb}")
+            raise InvalidValueError(f"cache_gb must be >= 0, got {cache_gb}")
         if not 0.0 <= mosaic <= 1.0:
-            raise ValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
+            raise InvalidValueError(f"mosaic is a probability in [0, 1], got {mosaic}")
         if train_size is not None and train_size < 1:
-            raise ValueError(f"train_size must be >= 1, got {train_size}")
+            raise InvalidValueError(f"train_size must be >= 1, got {train_size}")
         if slice is not None and slice < 8:
-            raise ValueError(f"slice must be >= 8 pixels or None, got {slice}")
+            raise InvalidValueError(f"slice must be >= 8 pixels or None, got {slice}")
         if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise InvalidValueError(f"overlap must be in [0, 1), got {overlap}")
         if not 0.0 < slice_min_area <= 1.0:
-            raise ValueError(f"slice_min_area is a fraction in (0, 1], got {slice_min_area}")
+            raise InvalidValueError(f"slice_min_area is a fraction in (0, 1], got {slice_min_area}")
         if slice_empty_ratio < 0:
-            raise ValueError(f"slice_empty_ratio must be >= 0, got {slice_empty_ratio}")
+            raise InvalidValueError(f"slice_empty_ratio must be >= 0, got {slice_empty_ratio}")
         self.data = data
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
@@ -304,7 +305,7 @@ class DetectionDataModule(L.LightningDataModule):
         if self.train_size is not None and self.train_size < len(dataset):
             dataset = Subset(dataset, range(self.train_size))
         if len(dataset) == 0:
-            raise ValueError(f"training data {self.data!r} has no images")
+            raise DataError(f"training data {self.data!r} has no images")
         return dataset
 
     def _make_val(self) -> Dataset | None:

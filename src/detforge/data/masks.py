@@ -19,6 +19,7 @@ from torchvision.ops import masks_to_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import InvalidValueError, MissingFileError
 from detforge.io import ImageMode, image_size
 
 __all__ = ["MaskDataset", "instance_boxes"]
@@ -77,11 +78,11 @@ class MaskDataset(DetectionDataset):
         images_path, masks_path = Path(self.root) / image_dir, Path(self.root) / mask_dir
         for p in (images_path, masks_path):
             if not p.is_dir():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"mask dataset folder not found: {p} (expected {image_dir}/ and {mask_dir}/)"
                 )
         if len(class_names) != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"MaskDataset has one class; class_names must have one name, got {list(class_names)}"
             )
         log = IssueLog(self.root)

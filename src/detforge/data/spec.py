@@ -23,6 +23,7 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import DataError
 
 __all__ = ["SPEC_FORMS", "build_dataset", "parse_spec"]
 
@@ -40,8 +41,8 @@ SPEC_FORMS = (
 _SYNTHETIC_MODES = {"synthetic": "rgb", "synthetic-thermal": "thermal", "synthetic-sequence": "sequence"}
 
 
-def _bad(spec: str, why: str) -> ValueError:
-    return ValueError(f"dataset spec {spec!r}: {why}; accepted forms: {', '.join(SPEC_FORMS)}")
+def _bad(spec: str, why: str) -> DataError:
+    return DataError(f"dataset spec {spec!r}: {why}; accepted forms: {', '.join(SPEC_FORMS)}")
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
@@ -104,7 +105,8 @@ def build_dataset(
             ``mode="L"`` on a synthetic spec renders the thermal (1-channel) variant.
 
     Raises:
-        ValueError: the spec is malformed; the message lists the accepted forms.
+        DataError: the spec is malformed (the message lists the accepted forms), or a file it names cannot be
+            read (a ``ValueError``; a missing file: ``MissingFileError``, a ``FileNotFoundError``).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be one of ('train', 'val'), got {split!r}")
@@ -117,7 +119,9 @@ def build_dataset(
         num_images, seed = (n, 0) if split == "train" else (max(n // 4, 32), 1)
         mode = common.pop("mode", None)
         if mode not in (None, "RGB"):
-            raise ValueError(f"dataset spec {spec!r}: synthetic-dense renders RGB images only, got mode={mode!r}")
+            raise DataError(
+                f"dataset spec {spec!r}: synthetic-dense renders RGB images only, got mode={mode!r}"
+            )
         return SyntheticDense(num_images=num_images, seed=seed, **common)
     if kind in _SYNTHETIC_MODES:
         from detforge.data.synthetic import SyntheticShapes

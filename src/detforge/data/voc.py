@@ -19,6 +19,7 @@ from detforge.boxes import voc_to_xyxy, xyxy_to_voc
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import DataError, MissingFileError
 from detforge.io import ImageMode
 
 __all__ = ["VOCDataset", "VocObject", "find_voc_files", "parse_voc_xml"]
@@ -45,7 +46,7 @@ class VocAnnotation:
 def _text(node: ET.Element, tag: str, xml_path: str, where: str) -> str:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{xml_path}: {where} has no <{tag}>")
+        raise DataError(f"{xml_path}: {where} has no <{tag}>")
     return child.text.strip()
 
 
@@ -59,17 +60,17 @@ def parse_voc_xml(xml_path: str) -> VocAnnotation:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as err:
-        raise ValueError(f"{xml_path}: not well-formed XML ({err})") from None
+        raise DataError(f"{xml_path}: not well-formed XML ({err})") from None
     size = root.find("size")
     if size is None:
-        raise ValueError(f"{xml_path}: no <size> element (width and height are required)")
+        raise DataError(f"{xml_path}: no <size> element (width and height are required)")
     try:
         width = int(float(_text(size, "width", xml_path, "<size>")))
         height = int(float(_text(size, "height", xml_path, "<size>")))
     except ValueError as err:
-        raise ValueError(str(err) if "has no" in str(err) else f"{xml_path}: <size> is not numeric") from None
+        raise DataError(str(err) if "has no" in str(err) else f"{xml_path}: <size> is not numeric") from None
     if width <= 0 or height <= 0:
-        raise ValueError(f"{xml_path}: <size> is {width}x{height}; width and height must be positive")
+        raise DataError(f"{xml_path}: <size> is {width}x{height}; width and height must be positive")
     filename_node = root.find("filename")
     filename = filename_node.text.strip() if filename_node is not None and filename_node.text else None
     objects = []
@@ -78,13 +79,13 @@ def parse_voc_xml(xml_path: str) -> VocAnnotation:
         name = _text(obj, "name", xml_path, where)
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raise ValueError(f"{xml_path}: {where} ({name}) has no <bndbox>")
+            raise DataError(f"{xml_path}: {where} ({name}) has no <bndbox>")
         try:
             x1, y1, x2, y2 = (
                 float(_text(bndbox, t, xml_path, where)) for t in ("xmin", "ymin", "xmax", "ymax")
             )
         except ValueError as err:
-            raise ValueError(
+            raise DataError(
                 str(err) if "has no" in str(err) else f"{xml_path}: {where} corners not numeric"
             ) from None
         difficult_node = obj.find("difficult")
@@ -103,7 +104,7 @@ def find_voc_files(root: str | os.PathLike, split: str | None = None) -> list[tu
     """
     root_p = Path(root)
     if not root_p.is_dir():
-        raise FileNotFoundError(f"VOC folder not found: {root}")
+        raise MissingFileError(f"VOC folder not found: {root}")
     if (root_p / "Annotations").is_dir():
         ann_dir, img_dir = root_p / "Annotations", root_p / "JPEGImages"
         list_file = root_p / "ImageSets" / "Main" / f"{split}.txt" if split else None

@@ -22,6 +22,7 @@ from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, looks_normalized, validate_boxes
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import DataError, MissingFileError
 from detforge.io import ImageMode, image_size
 
 __all__ = ["WiderFaceDataset", "WiderFaceEntry", "parse_wider_gt"]
@@ -70,7 +71,7 @@ def parse_wider_gt(gt_file: str, image_root: str) -> list[WiderFaceEntry]:
         with open(gt_file, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"WIDER FACE ground-truth file not found: {gt_file}") from None
+        raise MissingFileError(f"WIDER FACE ground-truth file not found: {gt_file}") from None
     entries = []
     i = 0
     while i < len(lines):
@@ -80,20 +81,20 @@ def parse_wider_gt(gt_file: str, image_root: str) -> list[WiderFaceEntry]:
             continue
         image_line = i + 1
         if _is_numeric(name):
-            raise ValueError(
+            raise DataError(
                 f"{gt_file}:{image_line}: expected an image path, got a face line ({name[:60]!r}); the count "
                 "line of the image before says fewer faces than follow it"
             )
         if i + 1 >= len(lines):
-            raise ValueError(f"{gt_file}:{image_line}: {name}: file ends before the face count line")
+            raise DataError(f"{gt_file}:{image_line}: {name}: file ends before the face count line")
         try:
             count = int(lines[i + 1].strip())
         except ValueError:
-            raise ValueError(
+            raise DataError(
                 f"{gt_file}:{i + 2}: {name}: expected a face count, got {lines[i + 1].strip()[:60]!r}"
             ) from None
         if count < 0:
-            raise ValueError(f"{gt_file}:{i + 2}: {name}: negative face count {count}")
+            raise DataError(f"{gt_file}:{i + 2}: {name}: negative face count {count}")
         # Zero faces is followed by one all-zero line (tolerated when a writer left it out).
         zero_line_present = i + 2 < len(lines) and _is_numeric(lines[i + 2])
         rows = count if count > 0 or not zero_line_present else 1
@@ -106,7 +107,7 @@ def parse_wider_gt(gt_file: str, image_root: str) -> list[WiderFaceEntry]:
             except ValueError:
                 values = []
             if len(values) < 4:
-                raise ValueError(
+                raise DataError(
                     f"{gt_file}:{line_no}: {name}: count line says {count} face(s) but line {line_no} "
                     f"is not a face line ({' '.join(fields)[:60]!r})"
                 )

@@ -19,6 +19,7 @@ from detforge.boxes import convert_boxes
 from detforge.data.base import DetectionDataset, Record
 from detforge.data.checks import IssueLog, check_labels, validate_boxes
 from detforge.data.deprecation import renamed_kwargs
+from detforge.errors import DataError, MissingFileError
 from detforge.io import ImageMode, image_size
 
 __all__ = ["YoloDataset", "image_to_label_path", "load_data_yaml"]
@@ -33,11 +34,11 @@ def load_data_yaml(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"YOLO data file not found: {path}") from None
+        raise MissingFileError(f"YOLO data file not found: {path}") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise DataError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict) or "names" not in data:
-        raise ValueError(f"{path}: expected a mapping with 'names' and 'train' / 'val' entries")
+        raise DataError(f"{path}: expected a mapping with 'names' and 'train' / 'val' entries")
     return data
 
 
@@ -47,14 +48,14 @@ def _class_names(data: dict[str, Any], path: str) -> list[str]:
         try:
             names = {int(k): v for k, v in names.items()}
         except ValueError:
-            raise ValueError(f"{path}: 'names' keys must be class ids 0..N-1, got {list(names)}") from None
+            raise DataError(f"{path}: 'names' keys must be class ids 0..N-1, got {list(names)}") from None
         ids = sorted(names)
         if ids != list(range(len(ids))):
-            raise ValueError(f"{path}: 'names' ids must be 0..{len(ids) - 1}, got {ids}")
+            raise DataError(f"{path}: 'names' ids must be 0..{len(ids) - 1}, got {ids}")
         return [str(names[i]) for i in ids]
     if isinstance(names, list):
         return [str(n) for n in names]
-    raise ValueError(f"{path}: 'names' must be a list or an {{id: name}} mapping")
+    raise DataError(f"{path}: 'names' must be a list or an {{id: name}} mapping")
 
 
 def image_to_label_path(image_path: str) -> str:
@@ -79,7 +80,7 @@ def _list_images(entry: str | list, root: Path, yaml_path: str) -> list[str]:
                     q = Path(line.strip())
                     images.append(str(q if q.is_absolute() else (p.parent / q)))
         else:
-            raise FileNotFoundError(f"{yaml_path}: image folder or list {str(p)!r} not found")
+            raise MissingFileError(f"{yaml_path}: image folder or list {str(p)!r} not found")
     return images
 
 
@@ -149,7 +150,7 @@ class YoloDataset(DetectionDataset):
         data = load_data_yaml(self.data_yaml)
         names = _class_names(data, self.data_yaml)
         if split not in data or data[split] is None:
-            raise ValueError(f"{self.data_yaml}: no {split!r} entry")
+            raise DataError(f"{self.data_yaml}: no {split!r} entry")
         base = Path(self.data_yaml).parent
         root = base / data["path"] if data.get("path") else base  # an absolute ``path`` replaces ``base``
         log = IssueLog(self.data_yaml)

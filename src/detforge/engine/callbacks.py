@@ -240,6 +240,12 @@ def draw_predictions(
         labels = pred["labels"].detach().cpu()[keep].tolist()
         scores = pred["scores"].detach().cpu()[keep].tolist()
         names = [f"{class_names[c] if class_names else c} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
+    drawable = (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])  # [K]: inverted / NaN boxes have no picture
+    if not drawable.all():
+        keep = drawable.tolist()
+        boxes = boxes[drawable]
+        labels = [c for c, k in zip(labels, keep, strict=True) if k]
+        names = [n for n, k in zip(names, keep, strict=True) if k]
     if boxes.numel() == 0:
         return img.contiguous()
     palette = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
@@ -294,8 +300,10 @@ def _save_png(tensor: Tensor, path: Path) -> Path:
 
 class RunArtifacts(L.Callback):
     """At the end of ``fit`` (rank 0): ``curves.png`` (losses, mAP), ``pr_curves.png`` when the metric gives
-    precision arrays, ``val_predictions.png`` (a grid of validation images: ground truth beside the detections),
-    ``results.json`` (the final validation stats) and the COCO table on the console.
+    precision arrays, ``confusion_matrix.png`` and ``f1_curve.png`` when it gives a detection summary
+    (:meth:`detforge.metrics.DetectionMAP.summary`), ``val_predictions.png`` (a grid of validation images: ground
+    truth beside the detections), ``results.json`` (the final validation stats, with ``best_conf``, ``f1``,
+    ``confusion_matrix`` and ``class_names``) and the COCO table on the console.
 
     Args:
         run_dir: the run folder.
@@ -319,18 +327,26 @@ class RunArtifacts(L.Callback):
         stats = getattr(pl_module, "last_val_stats", None)
         class_names = getattr(pl_module, "class_names", None)
         if stats:
-            self._keep(self._write_results(stats))
+            self._keep(self._write_results(stats, class_names))
             self._keep(self._plot_pr(stats, class_names))
+            self.written += self._plot_summary(stats, class_names)
             if self.print_table:
                 print(format_table(stats, class_names))
         self._keep(self._prediction_grid(trainer, pl_module, class_names))
+        from detforge.engine.report import write_run_report  # last: the page shows the pictures above
+
+        dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
+        self._keep(write_run_report(self.run_dir, pl_module, dataset, trainer.world_size))
 
     def _keep(self, path: Path | None) -> None:
         if path is not None:
             self.written.append(path)
 
-    def _write_results(self, stats: dict[str, Any]) -> Path:
-        plain = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in stats.items() if k != "coco_eval"}
+    def _write_results(self, stats: dict[str, Any], class_names: list[str] | None = None) -> Path:
+        skip = ("coco_eval", "detection_summary")
+        plain = {k: v.tolist() if isinstance(v, Tensor) else v for k, v in stats.items() if k not in skip}
+        if stats.get("detection_summary") is not None:
+            plain.update(stats["detection_summary"].results(class_names))
         text = json.dumps(plain, indent=2)
         return atomic_write(self.run_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
 
@@ -342,6 +358,14 @@ class RunArtifacts(L.Callback):
             return None
         path = self.run_dir / "pr_curves.png"
         return atomic_write(path, lambda tmp: plot_pr_curves(result, tmp, class_names=class_names))
+
+    def _plot_summary(self, stats: dict[str, Any], class_names: list[str] | None) -> list[Path]:
+        from detforge.metrics import plot_detection_summary
+
+        summary = stats.get("detection_summary")
+        if summary is None:
+            return []
+        return plot_detection_summary(summary, self.run_dir, class_names, atomic_write)
 
     def _prediction_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, class_names) -> Path | None:
         datamodule = trainer.datamodule

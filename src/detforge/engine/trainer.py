@@ -17,6 +17,8 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from detforge.errors import UserError
+
 __all__ = [
     "CHECKPOINT_EVERY_MINUTES",
     "MissingCheckpointError",
@@ -40,9 +42,10 @@ CHECKPOINT_EVERY_MINUTES = 5.0
 _CHECKPOINT_MINUTES_ENV = "DETFORGE_CHECKPOINT_MINUTES"
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run cannot start or go on for a reason the user can fix (nothing to resume, an unwritable or full
-    run folder). ``str(err)`` is one line meant for the console; ``detforge`` prints it and exits with 1."""
+    run folder). ``str(err)`` is one line meant for the console; ``detforge`` prints it and exits with 2
+    (:mod:`detforge.errors`)."""
 
 
 class MissingCheckpointError(RunError, FileNotFoundError):
@@ -170,7 +173,8 @@ def default_callbacks(
     ``CpuPrecisionChoice`` (bfloat16 autocast where the CPU has it natively and it is faster;
     ``$DETFORGE_CPU_PRECISION``), ``FlushDenormals`` (denormal floats flushed to zero while the Trainer runs;
     ``$DETFORGE_FLUSH_DENORMAL``), a rich
-    progress bar, ``RunArtifacts`` and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
+    progress bar, ``RunArtifacts``, ``TrainBatchPictures`` and ``LabelsPlot`` (``train_batches.jpg``,
+    ``labels.png``) and ``FitScheduleToTime`` (the cosine schedule ends when ``max_time`` does)."""
     from detforge.engine.adaptive_threads import AdaptiveThreads
     from detforge.engine.callbacks import AtomicCheckpoint, CheckRunFolder, LastCheckpoint, RunArtifacts
     from detforge.engine.cpu_precision import CpuPrecisionChoice
@@ -201,7 +205,10 @@ def default_callbacks(
 
         callbacks.append(RichProgressBar(leave=True))
     if artifacts:
+        from detforge.engine.batch_pictures import LabelsPlot, TrainBatchPictures
+
         callbacks.append(RunArtifacts(run_dir))
+        callbacks += [TrainBatchPictures(run_dir), LabelsPlot(run_dir)]  # train_batches.jpg, labels.png
     return callbacks
 
 

@@ -9,21 +9,50 @@ pycocotools evaluation of the written JSON against the data set's annotation fil
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["load_detector", "resolve_device", "run_data_config", "validate_checkpoint"]
+from detforge.errors import InvalidValueError, MissingFileError
+
+__all__ = [
+    "check_checkpoint_file",
+    "load_detector",
+    "resolve_device",
+    "run_data_config",
+    "validate_checkpoint",
+]
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``"auto"`` / None -> the first CUDA device when there is one, else the CPU; otherwise ``device`` as is."""
+    """``"auto"`` / None -> the first CUDA device when there is one, else the CPU; otherwise ``device`` as is.
+    A device name torch does not know, or a CUDA device this machine does not have, raises
+    :class:`~detforge.errors.InvalidValueError` naming it."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "gpu":
         device = "cuda"
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InvalidValueError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:1, ...)") from err
+    if resolved.type == "cuda" and (
+        not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()
+    ):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+        raise InvalidValueError(f"--device {device!r}: this machine has {have}")
+    return resolved
+
+
+def check_checkpoint_file(ckpt: str | Path) -> Path:
+    """``ckpt`` as a Path when it is a file; :class:`~detforge.errors.MissingFileError` naming it otherwise."""
+    path = Path(ckpt)
+    if not path.is_file():
+        why = "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
+        raise MissingFileError(f"{path}: {why}")
+    return path
 
 
 def load_detector(ckpt: str | Path, device: str | torch.device | None = None):
@@ -33,17 +62,18 @@ def load_detector(ckpt: str | Path, device: str | torch.device | None = None):
     """
     from detforge.models.detector import ObjectDetector
 
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = check_checkpoint_file(ckpt)
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     try:
         model = ObjectDetector.load_from_checkpoint(
             str(path), map_location=device, weights_only=True, compile_model=False
         )
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{path}: not a detforge ObjectDetector checkpoint ({type(err).__name__}: {err})"
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        # torch's messages run to several sentences ("... This is an internal miniz error. If you are ..."):
+        # the first line up to its first full stop says what went wrong
+        why = (str(err).strip().splitlines() or [""])[0].split(". ")[0] or "the file ends early"
+        raise InvalidValueError(
+            f"{path}: not a detforge ObjectDetector checkpoint, truncated or corrupt? ({type(err).__name__}: {why})"
         ) from err
     return model.to(device).eval()
 
@@ -108,7 +138,8 @@ def run_data_config(ckpt: str | Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not a readable run configuration ({err})") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidValueError(f"{path}: not a readable run configuration ({first})") from err
     section = config.get("data") if isinstance(config, dict) else None
     return section if isinstance(section, dict) else {}
 
@@ -139,7 +170,8 @@ def validate_checkpoint(
         batch / workers: evaluation batch size and DataLoader workers.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         out_dir: where ``predictions.json`` (COCO results, original category ids) goes; default the
-            checkpoint's folder.
+            checkpoint's folder. Given, it also gets ``confusion_matrix.png`` (at the F1-best confidence) and
+            ``f1_curve.png``, drawn as a training run draws them.
         verbose: print the table.
         dataset_kwargs: data set options (``DetectionDataModule(dataset_kwargs=...)``); None: the training run's
             when ``data`` is the run's data spec (e.g. the synthetic object sizes), else none.
@@ -156,11 +188,15 @@ def validate_checkpoint(
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
-        ``classes`` (Tensors), plus ``results_json`` (the written path).
+        ``classes`` (Tensors), plus ``results_json`` (the written path), ``detection_summary``
+        (:class:`~detforge.metrics.DetectionSummary`: F1 curve, best confidence, confusion matrix) and, with
+        ``out_dir``, ``plots`` (the two PNGs and ``report.html``).
     """
     from detforge.data.datamodule import DetectionDataModule
-    from detforge.engine.callbacks import format_table
-    from detforge.metrics import DetectionMAP, write_coco_results
+    from detforge.engine.callbacks import atomic_write, format_table
+    from detforge.engine.report import gallery_images, write_report
+    from detforge.metrics import DetectionMAP, plot_detection_summary, write_coco_results
+    from detforge.metrics.confusion import image_errors
     from detforge.models.base import forward_with_sizes
     from detforge.slicing.predict import sliced_predict
     from detforge.targets import image_sizes_of, metric_targets, to_original_size
@@ -169,13 +205,17 @@ def validate_checkpoint(
         raise ValueError(f"split must be one of ('val', 'test'), got {split!r}")
     if (ckpt is None) == (weights is None):
         raise ValueError("give a checkpoint (--ckpt) or a model with named weights (--model NAME --weights W)")
+    if ckpt is not None:
+        check_checkpoint_file(ckpt)  # before its run's config.yaml: a missing file says so
     run = run_data_config(ckpt) if ckpt is not None else {}
     if data is None and ckpt is None:
-        raise ValueError(f"model {model_name!r} with weights {weights!r}: give the data set (--data SPEC)")
+        raise InvalidValueError(
+            f"model {model_name!r} with weights {weights!r}: give the data set (--data SPEC)"
+        )
     if data is None:
         data = run.get("data" if split == "val" else "test_data")
         if not isinstance(data, str):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{ckpt}: no config.yaml with a {'data' if split == 'val' else 'test_data'} spec beside it; "
                 "give the data set (--data SPEC)"
             )
@@ -207,25 +247,27 @@ def validate_checkpoint(
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
     mapping = label_map(model.model, dataset)
     if mapping is None and getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
-        raise ValueError(
+        raise InvalidValueError(
             f"{ckpt}: the model has {model.num_classes} classes but data {data!r} has {dataset.num_classes}"
         )
     metric = DetectionMAP(class_metrics=True).to(dev)
     all_preds: list[dict] = []
     image_ids: list[int] = []
+
+    def predict(images: torch.Tensor, sizes) -> list[dict]:
+        """Detections of ``images`` (Tensor[B, C, H, W], each (h, w) of ``sizes`` real) in their pixels."""
+        images = images.to(dev)
+        if slicing is not None:
+            crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)]
+            return sliced_predict(model, crops, batch_size=batch, **slicing)
+        if own_preprocess:
+            preds = model.model.predict([image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)])
+            return [_relabel(p, mapping) for p in preds]
+        return model.model.postprocess(forward_with_sizes(model.model, images, sizes), sizes)
+
     with torch.no_grad():
         for images, targets in loader:
-            images = images.to(dev)
-            sizes = image_sizes_of(targets, images)
-            if slicing is not None:
-                crops = [image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)]
-                preds = sliced_predict(model, crops, batch_size=batch, **slicing)
-            elif own_preprocess:
-                preds = model.model.predict([image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)])
-                preds = [_relabel(p, mapping) for p in preds]
-            else:
-                outputs = forward_with_sizes(model.model, images, sizes)
-                preds = model.model.postprocess(outputs, sizes)
+            preds = predict(images, image_sizes_of(targets, images))
             preds = [{k: v.cpu() for k, v in p.items()} for p in to_original_size(preds, targets)]
             gts = metric_targets(targets)
             metric.update(preds, gts)
@@ -233,13 +275,24 @@ def validate_checkpoint(
             image_ids += [int(t["image_id"]) for t in targets]
     stats = dict(metric.compute())
     stats["coco_eval"] = metric.last_result
+    num_classes = model.num_classes if mapping is None else getattr(dataset, "num_classes", None)
+    stats["detection_summary"] = summary = metric.summary(num_classes)  # F1 curve, confusion matrix
     out = Path(out_dir) if out_dir is not None else (Path(ckpt).parent if ckpt is not None else Path("runs/val"))
     label_to_cat_id = getattr(dataset, "label_to_cat_id", None)
     stats["results_json"] = str(
         write_coco_results(all_preds, image_ids, label_to_cat_id, out / "predictions.json")
     )
+    names = (model.class_names if mapping is None else None) or getattr(dataset, "class_names", None)
+    if out_dir is not None:  # as a training run draws them; never over a run folder's own
+        stats["plots"] = [str(p) for p in plot_detection_summary(summary, out, names, write=atomic_write)]
+        missed, false = image_errors(metric.last_inputs, summary.confusion_conf)
+        gallery = gallery_images(out, predict, dataset, missed, false, summary.confusion_conf, names)
+        what = f"checkpoint {ckpt}" if ckpt is not None else f"{model_name} with weights {weights}"
+        notes = [f"{what} on {data or 'the run data'} ({split} split, {len(dataset)} images)"]
+        stats["plots"].append(str(write_report(out, stats, names, gallery, title="detforge val", notes=notes)))
     if verbose:
-        names = (model.class_names if mapping is None else None) or getattr(dataset, "class_names", None)
         print(format_table(stats, names))
         print(f"COCO results: {stats['results_json']}")
+        for path in stats.get("plots", []):
+            print(f"written: {path}")
     return stats

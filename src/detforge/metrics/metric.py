@@ -2,6 +2,8 @@
 
 Takes the same inputs as torchmetrics' ``MeanAveragePrecision`` and returns the same keys, with
 pycocotools' exact numbers and a fraction of the time. States are concatenated across DDP ranks.
+From the same detections :meth:`DetectionMAP.summary` gives the F1-confidence curve, the F1-best confidence
+and the confusion matrix at it (:mod:`detforge.metrics.f1`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from torchmetrics.utilities import dim_zero_cat
 from detforge.boxes import BoxFormat, convert_boxes
 from detforge.metrics.coco import COCOEvalResult, COCOEvaluator
 from detforge.metrics.coco_data import CocoDetections, CocoGroundTruth
+from detforge.metrics.confusion import MatchInputs
+from detforge.metrics.f1 import DetectionSummary, summarize
 
 __all__ = ["DetectionMAP"]
 
@@ -48,7 +52,9 @@ class DetectionMAP(Metric):
 
     ``compute()`` returns ``map, map_50, map_75, map_small, map_medium, map_large, mar_{m1}, mar_{m2},
     mar_{m3}, mar_small, mar_medium, mar_large, map_per_class, mar_{m3}_per_class, classes`` (float32
-    tensors; -1 where undefined), as torchmetrics does. ``last_result`` keeps the full ``COCOEvalResult``.
+    tensors; -1 where undefined), as torchmetrics does. ``last_result`` keeps the full ``COCOEvalResult``,
+    ``last_inputs`` the evaluated detections and ground truth (:class:`~detforge.metrics.confusion.MatchInputs`,
+    all ranks) for :meth:`summary`.
     """
 
     is_differentiable = False
@@ -77,6 +83,7 @@ class DetectionMAP(Metric):
         )
         self.max_detection_thresholds = max_dets
         self.last_result: COCOEvalResult | None = None
+        self.last_inputs: MatchInputs | None = None
         for name in ("det_boxes", "det_scores", "det_labels", "det_counts"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         for name in ("gt_boxes", "gt_labels", "gt_crowd", "gt_area", "gt_ignore", "gt_counts"):
@@ -165,9 +172,32 @@ class DetectionMAP(Metric):
         )
         return self.evaluator.evaluate(gt, dt)
 
+    def match_inputs(self) -> MatchInputs:
+        """Everything added so far (all ranks after sync) as :class:`~detforge.metrics.confusion.MatchInputs`."""
+        return MatchInputs.from_counts(
+            det_boxes=_cat(self.det_boxes, torch.float64, 4),
+            det_scores=_cat(self.det_scores, torch.float64),
+            det_labels=_cat(self.det_labels, torch.int64),
+            det_counts=_cat(self.det_counts, torch.int64),
+            gt_boxes=_cat(self.gt_boxes, torch.float64, 4),
+            gt_labels=_cat(self.gt_labels, torch.int64),
+            gt_counts=_cat(self.gt_counts, torch.int64),
+            gt_crowd=_cat(self.gt_crowd, torch.bool),
+            gt_ignore=_cat(self.gt_ignore, torch.bool),
+        )
+
+    def summary(self, num_classes: int | None = None, iou_threshold: float = 0.5) -> DetectionSummary:
+        """F1-confidence curves, the F1-best confidence and the confusion matrix at it, of the detections of
+        the last :meth:`compute` (:func:`detforge.metrics.f1.summarize`). ``num_classes``: C of the per-class
+        arrays and of the matrix; None: one more than the largest label."""
+        if self.last_inputs is None:
+            raise RuntimeError("DetectionMAP.summary() needs a compute() first")
+        return summarize(self.last_inputs, num_classes, iou_threshold)
+
     def compute(self) -> dict[str, Tensor]:
         result = self.evaluate()
         self.last_result = result
+        self.last_inputs = self.match_inputs()
         m1, m2, m3 = self.max_detection_thresholds
         names = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large"]
         names += [f"mar_{m1}", f"mar_{m2}", f"mar_{m3}", "mar_small", "mar_medium", "mar_large"]

@@ -38,6 +38,7 @@ import torch
 from timm.utils.model import freeze
 from torch import Tensor, nn
 
+from detforge.errors import InvalidValueError, UserError
 from detforge.models.frozen_norm import fuse_frozen_batchnorm
 from detforge.models.necks.fpn import FPN
 from detforge.models.necks.simple_pyramid import SimplePyramid
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be fetched from the hub (offline, or the name has no weights)."""
 
 
@@ -116,7 +117,7 @@ def build_backbone(
     """
     cfg = FeatureBackboneConfig(backbone) if isinstance(backbone, str) else backbone
     if not timm.is_model(cfg.model_name):
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown timm model {cfg.model_name!r}; see timm.list_models() for names (e.g. 'resnet18', "
             "'mobilenetv3_small_100', 'convnext_nano')"
         )

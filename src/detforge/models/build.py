@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
+from detforge.errors import InvalidValueError
 from detforge.models.backbone import FeatureBackboneConfig
 from detforge.models.base import Detector
 
@@ -182,7 +183,7 @@ def _create(name: str, kwargs: dict[str, Any], options: set[str]) -> nn.Module:
         if key not in kwargs:
             raise
         where = "ObjectDetector option" if key in options else "model_kwargs entry"
-        raise ValueError(f"model {name!r} does not take {key}={kwargs[key]!r} (an {where})") from err
+        raise InvalidValueError(f"model {name!r} does not take {key}={kwargs[key]!r} (an {where})") from err
 
 
 def _rebuild_for_strides(model: nn.Module, name: str, strides: tuple[int, ...], kwargs: dict) -> nn.Module:

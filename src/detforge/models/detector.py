@@ -45,7 +45,11 @@ from detforge.models.detector_backbone import BackboneTuning
 from detforge.models.detector_deploy import DeployHelpers
 from detforge.targets import metric_targets, to_original_size
 
-__all__ = ["FORMAT_VERSION", "MODEL_OPTIONS", "ObjectDetector", "build_model"]
+__all__ = ["BEST_CONF_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "ObjectDetector", "build_model"]
+
+BEST_CONF_KEY = "detforge_best_conf"
+"""Checkpoint key of ``ObjectDetector.best_conf``: the confidence that maximised the overall F1 on the
+validation before the save (float, or None without one); ``predict``'s default ``--conf``."""
 
 
 class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
@@ -209,7 +213,9 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             )
         plain_hparams(self.hparams, model, self.model, cls_loss_fn=cls_loss_fn, reg_loss_fn=reg_loss_fn)
         self.class_names = list(class_names) if class_names is not None else None
-        self.apply_backbone_options(freeze_backbone, freeze_backbone_stride, freeze_backbone_bn, backbone_lr_mult)
+        self.apply_backbone_options(
+            freeze_backbone, freeze_backbone_stride, freeze_backbone_bn, backbone_lr_mult
+        )
 
         self.logging_config = from_plain(LoggingConfig, logging_config) or LoggingConfig()
         self.cpu_autocast = (
@@ -220,6 +226,7 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
         self.val_metrics = build_metrics(metrics, "val")
         self.test_metrics = build_metrics(metrics, "test")
         self.last_val_stats: dict[str, Any] | None = None
+        self.best_conf: float | None = None  # the last validation's F1-best confidence, saved in checkpoints
         self.transform_config = from_plain(TransformConfig, transform_config)
 
         if compile_model:
@@ -328,7 +335,20 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         stats = self._log_metrics("val", self.val_metrics)
         if not self.trainer.sanity_checking:
+            from detforge.metrics.metric import DetectionMAP
+
+            for metric in self.val_metrics.values():  # F1 curve, confusion matrix: DetectionMAP.summary
+                if isinstance(metric, DetectionMAP) and metric.last_inputs is not None:
+                    stats["detection_summary"] = summary = metric.summary(self.num_classes or None)
+                    self.best_conf = summary.f1.best_conf
+                    break
             self.last_val_stats = stats
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BEST_CONF_KEY] = self.best_conf
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_conf = checkpoint.get(BEST_CONF_KEY)  # None in checkpoints written before it was kept
 
     def on_test_epoch_end(self) -> None:
         self.last_test_stats = self._log_metrics("test", self.test_metrics)

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from detforge.errors import UserError
+
 __all__ = [
     "Layout",
     "WeightMappingError",
@@ -39,7 +41,7 @@ __all__ = [
 Layout = Literal["torchvision_resnet", "torchvision_mobilenet_v2", "other"]
 
 
-class WeightMappingError(ValueError):
+class WeightMappingError(UserError, ValueError):
     """A weight file does not fit the model: unknown layout, a tensor missing or of another shape."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from detforge.errors import InvalidValueError, MissingFileError
+
 __all__ = [
     "create_model",
     "is_model",
@@ -159,7 +161,7 @@ def create_model(
     for prefix, fn in _PREFIXES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return fn(name[len(prefix) :], **kwargs)
-    raise ValueError(
+    raise InvalidValueError(
         f"unknown model {name!r}; registered: {', '.join(list_models())}"
         + (
             f"; or a prefix + timm name: {', '.join(p + '<timm name>' for p in _PREFIXES)}"
@@ -182,12 +184,12 @@ def _create_with_weights(
         path = os.fspath(weights)
         if not os.path.isfile(path):
             tags = ", ".join(sorted(_WEIGHTS.get(name, {}))) or "none registered"
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"weights {path!r} for model {name!r} are neither a registered tag ({tags}) nor a file"
             )
         tags = _WEIGHTS.get(name, {})
         if not tags:
-            raise ValueError(
+            raise InvalidValueError(
                 f"model {name!r} has no registered weights whose layout {path!r} could have; load a detforge "
                 "checkpoint with --ckpt, or a backbone file with pretrained=PATH"
             )
@@ -196,7 +198,7 @@ def _create_with_weights(
     num_classes = int(kwargs.get("num_classes", built_classes))
     model = create_model(name, **{**meta.model_kwargs, "num_classes": num_classes, **kwargs})
     if keep_classes is not None and len(keep_classes) != num_classes:
-        raise ValueError(f"keep_classes has {len(keep_classes)} names for num_classes={num_classes}")
+        raise InvalidValueError(f"keep_classes has {len(keep_classes)} names for num_classes={num_classes}")
     load_weights(model, meta, path, strict_classes=num_classes == built_classes, keep_classes=keep_classes)
     if num_classes == built_classes:
         model.class_names = tuple(meta.class_names)

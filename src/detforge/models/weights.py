@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detforge.errors import InvalidValueError, UserError
 from detforge.models.preprocess import Preprocess
 from detforge.models.pretrained import WeightMappingError, load_state_dict_file
 
@@ -42,8 +43,11 @@ __all__ = [
 StateConverter = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 
-class WeightsUnavailableError(RuntimeError):
-    """A weight file is not on this machine and cannot be downloaded (offline, or the hash does not match)."""
+class WeightsUnavailableError(UserError, RuntimeError):
+    """A weight file is not on this machine and cannot be downloaded (offline, or the hash does not match).
+    ``detforge`` prints it as one line and exits with 1."""
+
+    exit_status = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +126,7 @@ def get_weights(model_name: str, tag: str) -> Weights:
     tags = _WEIGHTS.get(model_name, {})
     if tag not in tags:
         have = ", ".join(sorted(tags)) or "none"
-        raise ValueError(f"model {model_name!r} has no weights {tag!r} (registered weights: {have})")
+        raise InvalidValueError(f"model {model_name!r} has no weights {tag!r} (registered weights: {have})")
     return tags[tag]
 
 
