@@ -41,6 +41,31 @@ def edge_case_targets(request):
     return EDGE_CASE_BATCHES[request.param]
 
 
+TINY_DETECTOR = dict(
+    backbone="test_resnet",
+    num_classes=3,
+    fpn_channels=16,
+    head_num_convs=1,
+    strides=(8, 16, 32),
+    compile_model=False,
+    deterministic=False,
+    imgsz=64,
+)
+"""A tiny FCOS ``ObjectDetector``: ``test_resnet`` backbone, 3 classes, strides 8-32, 16 channels, 64 px."""
+
+
+def _tiny_detector(**overrides):
+    from detforge.models.detector import ObjectDetector
+
+    return ObjectDetector(**{**TINY_DETECTOR, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_detector():
+    """``tiny_detector(**overrides)``: a new :data:`TINY_DETECTOR` ``ObjectDetector`` with ``overrides``."""
+    return _tiny_detector
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path of a Lightning checkpoint of a tiny FCOS ``ObjectDetector`` trained for one step, built once per
@@ -51,21 +76,9 @@ def tiny_checkpoint(tmp_path_factory):
 
     from detforge.data.datamodule import detection_collate
     from detforge.data.synthetic import SyntheticShapes
-    from detforge.models.detector import ObjectDetector
 
     torch.manual_seed(0)  # the same weights whichever test asks first
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-        score_thresh=0.0,
-        class_names=["circle", "rectangle", "triangle"],
-    )
+    model = _tiny_detector(score_thresh=0.0, class_names=["circle", "rectangle", "triangle"])
     data = DataLoader(SyntheticShapes(4, 64, num_classes=3), batch_size=2, collate_fn=detection_collate)
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)

@@ -21,21 +21,12 @@ from detforge.models.detector import ObjectDetector
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, tiny_detector) -> dict[str, Path]:
     """A real (untrained) ObjectDetector checkpoint and its first 64 bytes, a folder with one image, a COCO
     data set and its annotation file cut in half, and paths that do not exist."""
     root = tmp_path_factory.mktemp("cli_errors")
     torch.manual_seed(0)
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-    )
+    model = tiny_detector()
     ckpt = {
         "state_dict": model.state_dict(),
         "hyper_parameters": dict(model.hparams),

@@ -17,7 +17,6 @@ from detforge.data.base import DetectionDataset, Record
 from detforge.data.datamodule import DetectionDataModule
 from detforge.engine.batch_pictures import LabelsPlot, TrainBatchPictures, batch_picture, for_display
 from detforge.engine.trainer import default_callbacks
-from detforge.models.detector import ObjectDetector
 
 SIDE = 64
 BOX = (4.0, 20.0, 22.0, 44.0)  # xyxy: the object sits at the left of the image
@@ -45,22 +44,12 @@ def _box_columns(picture: np.ndarray) -> np.ndarray:
     return np.nonzero(near)[1]
 
 
-def test_picture_shows_the_flipped_box_after_one_step(tmp_path):
+def test_picture_shows_the_flipped_box_after_one_step(tmp_path, tiny_detector):
     """A 1-step fit: the picture is written though fewer batches than ``num_batches`` were seen, and the box
     (and the white object) are on the right, where the always-on flip moved them; the annotation has them on
     the left, so a picture of un-augmented targets or images fails."""
     torch.manual_seed(0)
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=1,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=SIDE,
-        class_names=["thing"],
-    )
+    model = tiny_detector(num_classes=1, imgsz=SIDE, class_names=["thing"])
     data = DetectionDataModule(_flipped_data(tmp_path), imgsz=SIDE, batch_size=1, num_workers=0)
     pictures, labels = TrainBatchPictures(tmp_path / "run", num_batches=3), LabelsPlot(tmp_path / "run")
     trainer = L.Trainer(

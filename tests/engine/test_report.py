@@ -193,4 +193,4 @@ def test_gallery_shows_the_images_with_most_errors(tmp_path: Path):
     ]
     assert [g.file for g in gallery if g.section == "false"] == [f"report/false_{i}.jpg" for i in top_false]
     for item in gallery:
-        assert Image.open(tmp_path / item.file).size == (64 * 2 + 4, 64)  # ground truth | predictions
+        assert Image.open(tmp_path / item.file).size == (320 * 2 + 4, 320)  # truth | predictions, 64 px x 5

@@ -142,7 +142,7 @@ def test_format_table_matches_pycocotools_layout():
     assert any("dog" in line and "0.750" in line for line in lines)
 
 
-def test_training_run_writes_f1_curve_confusion_matrix_and_keeps_best_conf(tmp_path):
+def test_training_run_writes_f1_curve_confusion_matrix_and_keeps_best_conf(tmp_path, tiny_detector):
     """A tiny fit with validation: ``confusion_matrix.png``, ``f1_curve.png`` and the ``results.json`` keys
     (every validation object is in its class's row), the F1-best confidence on the module and in its
     checkpoint, restored on load; a checkpoint written before the key existed loads with None."""
@@ -156,21 +156,10 @@ def test_training_run_writes_f1_curve_confusion_matrix_and_keeps_best_conf(tmp_p
     from detforge.data.synthetic import SyntheticShapes
     from detforge.engine.callbacks import RunArtifacts
     from detforge.engine.validate import load_detector
-    from detforge.models.detector import BEST_CONF_KEY, ObjectDetector
+    from detforge.models.detector import BEST_CONF_KEY
 
     names = ["circle", "rectangle", "triangle"]
-    model = ObjectDetector(
-        backbone="test_resnet",
-        num_classes=3,
-        fpn_channels=16,
-        head_num_convs=1,
-        strides=(8, 16, 32),
-        compile_model=False,
-        deterministic=False,
-        imgsz=64,
-        score_thresh=0.0,
-        class_names=names,
-    )
+    model = tiny_detector(score_thresh=0.0, class_names=names)
     train = SyntheticShapes(4, 64, num_classes=3)
     val = SyntheticShapes(4, 64, num_classes=3, seed=1)
     loaders = [DataLoader(d, batch_size=2, collate_fn=detection_collate) for d in (train, val)]

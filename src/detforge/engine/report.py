@@ -33,6 +33,8 @@ PICTURES = (
 """The run-folder pictures the page shows when they exist, in this order, with their captions."""
 
 GALLERY_DIR = "report"
+MIN_SIDE = 320
+"""Gallery images with a shorter longer side are drawn at the integer multiple of their size that reaches it."""
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,15 @@ def gallery_images(
         with torch.no_grad():
             pred = predict(images, image_sizes_of(targets, images))[0]
         h, w = (int(v) for v in targets[0]["size"])
-        image = images[0, :, :h, :w].float()
+        image = images[0, :, :h, :w].float()  # [C, h, w]
+        truth = targets[0]
+        scale = max(1, -(-MIN_SIDE // max(h, w)))  # small images drawn larger: class names stay readable
+        if scale > 1:
+            image = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="nearest")[0]
+            pred = {**pred, "boxes": pred["boxes"] * scale}
+            truth = {**truth, "boxes": truth["boxes"] * scale}
         panel = _side_by_side(
-            draw_ground_truth(image, targets[0], names), draw_predictions(image, pred, names, conf), gap=4
+            draw_ground_truth(image, truth, names), draw_predictions(image, pred, names, conf), gap=4
         )  # [3, H, 2W + 4] uint8
         file = f"{GALLERY_DIR}/{section}_{index}.jpg"
         array = panel.permute(1, 2, 0).contiguous().numpy()  # [H, W, 3]
