@@ -43,6 +43,7 @@ from detforge.models.base import Detector, NMSMethod, forward_with_sizes
 from detforge.models.build import MODEL_OPTIONS, DetectionArch, build_model, check_detection_arch
 from detforge.models.detector_backbone import BackboneTuning
 from detforge.models.detector_deploy import DeployHelpers
+from detforge.models.detector_optim import OptimisationHooks
 from detforge.targets import metric_targets, to_original_size
 
 __all__ = ["BEST_CONF_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "ObjectDetector", "build_model"]
@@ -52,7 +53,7 @@ BEST_CONF_KEY = "detforge_best_conf"
 validation before the save (float, or None without one); ``predict``'s default ``--conf``."""
 
 
-class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
+class ObjectDetector(BackboneTuning, DeployHelpers, OptimisationHooks, L.LightningModule):
     """Train, validate, test and export a detector with Lightning.
 
     Args:
@@ -365,52 +366,6 @@ class ObjectDetector(BackboneTuning, DeployHelpers, L.LightningModule):
             return self.predict(batch)
         images, targets = batch
         return to_original_size(self.predict(images, self._image_sizes(images, targets)), targets)
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_callbacks(self) -> list:
-        if self.hparams.ema_decay is None:
-            return []
-        from detforge.engine.ema import ExponentialMovingAverage
-
-        return [
-            ExponentialMovingAverage(
-                decay=self.hparams.ema_decay, warmup_updates=self.hparams.ema_warmup_steps
-            )
-        ]
-
-    def _total_steps(self, interval: str = "step") -> int:
-        """Scheduler steps of the whole run: optimizer steps, or epochs for an ``interval="epoch"`` scheduler."""
-        if interval == "epoch":
-            return max(int(self.trainer.max_epochs or 1), 1)
-        return max(int(self.trainer.estimated_stepping_batches), 1)
-
-    def configure_optimizers(self) -> Any:
-        from detforge.engine.optim import configure_schedule, create_optimizer
-
-        hp = self.hparams
-        lr_mult = hp.get("backbone_lr_mult")
-        optimizer = create_optimizer(
-            self.model,
-            hp.optimizer,
-            hp.lr,
-            hp.weight_decay,
-            hp.optimizer_kwargs,
-            lr_multipliers=None if lr_mult is None else {self._backbone_body_prefix(): lr_mult},
-            allow_fused="mixed" not in str(getattr(self._trainer, "precision", "")),  # bf16-mixed, 16-mixed
-        )
-        return configure_schedule(
-            optimizer,
-            hp.scheduler,
-            hp.scheduler_kwargs,
-            hp.lr,
-            hp.warmup_steps,
-            hp.warmup_ratio,
-            self._total_steps,
-        )
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for key, norm in self.logging_config.norms(self).items():
-            self.log(f"train/{key}", norm.to(self.device), on_step=True, on_epoch=False)
 
 
 def _takes_detections(forward_loss: Any) -> bool:
