@@ -112,8 +112,8 @@ def test_run_folder_data_settings_are_reused(tiny_checkpoint, tmp_path, monkeypa
 
 
 def test_out_folder_gets_f1_curve_and_confusion_matrix(tiny_checkpoint, tmp_path, capsys):
-    """``--out DIR``: the run folder's two summary plots, from the same DetectionMAP.summary; without it
-    (the checkpoint's folder) they are not written over a run's own."""
+    """``--out DIR``: the run folder's two summary plots and report.html, from the same DetectionMAP.summary;
+    without it they go to the checkpoint folder's ``val_report/``, never over a run's own."""
     import shutil
 
     kwargs = dict(imgsz=64, device="cpu", dataset_kwargs={"num_classes": 3})
@@ -133,5 +133,6 @@ def test_out_folder_gets_f1_curve_and_confusion_matrix(tiny_checkpoint, tmp_path
     assert summary.f1.f1.shape == (3, 1001)
 
     ckpt = shutil.copy(tiny_checkpoint, tmp_path / "best.ckpt")
-    assert "plots" not in validate_checkpoint(ckpt, "synthetic:4", verbose=False, **kwargs)
-    assert not (tmp_path / "confusion_matrix.png").exists()
+    stats = validate_checkpoint(ckpt, "synthetic:4", verbose=False, **kwargs)
+    assert stats["plots"] == [str(tmp_path / "val_report" / n) for n in names]  # beside the run's, not over
+    assert not (tmp_path / "confusion_matrix.png").exists() and not (tmp_path / "report.html").exists()

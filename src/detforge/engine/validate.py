@@ -169,9 +169,10 @@ def validate_checkpoint(
             else the model's default input size).
         batch / workers: evaluation batch size and DataLoader workers.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        out_dir: where ``predictions.json`` (COCO results, original category ids) goes; default the
-            checkpoint's folder. Given, it also gets ``confusion_matrix.png`` (at the F1-best confidence) and
-            ``f1_curve.png``, drawn as a training run draws them.
+        out_dir: where ``predictions.json`` (COCO results, original category ids), ``confusion_matrix.png``
+            (at the F1-best confidence), ``f1_curve.png`` and ``report.html`` (with its ``report/`` pictures)
+            go. Default: ``predictions.json`` in the checkpoint's folder, the plots and the page in its
+            ``val_report/`` subfolder (never over the run folder's own).
         verbose: print the table.
         dataset_kwargs: data set options (``DetectionDataModule(dataset_kwargs=...)``); None: the training run's
             when ``data`` is the run's data spec (e.g. the synthetic object sizes), else none.
@@ -283,13 +284,15 @@ def validate_checkpoint(
         write_coco_results(all_preds, image_ids, label_to_cat_id, out / "predictions.json")
     )
     names = (model.class_names if mapping is None else None) or getattr(dataset, "class_names", None)
-    if out_dir is not None:  # as a training run draws them; never over a run folder's own
-        stats["plots"] = [str(p) for p in plot_detection_summary(summary, out, names, write=atomic_write)]
-        missed, false = image_errors(metric.last_inputs, summary.confusion_conf)
-        gallery = gallery_images(out, predict, dataset, missed, false, summary.confusion_conf, names)
-        what = f"checkpoint {ckpt}" if ckpt is not None else f"{model_name} with weights {weights}"
-        notes = [f"{what} on {data or 'the run data'} ({split} split, {len(dataset)} images)"]
-        stats["plots"].append(str(write_report(out, stats, names, gallery, title="detforge val", notes=notes)))
+    report_dir = out if out_dir is not None else out / "val_report"  # never over a run folder's own plots
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stats["plots"] = [str(p) for p in plot_detection_summary(summary, report_dir, names, write=atomic_write)]
+    missed, false = image_errors(metric.last_inputs, summary.confusion_conf)
+    gallery = gallery_images(report_dir, predict, dataset, missed, false, summary.confusion_conf, names)
+    what = f"checkpoint {ckpt}" if ckpt is not None else f"{model_name} with weights {weights}"
+    notes = [f"{what} on {data or 'the run data'} ({split} split, {len(dataset)} images)"]
+    page = write_report(report_dir, stats, names, gallery, title="detforge val", notes=notes)
+    stats["plots"].append(str(page))
     if verbose:
         print(format_table(stats, names))
         print(f"COCO results: {stats['results_json']}")
