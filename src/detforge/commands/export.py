@@ -6,7 +6,9 @@ outputs); with it, final ``boxes`` / ``scores`` / ``labels`` / ``num_detections`
 graph). ``--dynamic`` makes the batch dynamic, and the height and width too where the raw graph allows it.
 ``--format int8`` also writes a static INT8 copy (QDQ, per-channel weights) calibrated on ``--calib`` training
 images of ``--data`` (default: the run's data, from the config.yaml beside the checkpoint); without any data
-it falls back to dynamic quantization and says so.
+it falls back to dynamic quantization and says so. The formats are looked up by name in
+:mod:`detforge.export.registry` (``register_exporter``). Every file carries what ``--engine onnxruntime``
+needs to rebuild detforge's pre- and post-processing around it (:mod:`detforge.export.metadata`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from pathlib import Path
 
 HELP = "export a checkpoint to ONNX (optionally with NMS in the graph) or INT8"
 
-FORMATS = ("onnx", "int8")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge export", description=__doc__.splitlines()[0])
@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
     )
-    parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or int8")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        help="a registered export format: onnx (default) or int8 (detforge.export)",
+    )
     parser.add_argument("--out", default=None, help="output .onnx path (default: next to the checkpoint)")
     parser.add_argument("--nms", action="store_true", help="decode and run NMS inside the graph")
     parser.add_argument(
@@ -66,12 +70,15 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.ckpt is None) == (args.weights is None) or (args.model is None) != (args.weights is None):
-        parser.error("give --ckpt CKPT, or --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco)")
+        parser.error(
+            "give --ckpt CKPT, or --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco)"
+        )
     import torch
 
     from detforge.engine.validate import load_detector, load_pretrained_detector
-    from detforge.export import quantize_int8
+    from detforge.export import detector_metadata, get_exporter
 
+    exporter = get_exporter(args.format)  # an unknown format: one line naming the known ones, exit 2
     if args.ckpt is not None:  # a missing or corrupt checkpoint: one line and exit 2 (detforge.cli)
         detector = load_detector(args.ckpt, "cpu")
     else:
@@ -83,14 +90,7 @@ def main(argv: list[str]) -> int:
     source = Path(args.ckpt) if args.ckpt else Path(f"{args.model}_{Path(str(args.weights)).stem}")
     out = Path(args.out) if args.out else source.with_suffix(".nms.onnx" if args.nms else ".onnx")
     example = torch.rand(args.batch, detector.hparams.in_chans, imgsz, imgsz)
-    path = detector.to_onnx(
-        str(out),
-        example_input=example,
-        opset_version=args.opset,
-        dynamic_axes="auto" if args.dynamic else None,
-        with_nms=args.nms,
-    )
-    print(f"ONNX: {path} ({Path(path).stat().st_size} bytes)")
+    calibration = None
     if args.format == "int8":
         batches = calibration_batches(args, imgsz, 1 if args.dynamic else args.batch)
         if not batches:
@@ -98,6 +98,19 @@ def main(argv: list[str]) -> int:
                 "INT8: no calibration data (no --data and no config.yaml beside the checkpoint): dynamic quantization"
             )
         calibration = [model.export_inputs(torch.from_numpy(b)) for b in batches]
-        q_path = quantize_int8(str(path), str(Path(path).with_suffix(".int8.onnx")), calibration)
-        print(f"INT8: {q_path} ({q_path.stat().st_size} bytes, calibrated on {len(batches)} batches)")
+    what = str(args.ckpt) if args.ckpt else f"--model {args.model} --weights {args.weights}"
+    path = exporter(
+        model,
+        out,
+        example=example,
+        nms=args.nms,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        calib_data=calibration,
+        metadata=detector_metadata(detector, (imgsz, imgsz), args.nms, source=what),
+    )
+    if Path(path) != out and out.is_file():  # a format that also wrote the float graph (int8)
+        print(f"ONNX: {out} ({out.stat().st_size} bytes)")
+    calibrated = "" if calibration is None else f", calibrated on {len(calibration)} batches"
+    print(f"{args.format.upper()}: {path} ({Path(path).stat().st_size} bytes{calibrated})")
     return 0

@@ -8,6 +8,10 @@ the original image, ``score``, ``label``, ``class_name``).
 cut into overlapping tiles at its own resolution, the tiles run ``--batch`` at a time, and the duplicates
 cut at tile borders are merged (``--merge nms|nmm --match-metric ios|iou --match-thresh 0.5``);
 ``--full-image`` adds a whole-image pass at ``--imgsz`` for large objects.
+
+``--engine onnxruntime`` runs the network in onnxruntime (:mod:`detforge.engines`), with the same pre- and
+post-processing: ``--weights model.onnx`` runs that exported file (``detforge export``), ``--ckpt C`` a cached
+export beside the checkpoint (``<stem>.<imgsz>.onnx``, made on first use).
 """
 
 from __future__ import annotations
@@ -67,7 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", default=None, help="ObjectDetector checkpoint (best.ckpt / last.ckpt)")
     parser.add_argument("--model", default=None, help="a registered model, with --weights instead of --ckpt")
     parser.add_argument(
-        "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
+        "--weights",
+        default=None,
+        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx is an "
+        "exported file (with --engine onnxruntime, no --model)",
+    )
+    parser.add_argument(
+        "--engine",
+        default="torch",
+        help="torch (default: eager PyTorch) or onnxruntime (--weights FILE.onnx, or --ckpt: a cached export)",
     )
     parser.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     parser.add_argument(
@@ -97,8 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.ckpt is None) == (args.weights is None) or (args.model is None) != (args.weights is None):
-        parser.error("give --ckpt CKPT, or --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco)")
+    from detforge.engines import is_onnx_file, parse_engine_names
+
+    (engine_name,) = parse_engine_names(args.engine)  # an unknown engine: one line and exit 2
+    named = args.weights is not None and not is_onnx_file(args.weights)
+    if (args.ckpt is None) == (args.weights is None) or (args.model is None) == named:
+        parser.error(
+            "give --ckpt CKPT, --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco), or "
+            "--weights FILE.onnx --engine onnxruntime"
+        )
     from detforge.engine.threads import configure_threads
 
     configure_threads()
@@ -107,7 +126,9 @@ def main(argv: list[str]) -> int:
     from detforge.data.transforms import build_val_transforms
     from detforge.engine.callbacks import atomic_write, draw_predictions
     from detforge.engine.memory_format import choose_memory_formats
-    from detforge.engine.validate import load_detector, load_pretrained_detector, uses_own_preprocess
+    from detforge.engine.validate import uses_own_preprocess
+    from detforge.engines import engine_detections, load_command_detector, open_engine
+    from detforge.errors import InvalidValueError
     from detforge.io import load_image_uint8
     from detforge.models.fold_batchnorm import fold_batchnorm
     from detforge.slicing.predict import sliced_predict, slicing_options
@@ -115,14 +136,15 @@ def main(argv: list[str]) -> int:
 
     files = collect_images(args.sources)
     # a missing or corrupt checkpoint, a bad --device: one line and exit 2 (detforge.cli)
-    if args.ckpt is not None:
-        model = load_detector(args.ckpt, args.device)
-    else:
-        model = load_pretrained_detector(args.model, args.weights, args.device)
+    model = load_command_detector(args.ckpt, args.model, args.weights, args.device)
     conf, conf_source = choose_conf(args.conf, getattr(model, "best_conf", None))
     print(f"detforge: {conf_source}", file=sys.stderr)
     own_preprocess = uses_own_preprocess(model)  # named weights: their resize, on the images as they are
-    if not args.no_fold_batchnorm:
+    onnx_file = args.weights if is_onnx_file(args.weights) else None
+    if engine_name == "onnxruntime" and (own_preprocess or args.slice is not None):
+        why = "--slice" if args.slice is not None else "named weights with their own pre-processing"
+        raise InvalidValueError(f"--engine onnxruntime: {why} runs with --engine torch only")
+    if engine_name == "torch" and not args.no_fold_batchnorm and onnx_file is None:
         print(
             f"detforge: {fold_batchnorm(model.model)} BatchNorm layers folded into their convolutions",
             file=sys.stderr,
@@ -132,7 +154,16 @@ def main(argv: list[str]) -> int:
     )
     transform = build_val_transforms(int(imgsz))
     slicing = slicing_options(args, full_image_size=int(imgsz))
-    if slicing is None and not own_preprocess:  # channels-last or NCHW, whichever predicts faster here (measured once, cached)
+    engine = open_engine(
+        engine_name,
+        model,
+        int(imgsz),
+        ckpt=args.ckpt,
+        onnx=onnx_file,
+        log=lambda line: print(f"detforge: {line}", file=sys.stderr),
+    )
+    # channels-last or NCHW, whichever predicts faster here (measured once, cached)
+    if slicing is None and not own_preprocess and engine_name == "torch":
         batch_shape = (min(args.batch, len(files)), model.hparams.in_chans, int(imgsz), int(imgsz))
         for line in choose_memory_formats(model.model, batch_shape, train=False):
             print(f"detforge: {line}", file=sys.stderr)
@@ -162,7 +193,7 @@ def main(argv: list[str]) -> int:
         else:
             batch = torch.stack(images).to(model.device)  # [B, C, S, S]
             sizes = [tuple(int(v) for v in t["size"]) for t in targets]
-            preds = to_original_size(model.predict(batch, sizes), targets)
+            preds = to_original_size(engine_detections(engine, model.model, batch, sizes), targets)
         for path, raw, pred in zip(chunk, originals, preds, strict=True):
             keep = pred["scores"] >= conf
             pred = {k: v[keep].cpu() for k, v in pred.items()}

@@ -6,6 +6,8 @@ detforge val --ckpt runs/train/exp/best.ckpt     # the run's own validation spli
 detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's --data.test_data
 detforge val --ckpt C --data synthetic-dense:50 --slice 512 --overlap 0.2   # sliced inference, full images
 detforge val --model fasterrcnn_resnet50_fpn --weights coco --data coco:ANN.json:IMAGES   # a COCO-trained model
+detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # the network in onnxruntime (cached export)
+detforge val --weights best.onnx --engine onnxruntime --data synthetic:50   # an exported file (detforge export)
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ _EXAMPLES = """examples:
   detforge val --gt instances_val.json --pred results.json --plots out/ --save-json out/metrics.json
   detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/
   detforge val --ckpt runs/train/exp/best.ckpt     # the run's data, as in its config.yaml
-  detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's test_data"""
+  detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's test_data
+  detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # onnxruntime, same pre/post-processing"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", type=Path, help="checkpoint written by `detforge train`")
     model.add_argument("--model", default=None, help="a registered model, with --weights instead of --ckpt")
     model.add_argument(
-        "--weights", default=None, help="the model's named weights (coco) or a file in their layout"
+        "--weights",
+        default=None,
+        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx is an "
+        "exported file (with --engine onnxruntime, no --model)",
+    )
+    model.add_argument(
+        "--engine",
+        default="torch",
+        help="torch (default: eager PyTorch) or onnxruntime (--weights FILE.onnx, or --ckpt: a cached export)",
     )
     model.add_argument(
         "--data",
@@ -157,6 +168,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         slicing=slicing_options(args),
         model_name=args.model,
         weights=args.weights,
+        engine=args.engine,
     )
     return int(out) if isinstance(out, int) else 0
 
@@ -167,8 +179,14 @@ def main(argv: list[str]) -> int:
     from detforge.engine.threads import configure_threads
 
     configure_threads()
-    if (args.model is None) != (args.weights is None):
-        parser.error("--model and --weights go together (a registered model and its named weights)")
+    from detforge.engines import is_onnx_file, parse_engine_names
+
+    parse_engine_names(args.engine)  # an unknown engine: one line and exit 2
+    if (args.model is None) == (args.weights is not None and not is_onnx_file(args.weights)):
+        parser.error(
+            "--model and --weights go together (a registered model and its named weights); an exported "
+            "--weights FILE.onnx needs no --model"
+        )
     if args.ckpt is not None or args.data is not None or args.weights is not None:
         if args.gt is not None or args.pred is not None:
             parser.error("use either --gt/--pred or --ckpt/--data, not both")

@@ -35,6 +35,7 @@ __all__ = [
     "NeighbourLoad",
     "available_cpus",
     "cgroup_cpu_limit",
+    "chosen_threads",
     "configure_threads",
     "fixed_threads",
 ]
@@ -155,12 +156,20 @@ def _auto_threads() -> int:
     return cpus
 
 
+def chosen_threads(threads: int | Literal["auto"] = "auto") -> int:
+    """The count :func:`configure_threads` sets, without setting it: ``threads`` if an int, else
+    ``$DETFORGE_NUM_THREADS``, else the available CPUs (capped by ``$OMP_NUM_THREADS``); what onnxruntime
+    sessions use for their intra-op threads (:mod:`detforge.engines`)."""
+    fixed = fixed_threads(threads)
+    return fixed if fixed is not None else _auto_threads()
+
+
 def configure_threads(threads: int | Literal["auto"] = "auto") -> int:
     """Set ``torch.set_num_threads`` once for a command that does not train: ``threads`` if an int, else
     ``$DETFORGE_NUM_THREADS``, else the available CPUs (``available_cpus()``, capped by ``$OMP_NUM_THREADS``).
     Returns the count set and logs it in one line."""
     fixed = fixed_threads(threads)
-    count = fixed if fixed is not None else _auto_threads()
+    count = chosen_threads(threads)
     source = "fixed" if threads != "auto" else (f"${ENV_VAR}" if fixed is not None else "available CPUs")
     torch.set_num_threads(count)
     log.info("torch threads: %d (%s)", count, source)

@@ -158,6 +158,7 @@ def validate_checkpoint(
     slicing: dict[str, Any] | None = None,
     model_name: str | None = None,
     weights: str | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data``'s validation (or test) split; print the COCO table, write the COCO results JSON.
 
@@ -186,6 +187,10 @@ def validate_checkpoint(
             file in their layout; ``data`` is then needed): the images are read at their own size and the
             model's own pre-processing runs (:meth:`~detforge.models.base.Detector.predict`); its labels are
             mapped to the data set's through the category ids (COCO's 90 ids to a COCO file's classes).
+            ``weights`` ending in ``.onnx`` is an exported file (``detforge export``; no ``model_name``), run
+            with ``engine="onnxruntime"``.
+        engine: ``"torch"`` (eager) or ``"onnxruntime"`` (:mod:`detforge.engines`): the exported ``weights``
+            file, or for ``ckpt`` its cached export beside it; the same pre- and post-processing either way.
 
     Returns:
         The metric's stats: ``map``, ``map_50``, ``map_75``, ``map_small`` ... ``mar_100``, ``map_per_class``,
@@ -196,9 +201,9 @@ def validate_checkpoint(
     from detforge.data.datamodule import DetectionDataModule
     from detforge.engine.callbacks import atomic_write, format_table
     from detforge.engine.report import gallery_images, write_report
+    from detforge.engines import engine_detections, is_onnx_file, load_command_detector, open_engine
     from detforge.metrics import DetectionMAP, plot_detection_summary, write_coco_results
     from detforge.metrics.confusion import image_errors
-    from detforge.models.base import forward_with_sizes
     from detforge.slicing.predict import sliced_predict
     from detforge.targets import image_sizes_of, metric_targets, to_original_size
 
@@ -222,13 +227,15 @@ def validate_checkpoint(
             )
     if dataset_kwargs is None:
         dataset_kwargs = (run.get("dataset_kwargs") or {}) if data in (run.get("data"), run.get("test_data")) else {}
-    if ckpt is not None:
-        model = load_detector(ckpt, device)
-    else:
-        model = load_pretrained_detector(str(model_name), str(weights), device)
+    model = load_command_detector(ckpt, model_name, weights, device)
     own_preprocess = uses_own_preprocess(model) and slicing is None
     dev = model.device
     imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
+    if engine == "onnxruntime" and (own_preprocess or slicing is not None):
+        why = "sliced inference" if slicing is not None else "named weights with their own pre-processing"
+        raise InvalidValueError(f"--engine onnxruntime: {why} runs with --engine torch only")
+    onnx = str(weights) if is_onnx_file(weights) else None
+    runner = open_engine(engine, model, int(imgsz), ckpt=ckpt, onnx=onnx, log=print if verbose else None)
     dm = DetectionDataModule(
         data=data,
         imgsz=imgsz,
@@ -264,7 +271,7 @@ def validate_checkpoint(
         if own_preprocess:
             preds = model.model.predict([image[:, :h, :w] for image, (h, w) in zip(images, sizes, strict=True)])
             return [_relabel(p, mapping) for p in preds]
-        return model.model.postprocess(forward_with_sizes(model.model, images, sizes), sizes)
+        return engine_detections(runner, model.model, images, sizes)
 
     with torch.no_grad():
         for images, targets in loader:

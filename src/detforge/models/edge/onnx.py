@@ -64,15 +64,11 @@ def quantize_edge_int8(model_path: str | Path, out_path: str | Path, calibration
 
 
 def ort_session(path: str | Path, threads: int = 2):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (sequential execution)."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session with ``threads`` intra-op threads (sequential execution, every graph
+    optimisation): :func:`detforge.engines.ort.ort_session`, as ``--engine onnxruntime`` runs."""
+    from detforge.engines.ort import ort_session as engine_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return engine_session(path, threads)
 
 
 def ort_network(session):

@@ -1,19 +1,16 @@
-"""ONNX export of detforge detectors, an onnxruntime check, and INT8 quantisation.
+"""ONNX export of detforge detectors and an onnxruntime check of the file against PyTorch.
 
 Every model says what its graph computes through the export hooks of
 :class:`detforge.models.base.Detector`: ``export_onnx(model, "model.onnx")`` writes ``model.export_raw`` (the raw
 head tensors); ``with_nms=True`` writes ``model.export_detections``: ``boxes`` [B, D, 4] xyxy pixels of the
 input, ``scores`` [B, D], ``labels`` [B, D] (-1 past the count) and ``num_detections`` [B], with decoding,
 per-level top-k and NMS (ONNX NonMaxSuppression) inside the graph. The graph's inputs are
-``model.export_inputs(example)`` (``images``, plus explicit state for video models).
-
-Small files: BatchNorm folded into the convolutions (:func:`fold_batchnorm`), short names and one copy of
-byte-identical initializers (:func:`compact_names`), static INT8 calibrated on real frames (:func:`quantize_int8`).
+``model.export_inputs(example)`` (``images``, plus explicit state for video models). ``metadata`` (str -> str)
+goes into the file's ``metadata_props`` (:mod:`detforge.export.metadata`).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,16 +21,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from detforge.export.compact import compact_names, fold_batchnorm
+from detforge.export.registry import register_exporter
 
 __all__ = [
-    "ExportGraph", "check_onnx", "compact_names", "export_onnx", "fold_batchnorm", "padded_detections",
-    "quantize_int8", "raw_outputs_on_grid",
+    "NMS_OUTPUTS", "ExportGraph", "check_onnx", "export_onnx", "export_onnx_format", "padded_detections",
+    "raw_outputs_on_grid",
 ]  # fmt: skip
 
 NMS_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
-# static INT8: the conv stacks and their activations; Concat / Exp of box decoding stay float
-QUANTIZED_OPS = ("Conv", "Relu", "Add", "Mul", "Sigmoid")
 
 
 class ExportGraph(nn.Module):
@@ -94,23 +91,6 @@ def padded_detections(model: nn.Module, outputs: dict[str, Any], images: Tensor)
     return dict(zip(NMS_OUTPUTS, found, strict=True))
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
-    ``nn.Sequential`` folded into the conv (and replaced by ``Identity``). Norms with their own activation
-    (timm's ``BatchNormAct2d``) and norms elsewhere stay as they are."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module._modules.items())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            pair = type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d  # exact types: no BatchNormAct2d
-            if pair and bn.track_running_stats and conv.out_channels == bn.num_features:
-                module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                module._modules[bn_name] = nn.Identity()
-    return model
-
-
 def _check_dynamic_axes(dynamic_axes: dict | None, has_grid: bool) -> None:
     """Graphs that decode boxes bake the example's location grid in: only their batch may be dynamic."""
     if has_grid and any(d in (2, 3, -1, -2) for d in (dynamic_axes or {}).get("images", {})):
@@ -151,6 +131,7 @@ def export_onnx(
     image_size: tuple[int, int] | None = None,
     fold_bn: bool = True,
     compact: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``save_path`` and return the path.
 
@@ -168,6 +149,7 @@ def export_onnx(
             ONNX form).
         image_size: (h, w) of the default example input.
         fold_bn, compact: export :func:`fold_batchnorm`'s copy; rewrite the file with :func:`compact_names`.
+        metadata: str -> str entries for the file's ``metadata_props`` (:mod:`detforge.export.metadata`).
     """
     _check_soft_nms(model, with_nms)
     path = Path(save_path)
@@ -192,7 +174,12 @@ def export_onnx(
             )  # fmt: skip
     finally:
         model.train(was_training)
-    return compact_names(path) if compact else path
+    path = compact_names(path) if compact else path
+    if metadata:
+        from detforge.export.metadata import write_metadata
+
+        write_metadata(path, metadata)
+    return path
 
 
 def _session(onnx_path: str | os.PathLike):
@@ -252,164 +239,21 @@ def _detection_set_distance(expected: list[np.ndarray], got: list[np.ndarray]) -
     return diff
 
 
-def quantize_int8(
-    onnx_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    calibration_inputs: Sequence[Any] | None = None,
-    per_channel: bool = True,
+@register_exporter("onnx")
+def export_onnx_format(
+    model: nn.Module,
+    out_path: Path,
+    *,
+    example: Tensor,
+    nms: bool = False,
+    dynamic: bool = False,
+    opset: int = 17,
+    calib_data: Sequence[Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """INT8 copy of an ONNX model with onnxruntime.quantization.
-
-    Without ``calibration_inputs`` weights are quantised and activations on the fly (``quantize_dynamic``).
-    With representative inputs, weights (int8, per channel) and activations (uint8) are quantised statically
-    in QDQ format (``quantize_static``, MinMax ranges, ops :data:`QUANTIZED_OPS`): smaller and faster on CPU.
-    Each calibration item is one run's inputs: a dict by input name (``model.export_inputs(frame)``), a
-    sequence of arrays in input order, or one array / tensor [B, C, H, W] for the first input (the others,
-    e.g. a video model's state, get zeros of their static shape). The result goes through :func:`compact_names`.
-    """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not calibration_inputs:
-        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
-        return out
-    graph_inputs = onnx.load(str(onnx_path), load_external_data=False).graph.input
-    feeds = iter([_calibration_feed(item, graph_inputs) for item in calibration_inputs])
-    reader = type(
-        "CalibrationReader", (), {"get_next": lambda self: next(feeds, None), "rewind": lambda self: None}
-    )
-    prepared, renamed = out.with_suffix(".prep.onnx"), out.with_suffix(".named.onnx")
-    # onnxruntime's quantizer can mis-wire graphs whose tensor names look like the short ones compact_names
-    # writes: give it long distinct names and one initializer per consumer, compact its result afterwards
-    compact_names(onnx_path, renamed, prefix="quant_tensor_", copy_shared=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quant_pre_process(str(renamed), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(out), reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
-            )  # fmt: skip
-    finally:
-        prepared.unlink(missing_ok=True)
-        renamed.unlink(missing_ok=True)
-    return compact_names(out)
-
-
-def _calibration_feed(item: Any, graph_inputs) -> dict[str, np.ndarray]:
-    """One calibration item (see :func:`quantize_int8`) as onnxruntime feeds by input name."""
-    names = [i.name for i in graph_inputs]
-    if isinstance(item, Mapping):
-        if missing := sorted(set(names) - set(item)):
-            raise ValueError(f"calibration item lacks the graph inputs {missing}")
-        values = [item[name] for name in names]
-    elif isinstance(item, list | tuple):
-        if len(item) != len(names):
-            raise ValueError(f"calibration items need {len(names)} arrays ({names}), got {len(item)}")
-        values = list(item)
-    else:
-        values = [item]
-        for graph_input in graph_inputs[1:]:
-            dims = [
-                d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim
-            ]
-            if -1 in dims:
-                raise ValueError(
-                    f"graph input {graph_input.name!r} has a dynamic shape: give it in the items"
-                )
-            values.append(np.zeros(dims, np.float32))
-    values = [v.detach().cpu().numpy() if isinstance(v, Tensor) else v for v in values]
-    return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in zip(names, values, strict=True)}
-
-
-def compact_names(
-    path: str | os.PathLike,
-    out_path: str | os.PathLike | None = None,
-    prefix: str = "t",
-    copy_shared: bool = False,
-) -> Path:
-    """Rewrite an ONNX file with short tensor and node names (graph inputs and outputs keep theirs), no doc
-    strings or intermediate shapes, and byte-identical initializers once (``copy_shared``: once per consumer,
-    what onnxruntime's quantizer expects); on small models the long names are a large part of the file."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
-    # a layer shared by levels comes out as Identity copies of one initializer or as identical initializers
-    by_name = {i.name: i for i in graph.initializer}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in by_name}
-    alias = {k: v for k, v in alias.items() if k not in keep}
-    graph_nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    del graph.node[:]
-    graph.node.extend(graph_nodes)  # copies: find the subgraphs after this
-    subgraphs = _subgraphs(graph)  # If / Loop bodies (NMS) may name outer tensors: renamed alike
-    if not copy_shared:
-        first: dict[tuple, str] = {}
-        for init in graph.initializer:
-            key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
-            alias[init.name] = first.setdefault(key, init.name) if init.name not in keep else init.name
-        unique = [init for init in graph.initializer if alias[init.name] == init.name]
-        kept = [onnx.TensorProto() for _ in unique]
-        for dst, src in zip(kept, unique, strict=True):
-            dst.CopyFrom(src)
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    alias = {k: alias.get(v, v) for k, v in alias.items()}  # an Identity of a merged initializer
-    nodes = [*graph.node, *(n for sub in subgraphs for n in sub.node)]
-    for node in nodes:
-        node.input[:] = [alias.get(n, n) for n in node.input]
-    if copy_shared:
-        by_name, seen = {i.name: i for i in graph.initializer}, set()
-        for k, node in enumerate(graph.node):
-            for j, name in enumerate(node.input):
-                if name in by_name and name in seen:
-                    duplicate = graph.initializer.add()
-                    duplicate.CopyFrom(by_name[name])
-                    duplicate.name = node.input[j] = f"{name}__copy{k}_{j}"
-                seen.add(name)
-    mapping: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if name and name not in keep and name not in mapping:
-            mapping[name] = f"{prefix}{len(mapping):x}"
-            while mapping[name] in keep:  # never reuse a kept name (a second pass sees the first's names)
-                mapping[name] += "_"
-        return mapping.get(name, name)
-
-    for value in (
-        *graph.initializer,
-        *(v for sub in subgraphs for v in (*sub.input, *sub.output, *sub.initializer)),
-    ):
-        value.name = short(value.name)
-    for i, node in enumerate(nodes):
-        node.name, node.doc_string = f"n{i:x}", ""
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    for g in (graph, *subgraphs):
-        del g.value_info[:]  # intermediate shapes: onnxruntime infers them again
-    model.doc_string = ""
-    out = Path(out_path or path)
-    onnx.save(model, str(out))
-    return out
-
-
-def _subgraphs(graph) -> list:
-    """Every subgraph (If branches, Loop bodies) inside ``graph``, recursively."""
-    found = []
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found += [sub, *_subgraphs(sub)]
-    return found
+    """The ``onnx`` format (:class:`~detforge.export.registry.Exporter`): :func:`export_onnx` of ``model`` at
+    ``example``'s size, ``dynamic`` as ``dynamic_axes="auto"``; ``calib_data`` is not used."""
+    return export_onnx(
+        model, out_path, example_input=example, opset_version=opset, with_nms=nms,
+        dynamic_axes="auto" if dynamic else None, metadata=metadata,
+    )  # fmt: skip
