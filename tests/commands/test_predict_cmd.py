@@ -123,3 +123,21 @@ def test_default_conf_is_the_checkpoints_f1_best_else_025_and_the_flag_wins(
     scores, err = run(tmp_path / "old.ckpt")
     assert "detforge: conf 0.25: the default" in err
     assert len(scores) == sum(s >= 0.25 for s in everything)
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tiny_checkpoint, images, tmp_path, capsys):
+    """An empty .jpg, a half-written .jpg and a text file named .jpg among good images: each is named on
+    stderr and skipped, every other image is predicted and written, the summary counts them, exit 1."""
+    good = (images / "b.jpg").read_bytes()
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "half.jpg").write_bytes(good[: len(good) // 2])
+    (images / "text.jpg").write_text("not a picture")
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(tiny_checkpoint), str(images), "--out", str(out), "--device", "cpu", "--batch", "2"]
+    assert main(argv) == 1
+    records = json.loads((out / "predictions.json").read_text())
+    assert [r["file"].split("imgs/")[1] for r in records] == ["a.png", "b.jpg", "sub/a.png"]
+    captured = capsys.readouterr()
+    for name in ("empty.jpg", "half.jpg", "text.jpg"):
+        assert re.search(rf"skipped \S*{name}: ", captured.err), name
+    assert "3 images" in captured.out and "3 skipped (unreadable)" in captured.out

@@ -173,11 +173,17 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = []
     used_names: set[str] = set()
+    skipped: list[Path] = []  # unreadable files: named as met, counted in the summary, exit 1
     for start in range(0, len(files), args.batch):
-        chunk = files[start : start + args.batch]
-        originals, images, targets = [], [], []
-        for path in chunk:
-            raw = load_image_uint8(path, mode)  # [C, H, W] uint8
+        chunk, originals, images, targets = [], [], [], []
+        for path in files[start : start + args.batch]:
+            try:
+                raw = load_image_uint8(path, mode)  # [C, H, W] uint8
+            except (OSError, ValueError) as err:  # empty, truncated, not an image
+                skipped.append(path)
+                print(f"detforge predict: skipped {path}: {str(err).splitlines()[0]}", file=sys.stderr)
+                continue
+            chunk.append(path)
             h, w = raw.shape[-2:]
             empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
             image, target = transform(raw, empty)
@@ -185,6 +191,8 @@ def main(argv: list[str]) -> int:
             originals.append(raw)
             images.append(image)
             targets.append(target)
+        if not chunk:
+            continue
         if slicing is not None:  # tiles of the originals, boxes already in their pixels
             full = [raw.to(model.device).float() / 255 for raw in originals]  # [C, H, W] each
             preds = sliced_predict(model, full, batch_size=args.batch, **slicing)
@@ -230,5 +238,6 @@ def main(argv: list[str]) -> int:
     text = json.dumps(records, indent=1)
     atomic_write(out / "predictions.json", lambda tmp: Path(tmp).write_text(text))
     total = sum(len(r["detections"]) for r in records)
-    print(f"{len(records)} images, {total} detections (score >= {conf:.4g}) -> {out}")
-    return 0
+    unread = f", {len(skipped)} skipped (unreadable)" if skipped else ""
+    print(f"{len(records)} images, {total} detections (score >= {conf:.4g}){unread} -> {out}")
+    return 1 if skipped else 0
