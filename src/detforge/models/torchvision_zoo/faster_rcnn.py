@@ -29,11 +29,8 @@ from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_V2_Weights,
     FasterRCNN_ResNet50_FPN_Weights,
 )
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detforge.models.backbone import FeatureBackboneConfig, build_backbone
 from detforge.models.faster_rcnn.model import FasterRCNN
-from detforge.models.frozen_norm import fuse_frozen_batchnorm
 from detforge.models.registry import register_model
 from detforge.models.torchvision_body import mobilenet_v3_large_body
 from detforge.models.torchvision_zoo.coco import (
@@ -43,6 +40,7 @@ from detforge.models.torchvision_zoo.coco import (
     TUTORIAL_FINETUNE,
     torchvision_preprocess,
 )
+from detforge.models.torchvision_zoo.resnet_body import resnet50_body
 from detforge.models.weights import Weights, register_weights
 
 __all__ = [
@@ -79,30 +77,6 @@ def _build(
     return model
 
 
-def _resnet50_body(frozen_batchnorm: bool, frozen_batchnorm_eps: float, trainable_layers: int) -> nn.Module:
-    """timm ``resnet50`` levels 1-4 (strides 4-32, torchvision's layer names), BatchNorm frozen with
-    ``frozen_batchnorm_eps`` or trainable, the parameters before the last ``trainable_layers`` of (conv1,
-    layer1, ..., layer4) frozen as torchvision's ``_resnet_fpn_extractor`` does."""
-    if not 0 <= int(trainable_layers) <= 5:
-        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {trainable_layers}")
-    body = build_backbone(FeatureBackboneConfig("resnet50", out_indices=(1, 2, 3, 4)))
-    if frozen_batchnorm:
-        from timm.layers import freeze_batch_norm_2d
-
-        body = freeze_batch_norm_2d(body)
-        for module in body.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.eps = float(frozen_batchnorm_eps)
-        fuse_frozen_batchnorm(body)
-    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][: int(trainable_layers)]
-    if int(trainable_layers) == 5:
-        trained.append("bn1")
-    for name, param in body.named_parameters():
-        if not any(name.startswith(prefix) for prefix in trained):
-            param.requires_grad_(False)
-    return body
-
-
 @register_model("fasterrcnn_resnet50_fpn")
 def fasterrcnn_resnet50_fpn(
     num_classes: int = NUM_COCO_CLASSES,
@@ -126,7 +100,7 @@ def fasterrcnn_resnet50_fpn(
         frozen_batchnorm_eps: the frozen BatchNorm's eps (0 for torchvision's COCO weights).
         **kwargs: :class:`~detforge.models.faster_rcnn.FasterRCNN` options (post-processing, RPN, sampling).
     """
-    body = _resnet50_body(frozen_batchnorm, frozen_batchnorm_eps, trainable_backbone_layers)
+    body = resnet50_body((1, 2, 3, 4), frozen_batchnorm_eps if frozen_batchnorm else None, trainable_backbone_layers)
     return _build(body, num_classes, min_size, max_size, kwargs)
 
 
@@ -148,7 +122,7 @@ def fasterrcnn_resnet50_fpn_v2(
     torchvision's v2 trains its backbone's BatchNorm (``frozen_batchnorm=False``), detforge freezes it by
     default as for the v1 model, since fine-tuning batches of a few images give poor statistics.
     """
-    body = _resnet50_body(frozen_batchnorm, 1e-5, trainable_backbone_layers)
+    body = resnet50_body((1, 2, 3, 4), 1e-5 if frozen_batchnorm else None, trainable_backbone_layers)
     options = {"fpn_norm": "batch", "rpn_conv_depth": 2, "box_head": "conv_fc", **kwargs}
     return _build(body, num_classes, min_size, max_size, options)
 

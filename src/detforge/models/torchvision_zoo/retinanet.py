@@ -31,10 +31,7 @@ from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_V2_Weights, RetinaNet_ResNet50_FPN_Weights
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detforge.models.backbone import FeatureBackboneConfig, build_backbone
-from detforge.models.frozen_norm import fuse_frozen_batchnorm
 from detforge.models.registry import register_model
 from detforge.models.retinanet.model import RetinaNet
 from detforge.models.torchvision_zoo.coco import (
@@ -44,6 +41,7 @@ from detforge.models.torchvision_zoo.coco import (
     TUTORIAL_FINETUNE,
     torchvision_preprocess,
 )
+from detforge.models.torchvision_zoo.resnet_body import resnet50_body
 from detforge.models.weights import Weights, register_weights
 
 __all__ = ["convert_retinanet", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2"]
@@ -57,31 +55,6 @@ _TORCHVISION: dict[str, Any] = {"score_thresh": 0.05, "pre_nms_topk": 1000}
 # weights too (torchvision's reference recipe: SGD 0.01 for batches of 16), with the tutorial's StepLR(3, 0.1)
 # (epochs) after the general warmup of ``detforge train``.
 FINETUNE = TUTORIAL_FINETUNE
-
-
-def _resnet50_body(pretrained: bool | str, frozen_eps: float | None, trainable_layers: int) -> nn.Module:
-    """timm ``resnet50`` levels 2-4 (C3-C5, strides 8-32; torchvision's layer names) as torchvision's
-    ``_resnet_fpn_extractor(returned_layers=[2, 3, 4])`` has it: BatchNorm frozen with eps ``frozen_eps`` (None:
-    trainable BatchNorm), the parameters before the last ``trainable_layers`` of (conv1, layer1, ..., layer4)
-    without gradients."""
-    if not 0 <= int(trainable_layers) <= 5:
-        raise ValueError(f"trainable_backbone_layers must be in [0, 5], got {trainable_layers}")
-    body = build_backbone(FeatureBackboneConfig("resnet50", pretrained=pretrained, out_indices=(2, 3, 4)))
-    if frozen_eps is not None:
-        from timm.layers import freeze_batch_norm_2d
-
-        body = freeze_batch_norm_2d(body)
-        for module in body.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.eps = float(frozen_eps)
-        fuse_frozen_batchnorm(body)
-    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][: int(trainable_layers)]
-    if int(trainable_layers) == 5:
-        trained.append("bn1")
-    for name, param in body.named_parameters():
-        if not any(name.startswith(prefix) for prefix in trained):
-            param.requires_grad_(False)
-    return body
 
 
 def _build(
@@ -122,8 +95,8 @@ def retinanet_resnet50_fpn(
         frozen_batchnorm_eps: the frozen BatchNorm's eps (0 for torchvision's COCO weights).
         **kwargs: :class:`~detforge.models.retinanet.RetinaNet` options (post-processing, matching, losses).
     """
-    body = _resnet50_body(
-        pretrained, float(frozen_batchnorm_eps) if frozen_batchnorm else None, trainable_backbone_layers
+    body = resnet50_body(
+        (2, 3, 4), float(frozen_batchnorm_eps) if frozen_batchnorm else None, trainable_backbone_layers, pretrained
     )
     return _build(body, num_classes, min_size, max_size, kwargs)
 
@@ -145,7 +118,7 @@ def retinanet_resnet50_fpn_v2(
     Args: as :func:`retinanet_resnet50_fpn`; BatchNorm eps 1e-5, frozen by default (False: trained, as
     torchvision's v2 trains it; the same detections, see the module docstring).
     """
-    body = _resnet50_body(pretrained, 1e-5 if frozen_batchnorm else None, trainable_backbone_layers)
+    body = resnet50_body((2, 3, 4), 1e-5 if frozen_batchnorm else None, trainable_backbone_layers, pretrained)
     options = {"extra_from": "backbone", "head_norm": "GN", "box_loss": "giou", **kwargs}
     return _build(body, num_classes, min_size, max_size, options)
 
