@@ -22,7 +22,8 @@ from detforge.errors import exit_status, find_user_error, user_message
 COMMANDS = {
     "train": "train a detector (default: small model on the built-in synthetic data set)",
     "val": "evaluate a checkpoint on a data set, or a COCO results JSON against its ground truth",
-    "predict": "run a checkpoint on images, folders or globs; draw boxes and write JSON",
+    "predict": "run a checkpoint on images, folders, globs or videos; draw boxes and write JSON",
+    "track": "follow objects through videos, frame folders or streams: track ids, annotated video, MOT txt",
     "export": "export a checkpoint to ONNX (optionally with NMS in the graph) or INT8",
     "bench": "time a model's forward and postprocess on this machine",
     "doctor": "check a data set for every known problem and print a report",

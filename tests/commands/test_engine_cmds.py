@@ -11,6 +11,7 @@ from PIL import Image
 
 import detforge.engine.validate as validate_module
 import detforge.engines as engines_module
+import detforge.engines.pipeline as pipeline_module
 from detforge.cli import main as cli_main
 
 pytest.importorskip("onnxruntime")
@@ -44,7 +45,8 @@ def recorded(monkeypatch):
         batches.append((engine.name, [{k: v.clone() for k, v in d.items()} for d in out]))
         return out
 
-    monkeypatch.setattr(engines_module, "engine_detections", record)
+    monkeypatch.setattr(engines_module, "engine_detections", record)  # val's path
+    monkeypatch.setattr(pipeline_module, "engine_detections", record)  # predict's and track's path
     return batches
 
 
