@@ -53,7 +53,7 @@ def _peer_net() -> nn.Module:
 
 
 def _inputs(model, h: int, w: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One frame's graph inputs (``model.export_inputs``: Nexus adds its zero ``predicted_stem`` state)."""
+    """One frame's graph inputs (``model.export_inputs``: ``images``)."""
     x = torch.from_numpy(rng.uniform(0, 1, (1, model.in_chans, h, w)).astype(np.float32))
     return [v.numpy() for v in model.export_inputs(x).values()]
 

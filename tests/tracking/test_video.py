@@ -112,7 +112,10 @@ def test_writer_leaves_a_playable_video_when_the_run_fails(tmp_path):
 
 
 def test_writer_refuses_a_frame_of_another_size(tmp_path):
-    with AnnotatedVideoWriter(tmp_path / "o.mp4", 10, (48, 64)) as writer, pytest.raises(DataError, match="frame 1"):
+    with (
+        AnnotatedVideoWriter(tmp_path / "o.mp4", 10, (48, 64)) as writer,
+        pytest.raises(DataError, match="frame 1"),
+    ):
         writer.write(np.zeros((40, 64, 3), np.uint8))
 
 

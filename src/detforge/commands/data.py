@@ -6,6 +6,9 @@ synthetic`` trains and validates on), so any tool that reads COCO, VOC, YOLO or 
 ``--format widerface`` draws one shape class (circles, the "faces") unless ``--num-classes`` says otherwise,
 and ``--mode sequence`` writes video frames (one WIDER event folder per sequence). ``--mode dense`` writes the
 crowded small-object scenes of ``--data synthetic-dense`` (images of 512 to 1024 px, ``--image-size`` unused).
+``--data synthetic-video[:N]`` writes the synthetic video (N train sequences, seed ``--seed``; ``max(N // 2, 4)``
+val sequences, seed ``--seed + 1``; ``--num-images`` unused); with ``--format mot`` (which implies it) in the
+MOT layout, ``OUT/<split>/<sequence>/{img1/, gt/gt.txt, seqinfo.ini}``, which ``--data mot:OUT`` reads.
 
 ``detforge data slice SRC OUT --slice 512 --overlap 0.2`` writes a tiled COCO copy of the data set spec ``SRC``
 (``coco:ANN.json:IMAGES``, ``voc:DIR``, ``synthetic-dense:64``, ...): the tiles and box rule of sliced training
@@ -19,18 +22,18 @@ import argparse
 import sys
 
 HELP = (
-    "data set utilities: `detforge data synth --out DIR --format coco|voc|yolo|widerface`, "
+    "data set utilities: `detforge data synth --out DIR --format coco|voc|yolo|widerface|mot`, "
     "`detforge data slice SRC OUT --slice 512`"
 )
 
-FORMATS = ("coco", "voc", "yolo", "widerface")
+FORMATS = ("coco", "voc", "yolo", "widerface", "mot")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detforge data", description="data set utilities")
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     synth = sub.add_parser(
-        "synth", help="write the synthetic shapes data set as COCO, VOC, YOLO or WIDER FACE"
+        "synth", help="write the synthetic shapes data set as COCO, VOC, YOLO, WIDER FACE or MOT"
     )
     synth.add_argument("--out", required=True, help="output folder (created if missing)")
     synth.add_argument("--format", required=True, choices=FORMATS, help="annotation format")
@@ -52,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument(
         "--image-format", choices=("png", "jpg"), default="png", help="image files (default png)"
+    )
+    synth.add_argument(
+        "--data",
+        default=None,
+        help="synthetic-video[:N]: write N train sequences of the synthetic video (the default of --format mot)",
     )
     cut = sub.add_parser("slice", help="write a tiled COCO copy of a data set (sliced training's tiles)")
     cut.add_argument("src", help="data set spec, e.g. coco:ANN.json:IMAGES or synthetic-dense:64")
@@ -97,6 +105,33 @@ def slice_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_video(args: argparse.Namespace, writer) -> int:
+    from detforge.data.mot import write_mot_sequence
+    from detforge.data.spec import parse_spec
+    from detforge.data.synthetic_video import SyntheticVideo
+    from detforge.errors import InvalidValueError
+
+    kind, parts = parse_spec(args.data or "synthetic-video")
+    if kind != "synthetic-video":
+        raise InvalidValueError(f"synth --data takes synthetic-video[:N], got {args.data!r}")
+    n = int(parts[0]) if parts else 8
+    num_classes = args.num_classes if args.num_classes is not None else 1 if args.format == "widerface" else 5
+    for split, count, seed in (("train", n, args.seed), ("val", max(n // 2, 4), args.seed + 1)):
+        try:
+            video = SyntheticVideo(count, image_size=args.image_size, num_classes=num_classes, seed=seed)
+        except ValueError as err:
+            print(f"detforge data synth: {err}", file=sys.stderr)
+            return 2
+        if args.format == "mot":
+            for sequence in video.sequences():
+                write_mot_sequence(sequence, f"{args.out}/{split}", image_format=args.image_format)
+            path = f"{args.out}/{split}"
+        else:
+            path = writer(video, args.out, split=split, image_format=args.image_format)
+        print(f"{split}: {count} sequences of {video.sequence_length} frames -> {path}")
+    return 0
+
+
 def synth(args: argparse.Namespace) -> int:
     from detforge.data.synthetic import SyntheticShapes
     from detforge.data.synthetic_dense import SyntheticDense
@@ -108,7 +143,9 @@ def synth(args: argparse.Namespace) -> int:
         raise InvalidValueError(f"synth --num-images must be >= 1, got {args.num_images}")
     val_images = args.val_images if args.val_images is not None else max(args.num_images // 4, 32)
     writers = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo, "widerface": write_widerface}
-    writer = writers[args.format]
+    writer = writers.get(args.format)
+    if args.format == "mot" or args.data is not None:
+        return _synth_video(args, writer)
     num_classes = args.num_classes if args.num_classes is not None else 1 if args.format == "widerface" else 5
     for split, count, seed in (("train", args.num_images, args.seed), ("val", val_images, args.seed + 1)):
         if count < 1:

@@ -129,7 +129,9 @@ def prepare_inference(
     if engine_name == "torch" and not args.no_fold_batchnorm and onnx_file is None:
         log(f"{fold_batchnorm(detector.model)} BatchNorm layers folded into their convolutions")
     imgsz = int(
-        args.imgsz or detector.hparams.get("imgsz") or max(getattr(detector.model, "default_input_size", (640,)))
+        args.imgsz
+        or detector.hparams.get("imgsz")
+        or max(getattr(detector.model, "default_input_size", (640,)))
     )
     engine = open_engine(engine_name, detector, imgsz, ckpt=args.ckpt, onnx=onnx_file, log=log)
     # channels-last or NCHW, whichever predicts faster here (measured once, cached)

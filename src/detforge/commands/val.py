@@ -8,6 +8,7 @@ detforge val --ckpt C --data synthetic-dense:50 --slice 512 --overlap 0.2   # sl
 detforge val --model fasterrcnn_resnet50_fpn --weights coco --data coco:ANN.json:IMAGES   # a COCO-trained model
 detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # the network in onnxruntime (cached export)
 detforge val --weights best.onnx --engine onnxruntime --data synthetic:50   # an exported file (detforge export)
+detforge val --ckpt C --data synthetic-video --track   # track the sequences, print HOTA / MOTA / IDF1
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ _EXAMPLES = """examples:
   detforge val --ckpt run/last.ckpt --data coco:ANN.json:IMAGES --imgsz 640 --batch 8 --out out/
   detforge val --ckpt runs/train/exp/best.ckpt     # the run's data, as in its config.yaml
   detforge val --ckpt runs/train/exp/best.ckpt --split test   # the run's test_data
-  detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # onnxruntime, same pre/post-processing"""
+  detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # onnxruntime, same pre/post-processing
+  detforge val --ckpt C --data mot:MOT17:train --track --tracker bytetrack   # HOTA, MOTA, IDF1 per sequence"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +79,71 @@ def _parser() -> argparse.ArgumentParser:
     from detforge.slicing.predict import add_slicing_arguments
 
     add_slicing_arguments(p)
+    track = p.add_argument_group("evaluate tracking (a video data set: synthetic-video, mot:ROOT)")
+    track.add_argument(
+        "--track", action="store_true", help="track each sequence and print HOTA, MOTA, IDF1 and their parts"
+    )
+    track.add_argument("--tracker", default="bytetrack", help="a registered tracker (default bytetrack)")
+    track.add_argument(
+        "--tracker-option", action="append", default=[], metavar="NAME=VALUE", help="a tracker option (repeatable)"
+    )
+    track.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="the tracker's score threshold (default: the checkpoint's F1-best validation confidence, else 0.25)",
+    )
     return p
+
+
+def _evaluate_tracking(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--track``: every sequence of the data set tracked as ``detforge track`` does, scored against its
+    ground truth; the table on stdout, ``tracking_metrics.json`` and the MOT results files in the output."""
+    from detforge.commands.inference import prepare_inference
+    from detforge.commands.track import parse_options
+    from detforge.data.spec import build_dataset
+    from detforge.engine.callbacks import atomic_write
+    from detforge.engine.validate import check_checkpoint_file, run_data_config
+    from detforge.errors import InvalidValueError
+    from detforge.tracking import create_tracker, tracker_thresholds
+    from detforge.tracking.evaluate import dataset_sequences, evaluate_tracking
+
+    if args.slice is not None:
+        raise InvalidValueError("--track runs on whole frames: leave out --slice")
+    data, kwargs = args.data, args.dataset_kwargs
+    if args.ckpt is not None:
+        check_checkpoint_file(args.ckpt)
+        run = run_data_config(args.ckpt)
+        if data is None:
+            data = run.get("data")
+        if kwargs is None and data == run.get("data"):
+            kwargs = run.get("dataset_kwargs") or {}
+    if not isinstance(data, str):
+        raise InvalidValueError("--track: give the video data set (--data synthetic-video or --data mot:ROOT)")
+    sequences = dataset_sequences(build_dataset(data, "val", **(kwargs or {})))
+    options = parse_options(args.tracker_option)
+    create_tracker(args.tracker, **options)  # an unknown tracker or option: one line before the model loads
+    started = prepare_inference(args, parser, batch=args.batch)
+    options = {**tracker_thresholds(args.tracker, started.conf), **options}
+    tracker = create_tracker(args.tracker, **options)
+    out = args.out or (Path(args.ckpt).parent / "val_report" if args.ckpt is not None else Path("runs/val"))
+    evaluation = evaluate_tracking(
+        sequences,
+        started.pipeline,
+        tracker,
+        conf=started.conf,
+        batch=args.batch,
+        channels=started.detector.hparams.in_chans,
+        out=out / "tracks",
+    )
+    result = evaluation.result
+    print(f"{data}: {len(sequences)} sequences, {evaluation.frames} frames, tracker {args.tracker}")
+    print(result.table())
+    payload = {"data": data, "tracker": args.tracker, "tracker_options": options, **result.as_dict()}
+    text = json.dumps(payload, indent=2, default=float)
+    written = atomic_write(out / "tracking_metrics.json", lambda tmp: Path(tmp).write_text(text))
+    print(f"metrics written to {written}; MOT results in {out / 'tracks'}")
+    return 0
 
 
 def _write_plots(result, gt_path: Path, pred_path: Path, out: Path) -> list[Path]:
@@ -187,6 +253,11 @@ def main(argv: list[str]) -> int:
             "--model and --weights go together (a registered model and its named weights); an exported "
             "--weights FILE.onnx needs no --model"
         )
+    if args.track:
+        if args.gt is not None or args.pred is not None:
+            parser.error("--track evaluates a checkpoint on a video data set, not --gt/--pred files")
+        args.no_fold_batchnorm = False
+        return _evaluate_tracking(args, parser)  # user errors: one line and exit 2 (detforge.cli)
     if args.ckpt is not None or args.data is not None or args.weights is not None:
         if args.gt is not None or args.pred is not None:
             parser.error("use either --gt/--pred or --ckpt/--data, not both")

@@ -46,10 +46,11 @@ def run_videos(
 
     opener = open_source or (lambda s: open_video_source(s, default_fps=getattr(args, "fps", None) or 30.0))
     tracker = None
-    if tracker_name is not None:
-        from detforge.tracking import create_tracker
+    if tracker_name is not None:  # the detector's threshold is the tracker's, unless an option says otherwise
+        from detforge.tracking import create_tracker, tracker_thresholds
 
-        tracker = create_tracker(tracker_name, **(tracker_options or {}))
+        options = {**tracker_thresholds(tracker_name, started.conf), **(tracker_options or {})}
+        tracker = create_tracker(tracker_name, **options)
     command = "track" if tracker is not None else "predict"
     problems = 0
     for spec in sources:
@@ -66,7 +67,7 @@ def run_videos(
                 started.pipeline,
                 conf=started.conf,
                 tracker=tracker,
-                tracker_min_score=getattr(tracker, "min_score", None),
+                tracker_min_score=getattr(tracker, "minimum_score", None),
                 out=out,
                 batch=args.batch,
                 channels=started.detector.hparams.in_chans,

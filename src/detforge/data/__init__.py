@@ -1,5 +1,5 @@
-"""Datasets: readers for COCO, Pascal VOC, WIDER FACE, YOLO-txt and instance masks, the built-in synthetic
-shapes, transforms, the data module, writers, and the checks behind ``detforge doctor``.
+"""Datasets: readers for COCO, Pascal VOC, WIDER FACE, YOLO-txt, instance masks and MOT sequences, the built-in
+synthetic shapes (and their video), transforms, the data module, writers, and the checks behind ``detforge doctor``.
 
 Every dataset returns ``(image Tensor[C, H, W] float in [0, 1], target dict)`` as docs/architecture.md
 describes; :func:`build_dataset` turns a spec string (``synthetic:256``, ``coco:ann.json:images``, ...) into
@@ -23,6 +23,12 @@ from detforge.data.yolo import YoloDataset
 # Loaded on first use, so that ``import detforge.data`` works even when one of these modules is unavailable.
 _LAZY = {
     "SyntheticShapes": "detforge.data.synthetic",
+    "SyntheticVideo": "detforge.data.synthetic_video",
+    "MOTDetectionDataset": "detforge.data.mot_dataset",
+    "MOTSequence": "detforge.data.mot",
+    "list_sequences": "detforge.data.mot",
+    "read_mot_txt": "detforge.data.mot",
+    "write_mot_txt": "detforge.data.mot",
     "build_train_transforms": "detforge.data.transforms",
     "build_val_transforms": "detforge.data.transforms",
     "DetectionDataModule": "detforge.data.datamodule",

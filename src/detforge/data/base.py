@@ -189,9 +189,15 @@ class DetectionDataset(Dataset):
             "ignore": self._ignore[lo:hi].clone(),
             "area": area,
         }
+        target.update(self._extra_target(index))
         if self.transforms is not None:
             return self.transforms(image, target)
         return image.float().div_(255), target
+
+    def _extra_target(self, index: int) -> dict[str, Tensor | int]:
+        """Entries a reader adds to record ``index``'s target before the transforms (none here); per-box ones
+        must be named in ``detforge.data.transforms.PER_BOX_KEYS`` so the transforms filter them too."""
+        return {}
 
     def annotations(self, index: int) -> list[Annotation]:
         """Record ``index``'s objects normalized to [0, 1] by the image size (the seed ``get`` API)."""

@@ -240,7 +240,7 @@ class DetectionDataModule(L.LightningDataModule):
         from detforge.data.spec import build_dataset, parse_spec
 
         kwargs = dict(self.dataset_kwargs)
-        if parse_spec(spec)[0] in ("synthetic", "synthetic-thermal", "synthetic-sequence"):
+        if parse_spec(spec)[0] in ("synthetic", "synthetic-thermal", "synthetic-sequence", "synthetic-video"):
             kwargs.setdefault("image_size", self.imgsz)
         return build_dataset(spec, split=split, transforms=transforms, **kwargs)
 

@@ -7,16 +7,28 @@ Accepted forms:
 - ``synthetic-dense[:N]``: crowded scenes, 20 to 80 objects of 6 to 40 px in images of 512 to 1024 px
   (:class:`~detforge.data.synthetic_dense.SyntheticDense`); train N images (default 256), seed 0; val
   ``max(N // 4, 32)``, seed 1. Images keep their drawn sizes (no ``image_size``).
+- ``synthetic-video[:N]``: N sequences (default 8) of 60 frames, 256 x 256 px, of shapes that move, cross,
+  hide each other, enter and leave the frame, with ground-truth track ids
+  (:class:`~detforge.data.synthetic_video.SyntheticVideo`); train: N sequences, seed 0; val:
+  ``max(N // 2, 4)`` sequences, seed 1. Every frame is a sample (``track_ids``, ``frame_index`` and
+  ``sequence_id`` in its target); ``dataset.sequences()`` gives them as sequences for tracking.
 - ``coco:ANN.json:IMAGES_DIR``: the same file and folder for train and val.
 - ``voc:DIR``: a VOC tree (``ImageSets/Main/{split}.txt`` picks the images when it exists, else every xml)
   or a plain folder of image + xml pairs (the whole folder for both splits).
 - ``yolo:DATA.yaml``: the yaml's ``train`` / ``val`` entry.
 - ``widerface:ROOT[:split]``: WIDER FACE; a split written in the spec wins over ``split``.
 - ``masks:DIR``: images + instance masks (Penn-Fudan layout); the whole folder for both splits.
+- ``mot:ROOT[:SPLIT]``: every frame of MOT-layout sequences (MOT17, MOT20, DanceTrack, ``detforge data synth
+  --format mot``; :class:`~detforge.data.mot_dataset.MOTDetectionDataset`): ``ROOT/SPLIT`` when the spec names
+  a split (for both train and val); else ``ROOT/train`` or ``ROOT/val`` when that folder exists, else ``ROOT``
+  itself (a split folder or one sequence). MOTChallenge data has one class, pedestrian (distractors and
+  not-considered boxes kept as ``ignore``); MOT17's three copies of a sequence count once.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -32,11 +44,13 @@ SPEC_FORMS = (
     "synthetic-thermal[:N]",
     "synthetic-sequence[:N]",
     "synthetic-dense[:N]",
+    "synthetic-video[:N]",
     "coco:ANN.json:IMAGES_DIR",
     "voc:DIR",
     "yolo:DATA.yaml",
     "widerface:ROOT[:train|val]",
     "masks:DIR",
+    "mot:ROOT[:SPLIT]",
 )
 _SYNTHETIC_MODES = {"synthetic": "rgb", "synthetic-thermal": "thermal", "synthetic-sequence": "sequence"}
 
@@ -54,7 +68,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
         raise _bad(str(spec), "empty")
     kind, _, rest = spec.strip().partition(":")
     parts = _split_paths(rest) if rest else []
-    if kind in _SYNTHETIC_MODES or kind == "synthetic-dense":
+    if kind in _SYNTHETIC_MODES or kind in ("synthetic-dense", "synthetic-video"):
         if len(parts) > 1 or (parts and not parts[0].isdigit()) or (parts and int(parts[0]) <= 0):
             raise _bad(spec, "N must be a positive integer")
     elif kind == "coco":
@@ -68,6 +82,11 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             raise _bad(spec, f"widerface split must be train or val, got {parts[1]!r}")
         if len(parts) not in (1, 2):
             raise _bad(spec, "widerface needs ROOT and optionally :train or :val")
+    elif kind == "mot":
+        if len(parts) == 2 and not re.fullmatch(r"[\w.-]+", parts[1]):
+            raise _bad(spec, f"mot split must be a folder name like train or val, got {parts[1]!r}")
+        if len(parts) not in (1, 2) or not parts[0]:
+            raise _bad(spec, "mot needs ROOT and optionally :SPLIT")
     else:
         raise _bad(spec, f"unknown kind {kind!r}")
     return kind, parts
@@ -123,6 +142,23 @@ def build_dataset(
                 f"dataset spec {spec!r}: synthetic-dense renders RGB images only, got mode={mode!r}"
             )
         return SyntheticDense(num_images=num_images, seed=seed, **common)
+    if kind == "synthetic-video":
+        from detforge.data.synthetic_video import SyntheticVideo
+
+        n = int(parts[0]) if parts else 8
+        num_sequences, seed = (n, 0) if split == "train" else (max(n // 2, 4), 1)
+        mode = common.pop("mode", None)
+        if mode not in (None, "RGB"):
+            raise DataError(
+                f"dataset spec {spec!r}: synthetic-video renders RGB images only, got mode={mode!r}"
+            )
+        return SyntheticVideo(num_sequences=num_sequences, seed=seed, **common)
+    if kind == "mot":
+        from detforge.data.mot_dataset import MOTDetectionDataset
+
+        root = parts[0]
+        sub = parts[1] if len(parts) == 2 else split if os.path.isdir(os.path.join(root, split)) else None
+        return MOTDetectionDataset(root, sub, **common)
     if kind in _SYNTHETIC_MODES:
         from detforge.data.synthetic import SyntheticShapes
 

@@ -431,6 +431,11 @@ class SyntheticShapes(Dataset):
 
     def render(self, index: int) -> tuple[Tensor, dict]:
         """Sample ``index`` as a uint8 image Tensor[C, H, W] at ``image_size`` and its target (no resizing)."""
+        image, target, _ = self._render_sample(index)
+        return image, target
+
+    def _render_sample(self, index: int) -> tuple[Tensor, dict, np.ndarray]:
+        """:meth:`render`, plus the visible fraction of each target box (float32 [N])."""
         if not 0 <= index < self.num_images:
             raise IndexError(f"SyntheticShapes index {index} out of range for {self.num_images} images")
         if self.mode == "sequence":
@@ -466,7 +471,8 @@ class SyntheticShapes(Dataset):
             target["track_ids"] = torch.from_numpy(ids[present])
             target["frame_index"] = frame
             target["sequence_id"] = sequence
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target  # [C, H, W] uint8
+        image = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # [C, H, W] uint8
+        return image, target, fractions[present].astype(np.float32)
 
     def _cached_render(self, index: int) -> tuple[Tensor, dict]:
         """``render(index)``, from the in-memory cache when ``cache`` is on (copies, so callers may edit)."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -93,6 +93,16 @@ class VideoSource:
     skipped: list[tuple[int, Path, str]] = field(default_factory=list)
     stopped_early: str | None = None
     frames_read: int = 0
+    render: Callable[[int], Any] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_sequence(cls, sequence) -> VideoSource:
+        """A :class:`~detforge.data.mot.MOTSequence` (files or rendered frames, e.g. ``synthetic-video``) as a
+        ``frames`` source."""
+        paths = [Path(p) for p in sequence.frame_paths]
+        source = sequence.folder or sequence.name
+        render = None if paths else sequence.frame
+        return cls(str(source), "frames", sequence.name, sequence.fps, len(sequence), paths, render=render)
 
     @property
     def live(self) -> bool:
@@ -109,6 +119,11 @@ class VideoSource:
     def _iter_frames(self) -> Iterator[np.ndarray]:
         from detforge.io import load_image_uint8
 
+        if self.render is not None:  # rendered frames: uint8 Tensor[3, H, W] each
+            for index in range(self.num_frames or 0):
+                self.frames_read += 1
+                yield self.render(index).permute(1, 2, 0).numpy()  # [H, W, 3]
+            return
         for number, path in enumerate(self.frame_paths, start=1):
             try:
                 frame = load_image_uint8(path, "RGB").permute(1, 2, 0).numpy()  # [H, W, 3]
@@ -123,7 +138,9 @@ class VideoSource:
         target = int(self.source) if self.kind == "camera" else self.source
         capture = cv2.VideoCapture(target)
         if not capture.isOpened():
-            raise DataError(f"{self.source}: cannot open the {self.kind} (not a video, truncated or unreachable)")
+            raise DataError(
+                f"{self.source}: cannot open the {self.kind} (not a video, truncated or unreachable)"
+            )
         try:
             while True:
                 ok, frame = capture.read()  # [H, W, 3] BGR
@@ -196,7 +213,9 @@ class AnnotatedVideoWriter:
     def write(self, frame: np.ndarray) -> None:
         """Append ``frame`` (RGB [H, W, 3] uint8, the size given at construction)."""
         if frame.shape[:2] != self.size:
-            raise DataError(f"{self.path}: frame {self.frames + 1} is {frame.shape[:2]}, the video {self.size}")
+            raise DataError(
+                f"{self.path}: frame {self.frames + 1} is {frame.shape[:2]}, the video {self.size}"
+            )
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))  # [H, W, 3] BGR
         self.frames += 1
 

@@ -115,29 +115,27 @@ def test_postprocess_format_and_clipping(model):
         )
 
 
-def test_detect_static_video_skips_work_and_keeps_track_ids():
+def test_track_frame_returns_the_tracker_protocol_and_keeps_track_ids():
     torch.manual_seed(0)
     m = Nexus(num_classes=2, score_thresh=0.0)  # report every box of the untrained model
     frame = torch.rand(3, 64, 64)
-    first = m.detect(frame)
-    second = m.detect(frame)
-    assert first and {"bbox", "confidence", "class_id", "track_id", "bbox_log_var"} <= set(first[0])
-    assert len(first[0]["bbox_log_var"]) == 4
-    assert [d["track_id"] for d in first] == [d["track_id"] for d in second]
-    profile = m.video.profile
-    assert profile.skipped == [False, True]
-    assert profile.fractions[0] == 1.0 and 0 < profile.fractions[1] < 0.5
-    m.detect(torch.rand(3, 64, 64))  # a new scene is surprising: full work again
-    assert profile.skipped[-1] is False
+    first = m.track_frame(frame)
+    second = m.track_frame(frame[None])
+    assert {"boxes", "scores", "labels", "track_ids", "detection_indices", "box_log_var"} <= set(first)
+    n = len(first["boxes"])
+    assert n > 0 and first["box_log_var"].shape == (n, 4) and first["track_ids"].dtype == torch.int64
+    assert first["labels"].dtype == torch.int64 and first["scores"].shape == (n,)
+    assert first["track_ids"].tolist() == list(range(1, n + 1))
+    assert second["track_ids"].tolist() == first["track_ids"].tolist()  # the same scene: the same tracks
+    expected = m.postprocess(m.eval()(frame[None]), [(64, 64)])[0]
+    torch.testing.assert_close(first["boxes"], expected["boxes"])  # the detections themselves, not smoothed
+    torch.testing.assert_close(first["box_log_var"], expected["box_log_var"])
+    assert m.video is not None
     m.reset()
     assert m.video is None
-
-
-def test_predictive_loss_trains_the_predictor():
-    torch.manual_seed(0)
-    m = Nexus(num_classes=1)
-    frames, next_frames = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    assert torch.isfinite(m.predictive_loss(frames, next_frames))
+    assert m.track_frame(frame)["track_ids"].tolist() == list(range(1, n + 1))  # ids restart after reset
+    with pytest.raises(ValueError, match="one frame"):
+        m.track_frame(torch.rand(2, 3, 64, 64))
 
 
 def test_shared_head_gives_the_same_outputs_in_train_and_eval_mode():
@@ -154,3 +152,10 @@ def test_shared_head_gives_the_same_outputs_in_train_and_eval_mode():
     for train_level, eval_level in zip(train_out, eval_out, strict=True):
         for t, e in zip(train_level, eval_level, strict=True):
             torch.testing.assert_close(t, e)
+
+
+def test_checkpoints_from_before_the_gate_removal_load():
+    """Nexus had a predictive-coding predictor (``predictor.*`` weights) until it was removed, untrained."""
+    m = Nexus(num_classes=2)
+    old = {**m.state_dict(), "predictor.delta.1.weight": torch.zeros(24, 24, 1, 1)}
+    assert not m.load_state_dict(old).unexpected_keys

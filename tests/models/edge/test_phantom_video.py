@@ -186,14 +186,17 @@ def test_refresh_interval_forces_full_frames(model):
     assert [m == "full" for m in video.profile.modes] == [True, False, False, True, False, False, True]
 
 
-def test_detect_frame_tracks_and_reset(model):
+def test_track_frame_tracks_and_reset(model):
     m = Phantom(detection_threshold=0.5)
     m.load_state_dict(model.state_dict())
     torch.nn.init.constant_(m.net.cls_out.bias, 3.0)  # every cell says "face": detections guaranteed
     frames = _moving(3)
-    out = [m.detect_frame(torch.from_numpy(f)) for f in frames]
-    assert all(out) and {"bbox", "confidence", "track_id"} <= set(out[0][0])
-    ids = [{d["track_id"] for d in faces} for faces in out]
+    out = [m.track_frame(torch.from_numpy(f)) for f in frames]
+    assert all(len(o["boxes"]) for o in out)
+    assert {"boxes", "scores", "labels", "track_ids", "detection_indices"} <= set(out[0])
+    assert out[0]["track_ids"].dtype == torch.int64 and (out[0]["labels"] == 0).all()
+    assert (out[0]["scores"] >= 0.5).all()  # accumulated track confidence, reported from detection_threshold
+    ids = [set(o["track_ids"].tolist()) for o in out]
     assert ids[0] & ids[1] & ids[2]  # some faces keep their id across frames
     assert m.video.frame_index == 3
     m.reset()

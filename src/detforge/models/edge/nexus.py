@@ -1,17 +1,20 @@
-"""Nexus: a dual-pathway general object detector for edge video (~430K parameters at 320 x 320).
+"""Nexus: a dual-pathway general object detector for edge video (~421K parameters at 320 x 320).
 
 - A shared stem (stride 4) feeds two streams: the ventral ("what") stream, deeper and wider, for appearance;
   the dorsal ("where") stream, light and dilated, fed with coordinate channels, for layout. At strides 8, 16
   and 32 both are fused across pathways (concat + 1x1), then merged top-down like an FPN.
 - FCOS-style anchor-free heads on the three scales: class logits, a box as distances (l, t, r, b) with a
   log-variance per side (uncertainty), and centerness.
-- Predictive coding: a small predictor guesses the next frame's stem features. ``detect`` compares the new
-  stem with that guess; where nothing is surprising the cached head outputs are reused and the two streams
-  and the heads are skipped (see ``NexusVideo``).
-- Object memory: a GRU state per tracked object (``detforge.models.edge.tracker``) keeps identity over frames.
+- Object memory: a GRU state per tracked object (``detforge.models.edge.tracker``) keeps identity over frames;
+  ``track_frame`` runs detection and tracking on one video frame (``NexusVideo``).
 
 ``forward`` / ``loss`` / ``postprocess`` (the shared one, plus ``box_log_var``) are pure and identical in train
-and eval mode; video state lives in ``NexusVideo``, and in ONNX graphs in ``predicted_stem`` in / out.
+and eval mode; video state lives in ``NexusVideo``, outside the network and its ONNX graph.
+
+Nexus once had a predictive-coding gate (a predictor of the next frame's stem features; frames whose stem
+matched the prediction reused the previous head outputs). Nothing trained the predictor, and untrained it
+never fired on the synthetic sequences, moving or static (sensor noise alone put the surprise at 0.17-0.22,
+over the 0.1 threshold) while costing 2% more FLOPs a frame: it was removed.
 """
 
 from __future__ import annotations
@@ -25,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detforge.boxes import feature_sizes, grid_points, ltrb_to_xyxy
+from detforge.boxes import grid_points, ltrb_to_xyxy
 from detforge.models.base import Detector, PostprocessOptions, PostprocessSettings
 from detforge.models.criteria import FCOSCriterion
 from detforge.models.edge.common import ConvBNAct, DepthwiseSeparable, LearnedScale, init_from_config
-from detforge.models.edge.nexus_video import FeaturePredictor, NexusVideo, surprise_map
+from detforge.models.edge.nexus_video import NexusVideo
 from detforge.models.edge.tracker import TrackMemory
 from detforge.targets import pad_targets
 
-__all__ = ["Nexus", "NexusConfig", "nexus_training_step", "surprise_map"]
+__all__ = ["Nexus", "NexusConfig", "nexus_training_step"]
 
 HEAD_KEYS = ("cls_logits", "bbox_pred", "bbox_log_var", "centerness")
 
@@ -47,8 +50,6 @@ class NexusConfig(PostprocessSettings):
         num_classes: object classes (no background).
         in_chans: image channels.
         memory_hidden_size: GRU hidden size of each tracked object's memory.
-        surprise_threshold: stem-feature prediction error (relative to the features' mean magnitude, worst
-            8 x 8 cell) under which a video frame reuses the previous frame's head outputs.
         score_thresh, nms_thresh, pre_nms_topk, max_detections_per_image, nms_method, soft_nms_sigma: the
             post-processing settings (``detforge.models.base.PostprocessSettings``).
     """
@@ -58,7 +59,6 @@ class NexusConfig(PostprocessSettings):
     num_classes: int = 20
     in_chans: int = 3
     memory_hidden_size: int = 64
-    surprise_threshold: float = 0.1
     _: KW_ONLY  # the post-processing settings (PostprocessSettings), keyword-only; this model's defaults:
     score_thresh: float = 0.3
     nms_thresh: float = 0.5
@@ -161,13 +161,19 @@ class NexusHead(nn.Module):
         return self.cls_out(self.cls_tower(feat)), ltrb, self.log_var_out(reg), self.centerness_out(reg)
 
 
+def _drop_removed_predictor(module, state_dict, prefix, *args) -> None:
+    """Checkpoints from before the predictive-coding gate's removal load: their ``predictor.*`` weights go."""
+    for key in [k for k in state_dict if k.startswith(prefix + "predictor.")]:
+        del state_dict[key]
+
+
 class Nexus(Detector):
-    """Dual-pathway FCOS detector with uncertainty, predictive coding and per-object GRU memory.
+    """Dual-pathway FCOS detector with box uncertainty and per-object GRU memory.
 
     Protocol: ``forward(images Tensor[B, in_chans, H, W])`` -> dict with lists over the three levels of
     ``cls_logits`` Tensor[B, C, H_l, W_l], ``bbox_pred`` Tensor[B, 4, H_l, W_l] (l, t, r, b pixels),
     ``bbox_log_var`` Tensor[B, 4, H_l, W_l], ``centerness`` Tensor[B, 1, H_l, W_l]; ``loss``; ``postprocess``.
-    Video: ``detect(frame)`` (``NexusVideo``), ``reset()``. ``Nexus(cfg)`` builds from a ``NexusConfig``.
+    Video: ``track_frame(frame)`` (``NexusVideo``), ``reset()``. ``Nexus(cfg)`` builds from a ``NexusConfig``.
     """
 
     strides = (8, 16, 32)
@@ -186,22 +192,20 @@ class Nexus(Detector):
         input_size: tuple[int, int] = (320, 320),
         channels: int = 96,
         memory_hidden_size: int = 64,
-        surprise_threshold: float = 0.1,
         **postprocess: Unpack[PostprocessOptions],
     ) -> None:
         if cfg is not None:
             return init_from_config(self, Nexus.__init__, cfg, NexusConfig, locals())
         super().__init__(num_classes, in_chans=in_chans, input_size=input_size, **postprocess)
-        self.surprise_threshold = surprise_threshold
         self.stem = nn.Sequential(
             ConvBNAct(in_chans, 16, stride=2), DepthwiseSeparable(16, self.stem_channels, stride=2)
         )  # stride 4
         self.streams = NexusStreams(self.stem_channels, channels)
         self.head = NexusHead(channels, num_classes, num_levels=len(self.strides))
-        self.predictor = FeaturePredictor(self.stem_channels)
         self.memory = TrackMemory(appearance_size=channels, hidden_size=memory_hidden_size)
         self.criterion = FCOSCriterion(self.strides, uncertainty_weight=0.5)  # parameter-free
         self._video = None
+        self.register_load_state_dict_pre_hook(_drop_removed_predictor)
 
     @classmethod
     def with_config(cls, cfg: NexusConfig) -> Nexus:
@@ -215,7 +219,7 @@ class Nexus(Detector):
             )
 
     def heads_from_stem(self, stem: Tensor) -> dict[str, Any]:
-        """Everything after the stem: streams, fusion and heads (what predictive coding may skip)."""
+        """Everything after the stem: streams, fusion and heads."""
         out: dict[str, Any] = {k: [] for k in HEAD_KEYS}
         feats = self.streams(stem)
         for level, (feat, stride) in enumerate(zip(feats, self.strides, strict=True)):
@@ -233,12 +237,6 @@ class Nexus(Detector):
         [B, 4, H, W], ``centerness`` [B, 1, H, W]; ``frame`` is Tensor[B, C, H, W] or [C, H, W]."""
         out = self.forward(frame if frame.ndim == 4 else frame[None])
         return [{k: out[k][i] for k in HEAD_KEYS} for i in range(len(self.strides))]
-
-    def predictive_loss(self, frames: Tensor, next_frames: Tensor) -> Tensor:
-        """Mean squared error of the predicted next stem features (Tensor[B, C, H, W] frame pairs)."""
-        with torch.no_grad():
-            target = self.stem(next_frames)
-        return F.mse_loss(self.predictor(self.stem(frames)), target)
 
     # ---- protocol -------------------------------------------------------------------------------------
     def flatten_outputs(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
@@ -300,34 +298,10 @@ class Nexus(Detector):
         return detect(scores, boxes, sizes, image_sizes, **settings, extras={"box_log_var": log_var})
 
     # ---- export hooks ---------------------------------------------------------------------------------
-    def export_inputs(self, images: Tensor) -> dict[str, Tensor]:
-        """``images`` [B, C, H, W] and the state ``predicted_stem`` [B, 24, H/4, W/4] (zeros: a first frame)."""
-        (h, w) = feature_sizes(tuple(images.shape[-2:]), [4])[0]
-        return {
-            "images": images,
-            "predicted_stem": images.new_zeros(images.shape[0], self.stem_channels, h, w),
-        }
-
-    def _export_forward(self, images: Tensor, state_in: Tensor | None) -> tuple[dict, dict[str, Tensor]]:
-        stem = self.stem(images)  # [B, 24, H/4, W/4]
-        if state_in is None:
-            return self.heads_from_stem(stem), {}
-        state = {"surprise": surprise_map(stem, state_in), "next_predicted_stem": self.predictor(stem)}
-        return self.heads_from_stem(stem), state
-
     def export_raw(self, **inputs: Tensor) -> dict[str, Tensor]:
-        """``<key>_p3 .. <key>_p5`` for the four head maps, then ``surprise`` [B, 1, H/32, W/32] and
-        ``next_predicted_stem`` when ``predicted_stem`` is an input."""
-        outputs, state = self._export_forward(inputs["images"], inputs.get("predicted_stem"))
-        maps = {f"{k}_{lv}": t for k in HEAD_KEYS for lv, t in zip(self._levels, outputs[k], strict=True)}
-        return {**maps, **state}
-
-    def export_detections(self, **inputs: Tensor) -> dict[str, Tensor]:
-        """Padded detections (as ``Detector.export_detections``), then the state outputs of ``export_raw``."""
-        from detforge.export import padded_detections
-
-        outputs, state = self._export_forward(inputs["images"], inputs.get("predicted_stem"))
-        return {**padded_detections(self, outputs, inputs["images"]), **state}
+        """``<key>_p3 .. <key>_p5`` for the four head maps (``HEAD_KEYS``)."""
+        outputs = self(inputs["images"])
+        return {f"{k}_{lv}": t for k in HEAD_KEYS for lv, t in zip(self._levels, outputs[k], strict=True)}
 
     def outputs_from_export(self, raw: dict[str, Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
         """``forward``'s per-level lists from a raw graph's ``<key>_p<level>`` outputs."""
@@ -338,15 +312,16 @@ class Nexus(Detector):
 
     # ---- video ----------------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget the video state (tracks, cached features); call between videos."""
+        """Forget the video state (the tracks); call between videos."""
         self._video = None
 
     @torch.no_grad()
-    def detect(self, frame: Tensor) -> list[dict]:
+    def track_frame(self, frame: Tensor) -> dict[str, Tensor]:
         """Detect and track objects in one video frame (Tensor[C, H, W] or [1, C, H, W], float in [0, 1]).
 
-        Returns one dict per detection: ``bbox`` (x1, y1, x2, y2 pixels), ``confidence``, ``class_id``,
-        ``track_id``, ``bbox_log_var`` (4 floats). Uses eval mode for the call.
+        Returns the tracker protocol's dict (:mod:`detforge.tracking.base`): ``boxes`` Tensor[M, 4] xyxy
+        pixels, ``scores`` [M], ``labels`` [M] int64, ``track_ids`` [M] int64, ``detection_indices`` [M],
+        plus ``box_log_var`` Tensor[M, 4]. Uses eval mode for the call; ``reset()`` between videos.
         """
         if self._video is None:
             self._video = NexusVideo(self)
@@ -354,7 +329,7 @@ class Nexus(Detector):
 
     @property
     def video(self):
-        """The current ``NexusVideo`` (profile counters, tracker), or None before the first ``detect``."""
+        """The current ``NexusVideo`` (its tracker), or None before the first ``track_frame``."""
         return self._video
 
 

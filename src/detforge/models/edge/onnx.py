@@ -4,9 +4,8 @@ for their video APIs.
 Every graph is what the model's export hooks say (``Detector.export_inputs`` / ``export_raw``), with
 BatchNorm folded, short names and shared initializers once:
 
-- Nexus: inputs ``images`` [B, C, H, W] and ``predicted_stem`` [B, 24, H/4, W/4] (the predictive-coding state,
-  zeros on the first frame); outputs the head maps of P3..P5 (``cls_logits_p3`` ...), ``surprise``
-  [B, 1, H/32, W/32] (``nexus.surprise_map``) and ``next_predicted_stem`` (the state for the next frame).
+- Nexus: input ``images`` [B, C, H, W]; outputs the head maps of P3..P5 (``cls_logits_p3``, ``bbox_pred_p3``,
+  ``bbox_log_var_p3``, ``centerness_p3``, ...). The tracker state stays outside the graph (``NexusVideo``).
 - Phantom: input ``images`` [B, C, H, W] with H and W any multiples of 4 (the sparse runner feeds crops);
   outputs ``face_cls`` [B, 1, H/4, W/4] and ``face_bbox`` [B, 4, H/4, W/4]. The cached maps and the tracker
   state stay outside the graph (``PhantomVideo``).
@@ -44,8 +43,8 @@ def export_edge_onnx(
 ) -> Path:
     """``detforge.export.export_onnx`` of one edge model's raw graph at ``input_size`` (h, w) (default: the
     model's ``default_input_size``). A graph with one input gets a dynamic batch, and dynamic height and width
-    where the model's raw outputs allow it (Phantom's crops); a graph with explicit state inputs (Nexus) runs
-    one frame at a time and stays static (dynamic shapes would add ~3 KB of shape arithmetic)."""
+    where the model's raw outputs allow it (Phantom's crops, Nexus's maps); a graph with explicit state inputs
+    (none of the edge models now) runs one frame at a time and stays static."""
     if not hasattr(model, "export_inputs"):
         raise TypeError(f"{type(model).__name__} is not a detforge Detector (no export hooks)")
     size = (int(input_size[0]), int(input_size[1])) if input_size else tuple(model.default_input_size)

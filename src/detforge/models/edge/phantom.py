@@ -190,13 +190,18 @@ class Phantom(Detector):
         )
 
     @torch.no_grad()
-    def detect_frame(self, frame: Tensor) -> list[dict]:
-        """Faces in one video frame (Tensor[C, H, W] float in [0, 1]); each ``bbox`` (x1, y1, x2, y2 pixels),
-        ``confidence`` (accumulated over the track), ``track_id``."""
+    def track_frame(self, frame: Tensor) -> dict[str, Tensor]:
+        """Detect and track faces in one video frame (Tensor[C, H, W] or [1, C, H, W], float in [0, 1]).
+
+        Returns the tracker protocol's dict (:mod:`detforge.tracking.base`): ``boxes`` Tensor[M, 4] xyxy
+        pixels, ``scores`` [M] (each face's confidence accumulated over its track), ``labels`` [M] (0),
+        ``track_ids`` [M] int64, ``detection_indices`` [M], on the frame's device; ``reset()`` between videos.
+        """
         if self._video is None:
             self._video = self.video_runner()
         x = frame[0] if frame.ndim == 4 else frame
-        return self._video.step(x.detach().cpu().float().numpy())
+        tracks = self._video.step(x.detach().cpu().float().numpy())
+        return {k: v.to(frame.device) for k, v in tracks.items()}
 
 
 def decode_face_boxes(deltas: Tensor, stride: int) -> Tensor:

@@ -14,9 +14,9 @@ Per frame:
    frame's cells. A frame without active tiles runs no network at all.
 3. Decoding on the cached maps: the 3 x 3 local maxima above the threshold, picked in numpy, their boxes from
    Phantom's coder and the shared ``detforge.postprocess.detect`` (NMS, clipping).
-4. Tracking (``ObjectTracker`` with the model's GRU memory): ids from temporal continuity and confidence
-   accumulated over the track; a face is reported once its accumulated confidence reaches
-   ``detection_threshold``.
+4. Tracking (the ``memory`` tracker, :class:`~detforge.tracking.memory.MemoryTracker`, with the model's GRU
+   memory): ids from temporal continuity and confidence accumulated over the track; a face is reported once
+   its accumulated confidence reaches ``detection_threshold``, with that confidence as its score.
 
 The network is any callable ``numpy [1, C, h, w] float32 -> (cls [1, 1, h/4, w/4], deltas [1, 4, h/4, w/4])``:
 ``torch_network(model.net)`` or an onnxruntime session (``detforge.models.edge.onnx.ort_network``). Work per
@@ -33,8 +33,9 @@ import torch
 from scipy import ndimage
 
 from detforge.boxes import centre_size_to_xyxy
-from detforge.models.edge.tracker import ObjectTracker, TrackMemory
+from detforge.models.edge.tracker import TrackMemory
 from detforge.postprocess import detect
+from detforge.tracking import Tracker, create_tracker
 
 __all__ = ["FrameProfile", "PhantomVideo", "decode_face_maps", "merge_crops", "torch_network"]
 
@@ -163,6 +164,9 @@ class PhantomVideo:
         align: crops start at multiples of this many pixels: the network's total stride (4 for
             ``PhantomNet``, whose layers all work at stride 4 or finer; a network with coarser layers needs
             their stride here, or its cells inside a crop differ from the full frame's).
+        tracker: a :class:`~detforge.tracking.Tracker` for ``step``; default the ``memory`` tracker with
+            ``memory``, ``min_iou=0.1``, ``max_missed=10``, reporting each face's accumulated confidence once
+            it reaches ``detection_threshold``.
     """
 
     stride = 4  # input pixels per cell of the output maps
@@ -182,6 +186,7 @@ class PhantomVideo:
         min_tile_events: int = 4,
         call_cost: int = 0,
         align: int = 4,
+        tracker: Tracker | None = None,
     ) -> None:
         if align < 1 or align % self.stride:
             raise ValueError(
@@ -202,6 +207,7 @@ class PhantomVideo:
         self.min_tile_events = min_tile_events
         self.align = align
         self.call_cost = call_cost
+        self._given_tracker = tracker
         self.reset()
 
     def reset(self) -> None:
@@ -210,7 +216,9 @@ class PhantomVideo:
         self.previous: np.ndarray | None = None  # [C, H, W]
         self.cls: np.ndarray | None = None  # [1, H/4, W/4]
         self.deltas: np.ndarray | None = None  # [4, H/4, W/4]
-        self.tracker: ObjectTracker | None = None
+        self.tracker: Tracker | None = self._given_tracker
+        if self.tracker is not None:
+            self.tracker.reset()
         self.profile = FrameProfile()
         self.last_candidates: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -299,19 +307,32 @@ class PhantomVideo:
             )
         return self.last_candidates
 
-    def step(self, frame: np.ndarray) -> list[dict]:
-        """``infer`` + tracking: faces with ``bbox``, ``confidence`` (accumulated), ``track_id``."""
+    def step(self, frame: np.ndarray) -> dict[str, torch.Tensor]:
+        """``infer`` + tracking on one frame (float32 array [C, H, W] in [0, 1]).
+
+        Returns:
+            The tracker protocol's dict (:mod:`detforge.tracking.base`), CPU tensors: ``boxes`` [M, 4] xyxy
+            pixels, ``scores`` [M] (with the default tracker: each face's confidence accumulated over its
+            track), ``labels`` [M] (0, "face"), ``track_ids`` [M] int64, ``detection_indices`` [M].
+        """
         boxes, scores = self.infer(frame)
         h, w = frame.shape[-2:]
         boxes = boxes.copy()
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         if self.tracker is None:
-            self.tracker = ObjectTracker(memory=self.memory, image_size=(h, w), min_iou=0.1, max_missed=10)
-        b, s = torch.from_numpy(boxes), torch.from_numpy(scores)
-        ids, confidence = self.tracker.update(b, s, torch.zeros(len(s), dtype=torch.int64))
-        keep = confidence >= self.detection_threshold
-        return [
-            {"bbox": [float(v) for v in box], "confidence": float(c), "track_id": int(t)}
-            for box, c, t in zip(b[keep], confidence[keep], ids[keep], strict=True)
-        ]
+            self.tracker = create_tracker(
+                "memory",
+                memory=self.memory,
+                image_size=(int(h), int(w)),
+                min_iou=0.1,
+                max_missed=10,
+                report_score="track",
+                min_track_score=self.detection_threshold,
+            )
+        detections = {
+            "boxes": torch.from_numpy(boxes),
+            "scores": torch.from_numpy(scores),
+            "labels": torch.zeros(len(scores), dtype=torch.int64),
+        }
+        return self.tracker.update(detections)

@@ -1,0 +1,120 @@
+"""Trackers by name: ``create_tracker("bytetrack", lost_track_buffer=60)`` and ``detforge track --tracker NAME``
+look them up here.
+
+A builder is a callable (a function or a :class:`~detforge.tracking.base.Tracker` subclass) taking typed
+keyword options and returning a :class:`~detforge.tracking.base.Tracker`, registered under its name with
+:func:`register_tracker`::
+
+    @register_tracker("bytetrack")
+    def bytetrack(*, lost_track_buffer: int = 30, ...) -> Tracker: ...
+
+The built-in trackers (``bytetrack``, ``ocsort``, ``botsort``, ``sort`` wrapping Roboflow's ``trackers``, and
+``memory``, the edge detectors' GRU tracker) register themselves in :mod:`detforge.tracking.roboflow` and
+:mod:`detforge.tracking.memory`; :func:`list_trackers` and :func:`create_tracker` import them first.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from detforge.errors import InvalidValueError
+
+__all__ = [
+    "CONF_OPTIONS",
+    "DEFAULT_TRACKER",
+    "create_tracker",
+    "list_trackers",
+    "register_tracker",
+    "tracker_options",
+    "tracker_thresholds",
+]
+
+DEFAULT_TRACKER = "bytetrack"
+
+_TRACKERS: dict[str, Callable[..., Any]] = {}
+
+BUILTIN_MODULES = ("detforge.tracking.roboflow", "detforge.tracking.memory")
+"""The modules whose import registers the built-in trackers (``bytetrack`` first: the default)."""
+
+
+def register_tracker(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a tracker builder under ``name``; a name taken by another builder raises a
+    ValueError (registering the same function again, as a module reload does, is allowed)."""
+
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        taken = _TRACKERS.get(name)
+        if taken is not None and _qualified(taken) != _qualified(builder):
+            raise ValueError(f"tracker {name!r} is already registered ({_qualified(taken)})")
+        _TRACKERS[name] = builder
+        return builder
+
+    return register
+
+
+def _qualified(function: Any) -> str:
+    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def _load_builtins() -> None:
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_trackers() -> list[str]:
+    """The registered tracker names, in registration order (the default, ``bytetrack``, first)."""
+    _load_builtins()
+    return list(_TRACKERS)
+
+
+def tracker_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of tracker ``name`` (its builder's signature), by option name."""
+    builder = _builder(name)
+    return {
+        p.name: p
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+CONF_OPTIONS = ("high_conf_det_threshold", "track_activation_threshold")
+"""The options that take the detector's score threshold in ``detforge track`` and ``val --track``: the score
+a detection needs for the first association and to start a track (ByteTrack's high and new-track thresholds)."""
+
+
+def tracker_thresholds(name: str, conf: float) -> dict[str, float]:
+    """Options of tracker ``name`` set from the detector's score threshold ``conf`` (the checkpoint's F1-best
+    confidence, or ``--conf``): each of :data:`CONF_OPTIONS` it takes. The ``trackers`` package's defaults
+    (0.6 / 0.7) suit a detector whose scores are calibrated like YOLOX's on COCO; a detector trained here
+    has its own best point, measured on its validation data. Options the user sets win over these."""
+    accepted = tracker_options(name)
+    return {option: float(conf) for option in CONF_OPTIONS if option in accepted}
+
+
+def _builder(name: str) -> Callable[..., Any]:
+    names = list_trackers()
+    if name not in _TRACKERS:
+        raise InvalidValueError(f"unknown tracker {name!r}; known trackers: {', '.join(names)}")
+    return _TRACKERS[name]
+
+
+def create_tracker(name: str = DEFAULT_TRACKER, **options: Any):
+    """A new :class:`~detforge.tracking.base.Tracker` registered as ``name`` (default ``bytetrack``).
+
+    Args:
+        name: a registered name (:func:`list_trackers`).
+        **options: the tracker's keyword options (:func:`tracker_options`); an option the tracker does not
+            take is an :class:`~detforge.errors.InvalidValueError` naming it and the accepted ones.
+    """
+    builder = _builder(name)
+    accepted = tracker_options(name)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise InvalidValueError(
+            f"tracker {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
+    return builder(**options)
