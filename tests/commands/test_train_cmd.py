@@ -74,7 +74,8 @@ def test_model_recipe_fills_what_the_command_line_leaves_out():
     assert apply_model_recipe(c, []) == []
 
 
-def test_synthetic_recipe_is_reset_for_synthetic_dense():
+@pytest.mark.parametrize("spec", ["synthetic-dense:64", "synthetic-video:4"])
+def test_synthetic_recipe_is_reset_for_synthetic_dense_and_video(spec):
     from jsonargparse import Namespace
 
     from detforge.commands.train import drop_synthetic_recipe
@@ -85,8 +86,8 @@ def test_synthetic_recipe_is_reset_for_synthetic_dense():
         )
         return Namespace(data=data, model=Namespace(imgsz=128))
 
-    c = cfg("synthetic-dense:64")
-    assert "data.dataset_kwargs" in drop_synthetic_recipe(c, ["--data.data", "synthetic-dense:64"])
+    c = cfg(spec)
+    assert "data.dataset_kwargs" in drop_synthetic_recipe(c, ["--data.data", spec])
     assert c.data.dataset_kwargs is None and c.data.imgsz == 256 and c.model.imgsz == 256
     c = cfg("synthetic:64")
     assert drop_synthetic_recipe(c, ["--data.data", "synthetic:64"]) == [] and c.data.imgsz == 128

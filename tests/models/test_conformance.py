@@ -221,6 +221,17 @@ def test_postprocess_contract(name):
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
         assert ((labels >= 0) & (labels < model.num_classes)).all()
         assert (scores[:-1] >= scores[1:]).all(), f"{name}: detections not best first"
+    # the detections are what every tracker takes: the same frame twice continues each track it starts
+    from detforge.tracking import create_tracker
+
+    tracker = create_tracker(
+        "bytetrack", high_conf_det_threshold=0.0, track_activation_threshold=0.0, minimum_score=0.0
+    )
+    tracker.update(detections[0])
+    tracked = tracker.update(detections[0])
+    ids, boxes = tracked["track_ids"], detections[0]["boxes"]
+    with_area = int(((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).sum())  # a point overlaps nothing
+    assert len(ids) == with_area and ids.unique().numel() == len(ids), f"{name}: its detections do not track"
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -13,12 +13,13 @@ from detforge.tracking.registry import tracker_options
 def test_builtin_trackers_with_the_default_first():
     names = list_trackers()
     assert names[0] == "bytetrack" == create_tracker().name
-    assert {"bytetrack", "ocsort", "botsort", "sort", "memory"} <= set(names)
+    assert {"bytetrack", "bytetrack-roboflow", "ocsort", "botsort", "sort", "memory"} <= set(names)
 
 
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(
-        InvalidValueError, match=r"unknown tracker 'deepsort'; known trackers: bytetrack, ocsort"
+        InvalidValueError,
+        match=r"unknown tracker 'deepsort'; known trackers: bytetrack, bytetrack-roboflow, ocsort",
     ):
         create_tracker("deepsort")
 
@@ -52,10 +53,14 @@ def test_bad_option_values_are_clear_errors(name, options, message):
 
 
 def test_options_reach_the_wrapped_tracker():
-    tracker = create_tracker("bytetrack", lost_track_buffer=60, frame_rate=15, minimum_consecutive_frames=1)
+    options = {"lost_track_buffer": 60, "frame_rate": 15, "minimum_consecutive_frames": 1}
+    tracker = create_tracker("bytetrack-roboflow", **options)
     wrapped = tracker.factory()
     assert wrapped.maximum_frames_without_update == 30 and wrapped.minimum_consecutive_frames == 1
-    assert "lost_track_buffer=60" in repr(tracker)
+    assert "lost_track_buffer=60" in repr(tracker) and tracker.name == "bytetrack-roboflow"
+    ours = create_tracker("bytetrack", **options)  # detforge's ByteTrack: the same scaling
+    assert ours.maximum_frames_without_update == 30 and ours.minimum_consecutive_frames == 1
+    assert "lost_track_buffer=60" in repr(ours)
     assert not create_tracker("botsort", cmc_method="none").factory().enable_cmc
 
 

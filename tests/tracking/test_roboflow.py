@@ -41,7 +41,7 @@ def textured_frame(f):
 
 
 RAW = {
-    "bytetrack": (trackers.ByteTrackTracker, {"minimum_score": 0.0}),
+    "bytetrack-roboflow": (trackers.ByteTrackTracker, {"minimum_score": 0.0}),
     "ocsort": (trackers.OCSORTTracker, {}),
     "sort": (trackers.SORTTracker, {}),
     "botsort": (trackers.BoTSORTTracker, {"minimum_score": 0.0}),
@@ -75,8 +75,12 @@ def test_wrapper_reports_what_the_raw_tracker_confirms(name):
     assert reported > 40  # the scene exercises the tracker (58 to 270 boxes reported)
 
 
-def test_minimum_consecutive_frames_hold_new_tracks_back():
-    tracker = create_tracker("bytetrack", minimum_consecutive_frames=3)
+BYTETRACKS = ["bytetrack", "bytetrack-roboflow"]  # detforge's and the package's: the same behaviour
+
+
+@pytest.mark.parametrize("name", BYTETRACKS)
+def test_minimum_consecutive_frames_hold_new_tracks_back(name):
+    tracker = create_tracker(name, minimum_consecutive_frames=3)
     box = [[10.0, 10.0, 40.0, 40.0]]
     counts = []
     for f in range(4):
@@ -89,8 +93,9 @@ def _frame(boxes, scores, labels):
     return {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.tensor(labels)}
 
 
-def test_bytetrack_second_stage_reports_low_scores_above_minimum_score():
-    tracker = create_tracker("bytetrack")  # high 0.6, minimum_score 0.1
+@pytest.mark.parametrize("name", BYTETRACKS)
+def test_bytetrack_second_stage_reports_low_scores_above_minimum_score(name):
+    tracker = create_tracker(name)  # high 0.6, minimum_score 0.1
     for f in range(3):
         tracker.update(_frame([[10.0 + f, 10, 40 + f, 40]], [0.9], [0]))
     kept = tracker.update(_frame([[13.0, 10, 43, 40]], [0.3], [0]))  # below high: continues the track
@@ -99,11 +104,12 @@ def test_bytetrack_second_stage_reports_low_scores_above_minimum_score():
     assert len(dropped["track_ids"]) == 0
 
 
+@pytest.mark.parametrize("name", BYTETRACKS)
 @pytest.mark.parametrize("per_class", [False, True])
-def test_class_handling(per_class):
+def test_class_handling(per_class, name):
     """Association ignores classes unless ``per_class``; either way each box reports its own label and ids are
     unique over all classes."""
-    tracker = create_tracker("bytetrack", per_class=per_class, minimum_consecutive_frames=1)
+    tracker = create_tracker(name, per_class=per_class, minimum_consecutive_frames=1)
     for f in range(3):
         out = tracker.update(_frame([[10.0 + f, 10, 40 + f, 40], [100.0, 10, 130, 40]], [0.9, 0.9], [0, 1]))
     assert out["track_ids"].tolist() == [1, 2] and out["labels"].tolist() == [0, 1]
@@ -134,7 +140,7 @@ def test_per_class_ids_stay_unique_and_restart_on_reset():
 def test_botsort_reads_the_image_only_with_camera_motion_compensation():
     assert create_tracker("botsort").uses_image
     assert not create_tracker("botsort", cmc_method="none").uses_image
-    assert not create_tracker("bytetrack").uses_image
+    assert not create_tracker("bytetrack").uses_image and not create_tracker("bytetrack-roboflow").uses_image
     tracker = create_tracker("botsort")
     for f in range(3):  # Tensor [C, H, W] float, and np [H, W, 3] uint8
         image = (

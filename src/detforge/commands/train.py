@@ -226,11 +226,15 @@ def _data_module_defaults() -> dict[str, Any]:
 
 
 def drop_synthetic_recipe(cfg, argv: list[str]) -> list[str]:
-    """Reset the synthetic-only recipe keys for data other than the synthetic shapes (``synthetic-dense``
-    included: its images and objects differ); returns the keys reset."""
+    """Reset the synthetic-only recipe keys for data other than the synthetic shapes (``synthetic-dense`` and
+    ``synthetic-video`` included: their images, sizes and objects differ); returns the keys reset."""
     spec = cfg.data.data
     given = _given_options(argv)
-    shapes = isinstance(spec, str) and spec.startswith("synthetic") and not spec.startswith("synthetic-dense")
+    shapes = (
+        isinstance(spec, str)
+        and spec.startswith("synthetic")
+        and not spec.startswith(("synthetic-dense", "synthetic-video"))
+    )
     if not isinstance(spec, str) or shapes or "config" in given or "data" in given:
         return []
     reset = []

@@ -1,7 +1,8 @@
 """Multi-object tracking: the tracker protocol (:class:`Tracker`) and trackers by name.
 
-``create_tracker("bytetrack")`` (the default; also ``ocsort``, ``botsort``, ``sort`` from Roboflow's
-``trackers`` package, and ``memory``, the edge detectors' GRU tracker) returns a :class:`Tracker` whose
+``create_tracker("bytetrack")`` (the default: detforge's batched ByteTrack; also ``bytetrack-roboflow``, its
+reference, ``ocsort``, ``botsort``, ``sort`` from Roboflow's ``trackers`` package, and ``memory``, the edge
+detectors' GRU tracker) returns a :class:`Tracker` whose
 ``update(detections, image=None)`` takes one frame's ``dict(boxes, scores, labels)`` and returns the boxes
 it reports with ``track_ids``; see :mod:`detforge.tracking.base`.
 

@@ -8,9 +8,11 @@ keyword options and returning a :class:`~detforge.tracking.base.Tracker`, regist
     @register_tracker("bytetrack")
     def bytetrack(*, lost_track_buffer: int = 30, ...) -> Tracker: ...
 
-The built-in trackers (``bytetrack``, ``ocsort``, ``botsort``, ``sort`` wrapping Roboflow's ``trackers``, and
-``memory``, the edge detectors' GRU tracker) register themselves in :mod:`detforge.tracking.roboflow` and
-:mod:`detforge.tracking.memory`; :func:`list_trackers` and :func:`create_tracker` import them first.
+The built-in trackers register themselves when their module is imported: ``bytetrack`` (the default,
+detforge's batched ByteTrack) in :mod:`detforge.tracking.bytetrack`; ``bytetrack-roboflow`` (its reference),
+``ocsort``, ``botsort`` and ``sort`` wrapping Roboflow's ``trackers`` in :mod:`detforge.tracking.roboflow`;
+``memory``, the edge detectors' GRU tracker, in :mod:`detforge.tracking.memory`. :func:`list_trackers` and
+:func:`create_tracker` import them first.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ DEFAULT_TRACKER = "bytetrack"
 
 _TRACKERS: dict[str, Callable[..., Any]] = {}
 
-BUILTIN_MODULES = ("detforge.tracking.roboflow", "detforge.tracking.memory")
+BUILTIN_MODULES = ("detforge.tracking.bytetrack", "detforge.tracking.roboflow", "detforge.tracking.memory")
 """The modules whose import registers the built-in trackers (``bytetrack`` first: the default)."""
 
 

@@ -1,5 +1,9 @@
 """SORT, ByteTrack, OC-SORT and BoT-SORT from Roboflow's ``trackers`` package (Apache-2.0) behind detforge's
-tracker protocol, registered as ``sort``, ``bytetrack`` (the default), ``ocsort`` and ``botsort``.
+tracker protocol, registered as ``sort``, ``bytetrack-roboflow``, ``ocsort`` and ``botsort``.
+
+``bytetrack-roboflow`` is the reference of detforge's own ``bytetrack`` (the default tracker,
+:mod:`detforge.tracking.bytetrack`: the same algorithm, options and results with the tracks' Kalman filters
+batched, several times faster); ``tests/tracking/test_bytetrack.py`` compares the two.
 
 What the wrapper does, and nothing more (``tests/tracking/test_roboflow.py`` compares it with the raw calls):
 
@@ -38,9 +42,14 @@ from torch import Tensor
 from detforge.errors import InvalidValueError
 from detforge.tracking.base import Tracker, select_tracks
 from detforge.tracking.convert import to_sv_detections, tracked_rows
+from detforge.tracking.options import at_least as _at_least
+from detforge.tracking.options import common_options as _common
+from detforge.tracking.options import flag as _flag
+from detforge.tracking.options import fraction as _fraction
+from detforge.tracking.options import positive as _positive
 from detforge.tracking.registry import register_tracker
 
-__all__ = ["CMCMethod", "SupervisionTracker", "botsort", "bytetrack", "ocsort", "sort"]
+__all__ = ["CMCMethod", "SupervisionTracker", "botsort", "bytetrack_roboflow", "ocsort", "sort"]
 
 CMCMethod = Literal["sparseOptFlow", "orb", "sift", "ecc", "none"]
 """BoT-SORT's camera-motion compensation: OpenCV's sparse optical flow, ORB / SIFT features, ECC, or off."""
@@ -122,51 +131,12 @@ class SupervisionTracker(Tracker):
         return known
 
 
-# ---- option checks ---------------------------------------------------------------------------------------
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise InvalidValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _fraction(name: str, value: float) -> float:
-    if not 0.0 <= _number(name, value) <= 1.0:
-        raise InvalidValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _at_least(name: str, value: int, low: int) -> int:
-    if int(_number(name, value)) != value or value < low:
-        raise InvalidValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value: float, *, zero: bool = False) -> float:
-    number = _number(name, value)
-    if not np.isfinite(number) or number < 0 or (number == 0 and not zero):
-        raise InvalidValueError(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
-    return number
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _common(lost_track_buffer: int, frame_rate: float, minimum_consecutive_frames: int) -> dict[str, Any]:
-    return {
-        "lost_track_buffer": _at_least("lost_track_buffer", lost_track_buffer, 0),
-        "frame_rate": _positive("frame_rate", frame_rate),
-        "minimum_consecutive_frames": _at_least("minimum_consecutive_frames", minimum_consecutive_frames, 1),
-    }
-
-
 def _build(cls: Any, kwargs: dict[str, Any], options: dict[str, Any], **wrapper: Any) -> SupervisionTracker:
-    """The wrapper of ``cls(**kwargs)``; ``options`` are the registered builder's arguments (for ``repr``)."""
+    """The wrapper of ``cls(**kwargs)``; ``options`` are the registered builder's arguments (for ``repr``);
+    ``wrapper`` may name it (default: the package's ``tracker_id``)."""
     return SupervisionTracker(
         functools.partial(cls, **kwargs),
-        name=cls.tracker_id,
+        name=wrapper.pop("name", cls.tracker_id),
         per_class=_flag("per_class", options["per_class"]),
         minimum_score=_fraction("minimum_score", options.get("minimum_score", 0.0)),
         options=options,
@@ -175,8 +145,8 @@ def _build(cls: Any, kwargs: dict[str, Any], options: dict[str, Any], **wrapper:
 
 
 # ---- registered trackers ---------------------------------------------------------------------------------
-@register_tracker("bytetrack")
-def bytetrack(
+@register_tracker("bytetrack-roboflow")
+def bytetrack_roboflow(
     *,
     track_activation_threshold: float = 0.7,
     high_conf_det_threshold: float = 0.6,
@@ -188,7 +158,8 @@ def bytetrack(
     per_class: bool = False,
 ) -> SupervisionTracker:
     """ByteTrack (``trackers.ByteTrackTracker``): Kalman motion, IoU association of the high-score boxes, then
-    of the low-score boxes with the tracks left.
+    of the low-score boxes with the tracks left. The reference of ``bytetrack`` (detforge's batched
+    implementation, the default: same options, same results, faster).
 
     Args:
         track_activation_threshold: score a detection needs to start a new track.
@@ -210,7 +181,7 @@ def bytetrack(
         "high_conf_det_threshold": _fraction("high_conf_det_threshold", high_conf_det_threshold),
         "minimum_iou_threshold": _fraction("minimum_iou_threshold", minimum_iou_threshold),
     }
-    return _build(ByteTrackTracker, kwargs, options)
+    return _build(ByteTrackTracker, kwargs, options, name="bytetrack-roboflow")
 
 
 @register_tracker("ocsort")
