@@ -10,11 +10,13 @@ time per frame, and ``detforge track`` end to end (issue: video and multi-object
    :mod:`detforge.tracking.metrics` (equal to TrackEval's), combined over the sequences. BoxMOT reports its
    Kalman-filtered boxes, detforge the detections' own boxes: each as its users get them.
 2. **Association time** per frame at 10, 100 and 1,000 detections: boxes moving at constant velocity with
-   noise over a 1920 x 1080 frame, 200 frames (60 at 1,000), median per-frame ``update`` time, trackers run in
-   turn within each round (``--rounds``), the median of the round medians.
-3. **End to end**: ``detforge track`` on a 640 x 640 video (a rendered ``synthetic-video`` sequence, written as
-   MPEG-4) with the checkpoint at batch 1: frames/s, and where the time goes (decode, network, tracking,
-   drawing, writing the annotated video), from the run's own counters; the share outside the network.
+   noise over a 1920 x 1080 frame, 200 frames (60 at 1,000), median per-frame ``update`` time without a frame
+   (BoT-SORT's camera-motion estimate off on both sides), trackers run in turn within each round
+   (``--rounds``), the median of the round medians.
+3. **End to end**: ``detforge track``'s loop on a 640 x 640 video (a rendered ``synthetic-video`` sequence,
+   written as MPEG-4) with the checkpoint at batch 1, with and without the annotated video, against the network
+   alone on the same frames in the same rounds (medians of 3): frames/s and the share of the frame time
+   outside the network.
 
 Goals (issue): HOTA / MOTA / IDF1 equal or better than the best of BoxMOT's; association under 4 ms at 100
 detections; tracking and IO under 10% of the frame time. Never run beside another benchmark.
@@ -57,9 +59,20 @@ def train_checkpoint(project: Path, budget: str) -> Path:
     return best
 
 
-def boxmot_trackers(conf: float) -> dict:
-    """BoxMOT's appearance-free trackers at the thresholds detforge's get (see the module docstring)."""
+def boxmot_trackers(conf: float, cmc: bool = True) -> dict:
+    """BoxMOT's appearance-free trackers at the thresholds detforge's get (see the module docstring); BoT-SORT
+    with its camera-motion compensation (ECC) unless ``cmc`` is False."""
+    import logging
+
     from boxmot import BotSort, ByteTrack, OcSort
+
+    try:  # BoxMOT logs each tracker's settings (INFO) and every ECC failure (WARNING) through loguru
+        from loguru import logger
+
+        logger.remove()
+    except ImportError:
+        pass
+    logging.getLogger("boxmot").setLevel(logging.ERROR)
 
     return {
         "boxmot ByteTrack": lambda: ByteTrack(min_conf=0.1, track_thresh=conf),
@@ -67,17 +80,19 @@ def boxmot_trackers(conf: float) -> dict:
         "boxmot BoT-SORT": lambda: BotSort(
             track_high_thresh=conf,
             track_low_thresh=0.1,
-            new_track_thresh=conf,
+            new_track_thresh=min(conf + 0.1, 1.0),
             use_embeddings=False,
+            use_cmc=cmc,
             reid_model=None,
             reid_weights=None,
-            with_reid=False,
         ),
     }
 
 
 class BoxMOTAdapter:
     """A BoxMOT tracker with detforge's ``update(detections, image) -> dict`` for the metrics."""
+
+    minimum_score = 0.1  # what each is given: min_conf / track_low_thresh
 
     def __init__(self, factory) -> None:
         self.factory = factory
@@ -96,7 +111,9 @@ class BoxMOTAdapter:
             1,
         ).astype(np.float32)  # [N, 6]: x1, y1, x2, y2, score, class
         frame = image[:, :, ::-1].copy() if image is not None else np.zeros((8, 8, 3), np.uint8)
-        out = np.asarray(self.tracker.update(dets, frame)).reshape(-1, 8)  # [M, 8]: xyxy, id, score, class, det
+        out = np.asarray(self.tracker.update(dets, frame)).reshape(
+            -1, 8
+        )  # [M, 8]: xyxy, id, score, class, det
         return {
             "boxes": torch.as_tensor(out[:, :4], dtype=torch.float32),
             "scores": torch.as_tensor(out[:, 5], dtype=torch.float32),
@@ -128,17 +145,22 @@ def detect_sequences(ckpt: Path, batch: int = 8):
     return detector, sequences, detections
 
 
-def accuracy(sequences, detections, trackers: dict) -> list[tuple[str, dict]]:
+def accuracy(sequences, detections, trackers: dict, conf: float) -> list[tuple[str, dict]]:
+    """Each tracker gets what ``detforge track`` gives it: the detections down to its ``minimum_score`` (its
+    low threshold), or down to ``conf`` for a tracker without one (SORT)."""
     from detforge.tracking.metrics import evaluate_sequences
 
     rows = []
     for name, make in trackers.items():
         tracker = make()
+        floor = min(getattr(tracker, "minimum_score", conf), conf)
         runs = []
         for seq, (frames, per_frame) in zip(sequences, detections, strict=True):
             tracker.reset()
             tracked = {}
             for number, (frame, dets) in enumerate(zip(frames, per_frame, strict=True), start=1):
+                keep = dets["scores"] >= floor
+                dets = {k: v[keep] for k, v in dets.items()}
                 tracked[number] = tracker.update(dets, image=frame.permute(1, 2, 0).numpy())
             runs.append((seq, tracked))
         combined = evaluate_sequences(runs).combined
@@ -175,26 +197,28 @@ def association_times(trackers: dict, rounds: int) -> dict[tuple[str, int], floa
     times: dict[tuple[str, int], list[float]] = {}
     for n in (10, 100, 1000):
         frames = moving_boxes(n, 200 if n < 1000 else 60)
-        image = np.zeros((1080, 1920, 3), np.uint8)
         for _ in range(rounds):
             for name, make in trackers.items():
                 tracker = make()
                 per_frame = []
                 for dets in frames:
                     start = time.perf_counter()
-                    tracker.update(dets, image=image)
+                    tracker.update(dets)  # association alone: no frame, no camera-motion estimate
                     per_frame.append(time.perf_counter() - start)
                 times.setdefault((name, n), []).append(statistics.median(per_frame[5:]) * 1000)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def end_to_end(ckpt: Path, frames: int = 150) -> None:
-    """``detforge track`` (in process, the CLI's own loop) on a 640 px video at batch 1."""
+def end_to_end(ckpt: Path, frames: int = 150, rounds: int = 3) -> None:
+    """``detforge track``'s loop (in process, as the CLI runs it) on a 640 px video at batch 1, against the
+    network alone (the same pipeline on the same frames, decoded beforehand) in the same rounds: the share of
+    the frame time outside the network is ``1 - network / end to end``. Decoding and encoding threads take
+    CPU from the network, which the loop's own counters would not show."""
     from detforge.commands.inference import prepare_inference
     from detforge.commands.track import build_parser
     from detforge.data.synthetic_video import SyntheticVideo
     from detforge.tracking import create_tracker, tracker_thresholds
-    from detforge.tracking.run import run_sequence
+    from detforge.tracking.run import frame_tensor, run_sequence
     from detforge.tracking.video import AnnotatedVideoWriter, open_video_source
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,27 +230,47 @@ def end_to_end(ckpt: Path, frames: int = 150) -> None:
         parser = build_parser()
         args = parser.parse_args(["--ckpt", str(ckpt), str(video), "--batch", "1", "--device", "cpu"])
         started = prepare_inference(args, parser, batch=1)
-        for draw in (True, False):
-            tracker = create_tracker("bytetrack", **tracker_thresholds("bytetrack", started.conf))
-            report = run_sequence(
-                open_video_source(str(video)),
-                started.pipeline,
-                conf=started.conf,
-                tracker=tracker,
-                tracker_min_score=tracker.minimum_score,
-                out=Path(tmp) / "out",
-                batch=1,
-                draw=draw,
-                progress=False,
-            )
-            ms = {k: v / report.frames * 1000 for k, v in report.seconds.items()}
-            loop = report.wall / report.frames * 1000 - sum(ms.values())
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
-            what = "annotated video written" if draw else "--no-draw (MOT txt and JSON only)"
+        decoded = [frame_tensor(f) for f in open_video_source(str(video))]  # uint8 [3, 640, 640] each
+
+        def network_only() -> float:
+            start = time.perf_counter()
+            for image in decoded:
+                started.pipeline([image])
+            return time.perf_counter() - start
+
+        def tracked(draw: bool):
+            def run() -> float:
+                tracker = create_tracker("bytetrack", **tracker_thresholds("bytetrack", started.conf))
+                report = run_sequence(
+                    open_video_source(str(video)),
+                    started.pipeline,
+                    conf=started.conf,
+                    tracker=tracker,
+                    tracker_min_score=tracker.minimum_score,
+                    out=Path(tmp) / "out",
+                    batch=1,
+                    draw=draw,
+                    progress=False,
+                )
+                tracked.reports[draw] = report
+                return report.wall
+
+            return run
+
+        tracked.reports = {}
+        runs = {"network": network_only, "video": tracked(True), "no-draw": tracked(False)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(rounds):
+            for name in list(runs)[:: 1 if r % 2 == 0 else -1]:
+                times[name].append(runs[name]() / frames * 1000)
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        print(f"  network alone (pre-processing, network, post-processing): {ms['network']:.1f} ms a frame")
+        for key, draw, what in (("video", True, "annotated video written"), ("no-draw", False, "--no-draw")):
+            report = tracked.reports[draw]
+            parts = ", ".join(f"{k} {v / report.frames * 1000:.2f}" for k, v in report.seconds.items())
             print(
-                f"  {what}: {report.frames} frames at {started.imgsz} px input, {report.fps:.1f} frames/s; "
-                f"ms per frame: {parts}, loop {loop:.2f}; outside the network "
-                f"{report.outside_network() * 100:.1f}% (tracking {ms['track'] / (report.wall / report.frames * 1000) * 100:.1f}%)",
+                f"  {what}: {1000 / ms[key]:.1f} frames/s ({ms[key]:.1f} ms a frame); outside the network "
+                f"{(1 - ms['network'] / ms[key]) * 100:.1f}%; the loop's last run, ms a frame: {parts}",
                 flush=True,
             )
 
@@ -251,20 +295,26 @@ def main(argv: list[str] | None = None) -> int:
         detector, sequences, detections = detect_sequences(ckpt)
         conf = float(detector.best_conf or 0.25)
         frames = sum(len(s) for s in sequences)
-        print(f"accuracy on {VAL_DATA} (val split): {len(sequences)} sequences, {frames} frames, conf {conf:.3f}")
+        print(
+            f"accuracy on {VAL_DATA} (val split): {len(sequences)} sequences, {frames} frames, conf {conf:.3f}"
+        )
         ours = {
             f"detforge {name}": (lambda n=name: create_tracker(n, **tracker_thresholds(n, conf)))
             for name in list_trackers()
             if name != "memory"  # the edge detectors' tracker wants their GRU memory
         }
         theirs = {name: (lambda f=make: BoxMOTAdapter(f)) for name, make in boxmot_trackers(conf).items()}
-        accuracy(sequences, detections, {**ours, **theirs})
+        accuracy(sequences, detections, {**ours, **theirs}, conf)
     if "association" in args.parts:
         print(f"association time per frame (ms, medians of {args.rounds} rounds):")
         trackers = {
             "detforge bytetrack": lambda: create_tracker("bytetrack", high_conf_det_threshold=0.5),
             "detforge ocsort": lambda: create_tracker("ocsort"),
-            **{name: (lambda f=make: BoxMOTAdapter(f)) for name, make in boxmot_trackers(0.5).items()},
+            "detforge botsort": lambda: create_tracker("botsort", cmc_method="none"),
+            **{
+                name: (lambda f=make: BoxMOTAdapter(f))
+                for name, make in boxmot_trackers(0.5, cmc=False).items()
+            },
         }
         times = association_times(trackers, args.rounds)
         for name in trackers:

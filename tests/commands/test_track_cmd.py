@@ -54,6 +54,7 @@ def test_track_a_video_writes_video_mot_txt_and_json(tiny_checkpoint, video, tmp
     out = tmp_path / "out"
     # the tiny model is untrained (scores about 0.01): every box it gives is tracked
     argv = ["--ckpt", str(tiny_checkpoint), str(video), "--conf", "0", "--tracker-option", "minimum_score=0"]
+    argv += ["--tracker-option", "track_activation_threshold=0"]
     assert _track([*argv, "--batch", "4"], out) == 0
     err = capsys.readouterr().err
     assert "frames/s" in err and "clip.avi: 12 frames" in err

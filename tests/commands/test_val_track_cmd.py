@@ -18,6 +18,7 @@ def test_val_track_scores_the_written_tracks(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "val"
     argv = ["val", "--ckpt", str(tiny_checkpoint), "--data", SPEC, "--dataset-kwargs", json.dumps(KWARGS)]
     argv += ["--track", "--conf", "0", "--tracker-option", "minimum_score=0", "--out", str(out), "--batch", "4"]
+    argv += ["--tracker-option", "track_activation_threshold=0"]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "4 sequences, 32 frames, tracker bytetrack" in printed and "HOTA" in printed

@@ -1,6 +1,7 @@
 """detforge's batched ByteTrack (``bytetrack``) against its reference, the ``trackers`` package's ByteTrack
-behind the same protocol (``bytetrack-roboflow``): on randomized scenes both report the same boxes with the
-same ids on every frame, and their Kalman states agree bit for bit."""
+behind the same protocol (``bytetrack-roboflow``): with the package's second stage (:data:`PACKAGE`) both
+report the same boxes with the same ids on every frame of randomized scenes, and their Kalman states agree bit
+for bit; the paper's second stage (the default) differs only where it should."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,14 @@ import torch
 
 from detforge.tracking import bytetrack as ours_module
 from detforge.tracking import create_tracker
+
+PACKAGE = {"second_iou_threshold": None, "second_stage_lost": True}
+"""The ``trackers`` package's second stage: low-score boxes with every track the first stage left, lost ones
+included, at ``minimum_iou_threshold``."""
+
+
+def ours_and_reference(**options):
+    return create_tracker("bytetrack", **PACKAGE, **options), create_tracker("bytetrack-roboflow", **options)
 
 
 def scene(seed, num_frames=70, num_objects=30, width=640.0, height=480.0):
@@ -96,9 +105,7 @@ def test_same_tracks_as_the_reference_on_every_frame(options, seed):
     """Exact agreement: every frame, the same boxes with the same ids, labels, scores and input rows; the same
     tracks with bitwise-equal Kalman states (the batched filters make the package's floating-point
     operations, in its order)."""
-    ours, reference = (
-        create_tracker(name, **OPTIONS[options]) for name in ("bytetrack", "bytetrack-roboflow")
-    )
+    ours, reference = ours_and_reference(**OPTIONS[options])
     count, ids = 0, set()
     for f, frame in enumerate(scene(seed)):
         have, want = reported(ours.update(as_dict(*frame))), reported(reference.update(as_dict(*frame)))
@@ -118,7 +125,7 @@ def test_a_thousand_detections_agree_with_the_reference():
     start = rng.uniform(0, 1800, (n, 2))
     velocity = rng.uniform(-3, 3, (n, 2))
     size = rng.uniform(20, 60, (n, 2))
-    ours, reference = create_tracker("bytetrack"), create_tracker("bytetrack-roboflow")
+    ours, reference = ours_and_reference()
     for f in range(6):
         xy = start + velocity * f
         boxes = (np.concatenate([xy, xy + size], 1) + rng.normal(0, 1, (n, 4))).astype(np.float32)
@@ -197,18 +204,37 @@ def test_scores_at_the_thresholds_follow_the_package():
     in float64 (a score of float32(0.7) < 0.7 starts no track), as the wrapper and the package do."""
     above = float(np.nextafter(np.float32(0.7), np.float32(1)))
     for score, tracked in ((0.7, False), (above, True), (0.6, False)):
-        ours, reference = create_tracker("bytetrack"), create_tracker("bytetrack-roboflow")
+        ours, reference = ours_and_reference()
         for f in range(3):
             frame = frame_of([10.0 + f, 10, 40 + f, 40], [score])
             have, want = reported(ours.update(frame)), reported(reference.update(frame))
             assert have == want, score
         assert bool(have) == tracked, score
     for minimum_score, kept in ((0.45, True), (0.46, False)):  # a box scoring float32(0.45) < 0.45
-        ours, reference = (
-            create_tracker(n, minimum_score=minimum_score) for n in ("bytetrack", "bytetrack-roboflow")
-        )
+        ours, reference = ours_and_reference(minimum_score=minimum_score)
         for f, score in enumerate([0.9, 0.9, 0.9, 0.45]):  # the last continues the track in the second stage
             frame = frame_of([10.0 + f, 10, 40 + f, 40], [score])
             have, want = reported(ours.update(frame)), reported(reference.update(frame))
             assert have == want, minimum_score
         assert bool(have) == kept, minimum_score
+
+
+def test_the_papers_second_stage_trusts_a_low_score_box_only_on_a_live_track_it_overlaps_well():
+    """Default (the paper): a low-score box continues a track seen in the previous frame when their IoU is at
+    least 0.5; it does not continue a lost track (missed last frame) nor one it barely overlaps, which the
+    package's second stage (IoU 0.1, lost tracks included) does."""
+    def run(options, frames):
+        tracker = create_tracker("bytetrack", **options)
+        return [reported(tracker.update(frame_of(*f))) for f in frames]
+
+    steady = [([10.0 + f, 10, 40 + f, 40], [0.9]) for f in range(3)]  # a confirmed track
+    close = ([13.0, 10, 43, 40], [0.3])  # low score, IoU ~0.97 with the prediction
+    shifted = ([28.0, 10, 58, 40], [0.3])  # low score, IoU ~0.2
+    gap = ([], [])  # the object missed: the track is lost for a frame
+    for options, expect in ((PACKAGE, (True, True, True)), ({}, (True, False, False))):
+        taken = (
+            bool(run(options, [*steady, close])[-1]),
+            bool(run(options, [*steady, shifted])[-1]),
+            bool(run(options, [*steady, gap, close])[-1]),
+        )
+        assert taken == expect, options

@@ -94,3 +94,17 @@ def test_register_a_tracker_of_ones_own(monkeypatch):
     assert out["track_ids"].tolist() == [5, 6]
     with pytest.raises(ValueError, match="already registered"):
         register_tracker("bytetrack")(EverythingTracker)
+
+
+def test_tracker_thresholds_follow_the_detectors_threshold():
+    from detforge.tracking import tracker_thresholds
+
+    assert tracker_thresholds("bytetrack", 0.4) == {
+        "high_conf_det_threshold": 0.4,
+        "track_activation_threshold": pytest.approx(0.5),  # the paper's new-track margin
+    }
+    assert tracker_thresholds("botsort", 0.95)["track_activation_threshold"] == 1.0
+    assert tracker_thresholds("ocsort", 0.3) == {"high_conf_det_threshold": 0.3}
+    assert tracker_thresholds("memory", 0.3) == {}
+    for name in ("bytetrack", "ocsort", "botsort", "sort"):  # every value is an option the tracker takes
+        create_tracker(name, **tracker_thresholds(name, 0.3))

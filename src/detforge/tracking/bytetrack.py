@@ -187,12 +187,16 @@ class ByteTrack(Tracker):
         high_conf_det_threshold: float = 0.6,
         minimum_score: float = 0.1,
         minimum_iou_threshold: float = 0.1,
+        second_iou_threshold: float | None = 0.5,
+        second_stage_lost: bool = False,
         lost_track_buffer: int = 30,
         frame_rate: float = 30.0,
         minimum_consecutive_frames: int = 2,
         per_class: bool = False,
     ) -> None:
         self.options = {
+            "second_iou_threshold": second_iou_threshold,
+            "second_stage_lost": second_stage_lost,
             "track_activation_threshold": track_activation_threshold,
             "high_conf_det_threshold": high_conf_det_threshold,
             "minimum_score": minimum_score,
@@ -206,6 +210,10 @@ class ByteTrack(Tracker):
         self.high_conf_det_threshold = float(high_conf_det_threshold)
         self.minimum_score = float(minimum_score)
         self.minimum_iou_threshold = float(minimum_iou_threshold)
+        self.second_iou_threshold = (
+            self.minimum_iou_threshold if second_iou_threshold is None else float(second_iou_threshold)
+        )
+        self.second_stage_lost = bool(second_stage_lost)
         self.minimum_consecutive_frames = int(minimum_consecutive_frames)
         self.per_class = bool(per_class)
         scaled = float(frame_rate) / 30.0 * lost_track_buffer  # the package's scaling: at least 1 unless 0
@@ -256,8 +264,10 @@ class ByteTrack(Tracker):
         # first stage: high-score detections with every track
         t1, d1 = associate(box_iou(predicted, boxes[high_rows]), self.minimum_iou_threshold)
         left = _unmatched(len(tracks), t1)  # [T'] tracks the first stage left
+        if not self.second_stage_lost:  # the paper: only tracks matched in the previous frame (missed 1 now)
+            left = left[tracks.missed[left] == 1]
         # second stage: low-score detections with those
-        t2, d2 = associate(box_iou(predicted[left], boxes[low_rows]), self.minimum_iou_threshold)
+        t2, d2 = associate(box_iou(predicted[left], boxes[low_rows]), self.second_iou_threshold)
         track_rows = np.concatenate([t1, left[t2]])  # [M] first stage's matches, then the second's
         det_rows = np.concatenate([high_rows[d1], low_rows[d2]])  # [M]
         new_high = high_rows[_unmatched(len(high_rows), d1)]  # [H'] unmatched high-score detections
@@ -291,6 +301,8 @@ def bytetrack(
     high_conf_det_threshold: float = 0.6,
     minimum_score: float = 0.1,
     minimum_iou_threshold: float = 0.1,
+    second_iou_threshold: float | None = 0.5,
+    second_stage_lost: bool = False,
     lost_track_buffer: int = 30,
     frame_rate: float = 30.0,
     minimum_consecutive_frames: int = 2,
@@ -305,7 +317,14 @@ def bytetrack(
         high_conf_det_threshold: boxes scoring at least this are associated first; those below (down to
             ``minimum_score``) only continue tracks the first stage left.
         minimum_score: boxes below this are dropped before tracking (the paper's low threshold, 0.1).
-        minimum_iou_threshold: IoU a detection needs with a track's predicted box to continue it.
+        minimum_iou_threshold: IoU a detection needs with a track's predicted box to continue it (first
+            stage).
+        second_iou_threshold: IoU a low-score detection needs to continue a track (second stage); the
+            paper's 0.5 (a low-score box is trusted only where it overlaps well); None: ``minimum_iou_threshold``
+            as the ``trackers`` package does.
+        second_stage_lost: offer the second stage every track the first left, lost ones included (the
+            ``trackers`` package); False (the paper): only the tracks matched in the previous frame, so a
+            low-score box near where a lost object was is not taken for it.
         lost_track_buffer: frames (at 30 fps) a track survives without a detection.
         frame_rate: the video's frame rate (scales ``lost_track_buffer``).
         minimum_consecutive_frames: frames a new track must be matched in a row before it is reported.
@@ -317,5 +336,9 @@ def bytetrack(
         high_conf_det_threshold=fraction("high_conf_det_threshold", high_conf_det_threshold),
         minimum_score=fraction("minimum_score", minimum_score),
         minimum_iou_threshold=fraction("minimum_iou_threshold", minimum_iou_threshold),
+        second_iou_threshold=None
+        if second_iou_threshold is None
+        else fraction("second_iou_threshold", second_iou_threshold),
+        second_stage_lost=flag("second_stage_lost", second_stage_lost),
         per_class=flag("per_class", per_class),
     )

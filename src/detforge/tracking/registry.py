@@ -83,17 +83,26 @@ def tracker_options(name: str) -> dict[str, inspect.Parameter]:
 
 
 CONF_OPTIONS = ("high_conf_det_threshold", "track_activation_threshold")
-"""The options that take the detector's score threshold in ``detforge track`` and ``val --track``: the score
-a detection needs for the first association and to start a track (ByteTrack's high and new-track thresholds)."""
+"""The options set from the detector's score threshold in ``detforge track`` and ``val --track``: the score a
+detection needs for the first association, and to start a track (ByteTrack's high and new-track thresholds)."""
+
+NEW_TRACK_MARGIN = 0.1
+"""A new track needs the first association's threshold plus this: the ByteTrack paper's rule (its code's
+``det_thresh = track_thresh + 0.1``; the ``trackers`` package's defaults 0.6 / 0.7 keep it)."""
 
 
 def tracker_thresholds(name: str, conf: float) -> dict[str, float]:
     """Options of tracker ``name`` set from the detector's score threshold ``conf`` (the checkpoint's F1-best
-    confidence, or ``--conf``): each of :data:`CONF_OPTIONS` it takes. The ``trackers`` package's defaults
-    (0.6 / 0.7) suit a detector whose scores are calibrated like YOLOX's on COCO; a detector trained here
-    has its own best point, measured on its validation data. Options the user sets win over these."""
+    confidence, or ``--conf``): ``high_conf_det_threshold`` = ``conf`` and ``track_activation_threshold`` =
+    ``conf`` + :data:`NEW_TRACK_MARGIN` (at most 1), for those of them it takes. The ``trackers`` package's
+    defaults (0.6 / 0.7) suit a detector whose scores are calibrated like YOLOX's on MOT17; a detector trained
+    here has its own best point, measured on its validation data. Options the user sets win over these."""
     accepted = tracker_options(name)
-    return {option: float(conf) for option in CONF_OPTIONS if option in accepted}
+    values = {
+        "high_conf_det_threshold": float(conf),
+        "track_activation_threshold": min(float(conf) + NEW_TRACK_MARGIN, 1.0),
+    }
+    return {option: value for option, value in values.items() if option in accepted}
 
 
 def _builder(name: str) -> Callable[..., Any]:

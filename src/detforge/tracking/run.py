@@ -5,15 +5,21 @@ Frames are decoded, batched (``batch`` at a time for files and folders, one at a
 whose frames arrive live), detected by a :class:`~detforge.engines.pipeline.DetectionPipeline`, tracked, drawn
 and written as they go: an annotated video (``<out>/<name>.mp4``), the MOT-challenge results file
 (``<out>/<name>.txt``, with a tracker) and per-frame records for ``predictions.json``. A progress line on stderr
-gives frames/s. Where the time goes is counted (:class:`SequenceReport`): the network, tracking, decoding,
-drawing and writing.
+gives frames/s.
+
+Decoding runs in a thread ahead of the network, and drawing and encoding the annotated video in another behind
+it (OpenCV releases the GIL while it decodes and encodes): the loop waits for them only when they fall behind.
+Where the time goes is counted (:class:`SequenceReport`) as the loop sees it: the network, tracking, and the
+waits for decoding and for the writer.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +46,9 @@ def frame_tensor(frame: np.ndarray, channels: int = 3) -> Tensor:
 
 @dataclass
 class SequenceReport:
-    """What one source gave: frames, detections, tracks, output files, and seconds per stage."""
+    """What one source gave: frames, detections, tracks, output files, and the loop's seconds per stage:
+    ``network`` (pre-processing, network, post-processing), ``track``, and its waits for the decoding thread
+    (``decode``) and the drawing + encoding thread (``write``, with the MOT file)."""
 
     name: str
     frames: int = 0
@@ -48,7 +56,7 @@ class SequenceReport:
     track_ids: set[int] = field(default_factory=set)
     outputs: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("decode", "network", "track", "draw", "write"), 0.0)
+        default_factory=lambda: dict.fromkeys(("decode", "network", "track", "write"), 0.0)
     )
     wall: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -117,7 +125,7 @@ def run_sequence(
     report = SequenceReport(source.name)
     seconds = report.seconds
     step = 1 if source.live else max(1, int(batch))
-    writer: AnnotatedVideoWriter | None = None
+    writer: _DrawingWriter | None = None
     bar = _Progress(source.name, source.num_frames, progress)
     if tracker is not None:
         tracker.reset()
@@ -125,7 +133,6 @@ def run_sequence(
     start = time.perf_counter()
 
     def flush(frames: list[np.ndarray], numbers: list[int]) -> None:
-        nonlocal writer
         t0 = time.perf_counter()
         preds = pipeline([frame_tensor(f, channels) for f in frames])
         seconds["network"] += time.perf_counter() - t0
@@ -142,28 +149,23 @@ def run_sequence(
             report.detections += len(pred["scores"])
             if records is not None:
                 records.append(_record(source, number, frame, pred, class_names))
-            if draw and out is not None:
-                drawn = draw_tracks(frame, pred, class_names)
-                t2 = time.perf_counter()
-                seconds["draw"] += t2 - t1
-                if writer is None:
-                    path = out / f"{source.name}{video_suffix}"
-                    writer = AnnotatedVideoWriter(path, source.fps, frame.shape[:2])
-                writer.write(drawn)
-                seconds["write"] += time.perf_counter() - t2
+            if writer is not None:
+                writer.put(frame, pred)  # drawn and encoded in the writer's thread
+                seconds["write"] += time.perf_counter() - t1
             report.frames += 1
         bar.update(report.frames)
 
     frames: list[np.ndarray] = []
     numbers: list[int] = []
-    skipped_before = 0
+    if draw and out is not None:
+        writer = _DrawingWriter(out / f"{source.name}{video_suffix}", source.fps, class_names)
+    decoded = _Prefetch(_numbered(source), size=2 * step)
     try:
         t0 = time.perf_counter()
-        for frame in source:
+        for number, frame in decoded:
             seconds["decode"] += time.perf_counter() - t0
-            skipped_before = len(source.skipped)
             frames.append(frame)
-            numbers.append(source.frames_read + skipped_before)  # 1-based position in the sequence
+            numbers.append(number)
             if len(frames) == step:
                 flush(frames, numbers)
                 frames, numbers = [], []
@@ -171,9 +173,13 @@ def run_sequence(
         if frames:
             flush(frames, numbers)
     finally:
+        decoded.close()
         if writer is not None:  # also on an error or Ctrl-C: the frames written so far stay playable
-            writer.close()
-            report.outputs.append(writer.path)
+            t0 = time.perf_counter()
+            path = writer.close()
+            seconds["write"] += time.perf_counter() - t0
+            if path is not None:
+                report.outputs.append(path)
     if tracker is not None and out is not None:
         from detforge.data.mot import write_mot_txt
 
@@ -189,6 +195,97 @@ def run_sequence(
     if source.stopped_early:
         report.warnings.append(source.stopped_early)
     return report
+
+
+def _numbered(source: VideoSource) -> Iterator[tuple[int, np.ndarray]]:
+    """``(frame number, frame)``: the 1-based position in the sequence, skipped unreadable frames counted."""
+    for frame in source:
+        yield source.frames_read + len(source.skipped), frame
+
+
+class _Prefetch:
+    """Iterates ``items`` in a daemon thread, up to ``size`` ahead; an exception there is raised here, in order."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator, size: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, size))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True, name="detforge-decode")
+        self._thread.start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            self._queue.put(err)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading ahead (the consumer left early) and wait for the thread."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+
+
+class _DrawingWriter:
+    """Draws each frame's boxes and encodes it into ``path`` in a thread; :meth:`put` blocks only when the
+    thread is 8 frames behind. :meth:`close` finishes the video (playable) and re-raises a failure there."""
+
+    def __init__(self, path: Path, fps: float, class_names: list[str] | None) -> None:
+        self.path, self.fps, self.class_names = path, fps, class_names
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._video: AnnotatedVideoWriter | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="detforge-write")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the failure is raised by close()
+            try:
+                frame, pred = item
+                if self._video is None:
+                    self._video = AnnotatedVideoWriter(self.path, self.fps, frame.shape[:2])
+                self._video.write(draw_tracks(frame, pred, self.class_names))
+            except BaseException as err:  # noqa: BLE001 - re-raised by close()
+                self._error = err
+
+    def put(self, frame: np.ndarray, pred: dict[str, Tensor]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((frame, pred))
+
+    def close(self) -> Path | None:
+        """Finish the video; returns its path (None when no frame was written)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._video is not None:
+            self._video.close()
+        if self._error is not None:
+            raise self._error
+        return self.path if self._video is not None and self._video.frames else None
 
 
 def _record(
