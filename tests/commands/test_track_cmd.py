@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detforge.cli import main as cli_main
@@ -124,3 +125,20 @@ def test_predict_on_a_video_equals_predict_on_its_frames(tiny_checkpoint, video,
     for v, f in zip(from_video, from_images, strict=True):
         assert "track_id" not in str(v) and v["detections"] == f["detections"]
     assert (tmp_path / "v" / "clip.mp4").is_file()
+
+
+def test_track_with_onnxruntime_gives_the_torch_tracks(tiny_checkpoint, video, tmp_path):
+    """The exported model tracks as the eager one (the checkpoint's cached ONNX export in onnxruntime)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    ckpt = shutil.copy(tiny_checkpoint, tmp_path / "tiny.ckpt")
+    argv = ["--ckpt", str(ckpt), str(video), "--conf", "0", "--no-draw", "--batch", "4"]
+    argv += ["--tracker-option", "minimum_score=0", "--tracker-option", "track_activation_threshold=0"]
+    assert _track(argv, tmp_path / "torch") == 0
+    assert _track([*argv, "--engine", "onnxruntime"], tmp_path / "ort") == 0
+    eager, ort = read_mot_txt(tmp_path / "torch" / "clip.txt"), read_mot_txt(tmp_path / "ort" / "clip.txt")
+    assert sorted(eager) == sorted(ort) and eager
+    for frame in eager:
+        assert eager[frame]["track_ids"].tolist() == ort[frame]["track_ids"].tolist()
+        torch.testing.assert_close(ort[frame]["boxes"], eager[frame]["boxes"], atol=2e-3, rtol=0)

@@ -17,7 +17,17 @@ KWARGS = {"sequence_length": 8, "image_size": 96}
 def test_val_track_scores_the_written_tracks(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "val"
     argv = ["val", "--ckpt", str(tiny_checkpoint), "--data", SPEC, "--dataset-kwargs", json.dumps(KWARGS)]
-    argv += ["--track", "--conf", "0", "--tracker-option", "minimum_score=0", "--out", str(out), "--batch", "4"]
+    argv += [
+        "--track",
+        "--conf",
+        "0",
+        "--tracker-option",
+        "minimum_score=0",
+        "--out",
+        str(out),
+        "--batch",
+        "4",
+    ]
     argv += ["--tracker-option", "track_activation_threshold=0"]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
@@ -28,7 +38,9 @@ def test_val_track_scores_the_written_tracks(tiny_checkpoint, tmp_path, capsys):
     expected = evaluate_sequences(runs).as_dict()
     assert saved["combined"]["HOTA"] == pytest.approx(expected["combined"]["HOTA"], abs=1e-3)
     assert saved["combined"]["IDSW"] == expected["combined"]["IDSW"]
-    assert saved["tracker_options"]["high_conf_det_threshold"] == 0.0, "the detector's threshold reaches the tracker"
+    assert saved["tracker_options"]["high_conf_det_threshold"] == 0.0, (
+        "the detector's threshold reaches the tracker"
+    )
 
 
 def test_val_track_needs_a_video_data_set(tiny_checkpoint, tmp_path, capsys):

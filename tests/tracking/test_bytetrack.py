@@ -223,6 +223,7 @@ def test_the_papers_second_stage_trusts_a_low_score_box_only_on_a_live_track_it_
     """Default (the paper): a low-score box continues a track seen in the previous frame when their IoU is at
     least 0.5; it does not continue a lost track (missed last frame) nor one it barely overlaps, which the
     package's second stage (IoU 0.1, lost tracks included) does."""
+
     def run(options, frames):
         tracker = create_tracker("bytetrack", **options)
         return [reported(tracker.update(frame_of(*f))) for f in frames]

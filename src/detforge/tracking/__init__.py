@@ -4,7 +4,8 @@
 reference, ``ocsort``, ``botsort``, ``sort`` from Roboflow's ``trackers`` package, and ``memory``, the edge
 detectors' GRU tracker) returns a :class:`Tracker` whose
 ``update(detections, image=None)`` takes one frame's ``dict(boxes, scores, labels)`` and returns the boxes
-it reports with ``track_ids``; see :mod:`detforge.tracking.base`.
+it reports with ``track_ids``; see :mod:`detforge.tracking.base`. ``track(model, source)`` runs a model and a
+tracker over a video, frame by frame (:mod:`detforge.tracking.api`).
 
 Also here: video sources and the annotated-video writer (:mod:`detforge.tracking.video`), the frame loop of
 ``detforge track`` (:mod:`detforge.tracking.run`), MOT metrics equal to TrackEval's
@@ -14,6 +15,7 @@ Also here: video sources and the annotated-video writer (:mod:`detforge.tracking
 Kept light: importing this package imports no tracker implementation (they load on first use).
 """
 
+from detforge.tracking.api import track
 from detforge.tracking.base import Tracker
 from detforge.tracking.registry import (
     create_tracker,
@@ -28,6 +30,7 @@ __all__ = [
     "create_tracker",
     "list_trackers",
     "register_tracker",
+    "track",
     "tracker_options",
     "tracker_thresholds",
 ]

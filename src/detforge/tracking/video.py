@@ -166,7 +166,8 @@ def open_video_source(source: str, *, default_fps: float = 30.0) -> VideoSource:
     if source.isdigit():
         return VideoSource(source, "camera", f"camera{source}", default_fps)
     if "://" in source:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.split("://", 1)[1])[:64]
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.split("://", 1)[1])
+        name = name[-64:].strip("_.")  # the end of a long URL tells streams apart
         return VideoSource(source, "stream", name or "stream", default_fps)
     path = Path(source)
     if path.is_dir():
