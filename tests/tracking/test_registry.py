@@ -108,3 +108,14 @@ def test_tracker_thresholds_follow_the_detectors_threshold():
     assert tracker_thresholds("memory", 0.3) == {}
     for name in ("bytetrack", "ocsort", "botsort", "sort"):  # every value is an option the tracker takes
         create_tracker(name, **tracker_thresholds(name, 0.3))
+
+
+def test_model_options_hand_the_edge_detectors_memory_to_the_memory_tracker(tiny_detector):
+    from detforge.models import create_model
+    from detforge.tracking.registry import model_options
+
+    nexus = create_model("nexus", num_classes=2)
+    assert model_options("memory", nexus) == {"memory": nexus.memory}
+    assert model_options("bytetrack", nexus) == {}
+    assert model_options("memory", tiny_detector()) == {}, "a model without a memory: constant velocity"
+    create_tracker("memory", **model_options("memory", nexus))

@@ -107,6 +107,7 @@ def _evaluate_tracking(args: argparse.Namespace, parser: argparse.ArgumentParser
     from detforge.errors import InvalidValueError
     from detforge.tracking import create_tracker, tracker_thresholds
     from detforge.tracking.evaluate import dataset_sequences, evaluate_tracking
+    from detforge.tracking.registry import model_options
 
     if args.slice is not None:
         raise InvalidValueError("--track runs on whole frames: leave out --slice")
@@ -125,7 +126,7 @@ def _evaluate_tracking(args: argparse.Namespace, parser: argparse.ArgumentParser
     create_tracker(args.tracker, **options)  # an unknown tracker or option: one line before the model loads
     started = prepare_inference(args, parser, batch=args.batch)
     options = {**tracker_thresholds(args.tracker, started.conf), **options}
-    tracker = create_tracker(args.tracker, **options)
+    tracker = create_tracker(args.tracker, **{**model_options(args.tracker, started.detector), **options})
     out = args.out or (Path(args.ckpt).parent / "val_report" if args.ckpt is not None else Path("runs/val"))
     evaluation = evaluate_tracking(
         sequences,

@@ -48,8 +48,13 @@ def run_videos(
     tracker = None
     if tracker_name is not None:  # the detector's threshold is the tracker's, unless an option says otherwise
         from detforge.tracking import create_tracker, tracker_thresholds
+        from detforge.tracking.registry import model_options
 
-        options = {**tracker_thresholds(tracker_name, started.conf), **(tracker_options or {})}
+        options = {
+            **tracker_thresholds(tracker_name, started.conf),
+            **model_options(tracker_name, started.detector),  # e.g. Nexus's GRU memory for `memory`
+            **(tracker_options or {}),
+        }
         tracker = create_tracker(tracker_name, **options)
     command = "track" if tracker is not None else "predict"
     problems = 0

@@ -73,12 +73,13 @@ def track(
         (``boxes`` [M, 4] xyxy pixels, ``scores`` [M], ``labels`` [M], ``track_ids`` [M] int64).
     """
     from detforge.metrics.f1 import DEFAULT_CONF
-    from detforge.tracking.registry import create_tracker, tracker_thresholds
+    from detforge.tracking.registry import create_tracker, model_options, tracker_thresholds
     from detforge.tracking.run import _numbered, frame_tensor
     from detforge.tracking.video import open_video_source
 
     conf = float(conf if conf is not None else getattr(model, "best_conf", None) or DEFAULT_CONF)
-    follower = create_tracker(tracker, **{**tracker_thresholds(tracker, conf), **tracker_options})
+    options = {**tracker_thresholds(tracker, conf), **model_options(tracker, model), **tracker_options}
+    follower = create_tracker(tracker, **options)
     floor = min(getattr(follower, "minimum_score", conf), conf)
     pipeline = _pipeline(model, imgsz)
     channels = getattr(getattr(model, "hparams", None), "get", lambda *_: None)("in_chans") or 3

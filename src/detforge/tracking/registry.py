@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_TRACKER",
     "create_tracker",
     "list_trackers",
+    "model_options",
     "register_tracker",
     "tracker_options",
     "tracker_thresholds",
@@ -103,6 +104,19 @@ def tracker_thresholds(name: str, conf: float) -> dict[str, float]:
         "track_activation_threshold": min(float(conf) + NEW_TRACK_MARGIN, 1.0),
     }
     return {option: value for option, value in values.items() if option in accepted}
+
+
+def model_options(name: str, model) -> dict[str, object]:
+    """Options of tracker ``name`` that come from the detector itself: its learned object memory
+    (``model.memory``, the edge detectors' GRU) for a tracker taking ``memory``; ``model`` is the network
+    (a :class:`~detforge.models.base.Detector`) or an ``ObjectDetector`` holding it."""
+    from torch import nn
+
+    network = getattr(model, "model", model)
+    memory = getattr(network, "memory", None)
+    if "memory" in tracker_options(name) and isinstance(memory, nn.Module):
+        return {"memory": memory}
+    return {}
 
 
 def _builder(name: str) -> Callable[..., Any]:
