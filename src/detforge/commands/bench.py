@@ -1,9 +1,8 @@
 """``detforge bench``: time a model's forward and postprocess on this machine (median over repeats).
 
-``--engine torch,onnxruntime,openvino`` times each engine (:mod:`detforge.engines`) on the same model and
-input, one row each: the eager model, and its exported graph in onnxruntime or OpenVINO (``--ckpt``: the
-cached export beside the checkpoint; ``--model``: a temporary export; ``--weights FILE.onnx|FILE.xml``: that
-file, exported engines only).
+``--engine torch,onnxruntime`` times each engine (:mod:`detforge.engines`) on the same model and input, one
+row each: the eager model, and its ONNX graph in onnxruntime (``--ckpt``: the cached export beside the
+checkpoint; ``--model``: a temporary export; ``--weights FILE.onnx``: that file, onnxruntime only).
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights",
         default=None,
-        help="with --model: its named weights (coco) or a file in their layout; a path ending in .onnx or .xml: "
-        "an exported file (--engine onnxruntime / openvino)",
+        help="with --model: its named weights (coco) or a file in their layout; a path ending in .onnx: an "
+        "exported file (--engine onnxruntime)",
     )
     parser.add_argument(
         "--engine",
         default="torch",
-        help="torch (default), onnxruntime, openvino, or several to compare: torch,onnxruntime,openvino "
-        "(one row each)",
+        help="torch (default), onnxruntime, or both to compare: torch,onnxruntime (one row each)",
     )
     parser.add_argument("--imgsz", type=int, default=None, help="square input size (default: the model's)")
     parser.add_argument("--batch", type=int, default=1)
@@ -93,13 +91,13 @@ def main(argv: list[str]) -> int:
     from detforge.engine.memory_format import choose_memory_formats
     from detforge.engine.threads import chosen_threads, configure_threads
     from detforge.engine.validate import resolve_device
-    from detforge.engines import is_exported_file, load_command_detector, open_engine, parse_engine_names
+    from detforge.engines import is_onnx_file, load_command_detector, open_engine, parse_engine_names
     from detforge.models.fold_batchnorm import fold_batchnorm
 
     engines = parse_engine_names(args.engine, allow_several=True)  # an unknown engine: one line, exit 2
     configure_threads(args.threads or "auto")
     device = resolve_device(args.device)
-    onnx_file = args.weights if is_exported_file(args.weights) else None
+    onnx_file = args.weights if is_onnx_file(args.weights) else None
     if args.ckpt or onnx_file:
         detector = load_command_detector(args.ckpt, None, onnx_file, device)
         name = args.ckpt or onnx_file
@@ -112,7 +110,7 @@ def main(argv: list[str]) -> int:
     model = detector.model
     size = args.imgsz or max(getattr(model, "default_input_size", (640,)))
     images = torch.rand(args.batch, getattr(model, "in_chans", 3), size, size, device=device)
-    threads = chosen_threads(args.threads or "auto")  # onnxruntime's / OpenVINO's threads, as torch's
+    threads = chosen_threads(args.threads or "auto")  # onnxruntime's intra-op threads, as torch's
     runners = {
         e: open_engine(e, detector, size, ckpt=args.ckpt, onnx=onnx_file, threads=threads) for e in engines
     }

@@ -1,4 +1,4 @@
-"""``detforge export --ckpt C --format onnx|int8|openvino [--nms] [--dynamic] [--data SPEC]``: write a checkpoint's
+"""``detforge export --ckpt C --format onnx|int8 [--nms] [--dynamic] [--data SPEC]``: write a checkpoint's
 detector as ONNX, the one exporter for every model (``detforge.export``; edge detectors included).
 
 Without ``--nms`` the graph returns the raw head tensors (``model.export_raw``, plus a video model's state
@@ -6,11 +6,9 @@ outputs); with it, final ``boxes`` / ``scores`` / ``labels`` / ``num_detections`
 graph). ``--dynamic`` makes the batch dynamic, and the height and width too where the raw graph allows it.
 ``--format int8`` also writes a static INT8 copy (QDQ, per-channel weights) calibrated on ``--calib`` training
 images of ``--data`` (default: the run's data, from the config.yaml beside the checkpoint); without any data
-it falls back to dynamic quantization and says so. ``--format openvino`` converts the graph to an OpenVINO IR
-(``--out model.xml``, its weights in ``model.bin``; ``--precision fp16`` compresses the weights) for
-``--engine openvino``. The formats are looked up by name in
+it falls back to dynamic quantization and says so. The formats are looked up by name in
 :mod:`detforge.export.registry` (``register_exporter``). Every file carries what ``--engine onnxruntime``
-(or ``--engine openvino``) needs to rebuild detforge's pre- and post-processing around it (:mod:`detforge.export.metadata`).
+needs to rebuild detforge's pre- and post-processing around it (:mod:`detforge.export.metadata`).
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "export a checkpoint to ONNX (optionally with NMS in the graph), INT8 or OpenVINO"
+HELP = "export a checkpoint to ONNX (optionally with NMS in the graph) or INT8"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,18 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         default="onnx",
-        help="a registered export format (detforge.export): onnx (default), int8 (ONNX with INT8 weights "
-        "and activations) or openvino (an OpenVINO IR .xml + .bin, for --engine openvino)",
+        help="a registered export format: onnx (default) or int8 (detforge.export)",
     )
-    parser.add_argument(
-        "--out", default=None, help="output .onnx (openvino: .xml) path (default: next to the checkpoint)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "fp16"),
-        default="fp32",
-        help="--format openvino: fp32 (default) or fp16 (weights compressed to float16)",
-    )
+    parser.add_argument("--out", default=None, help="output .onnx path (default: next to the checkpoint)")
     parser.add_argument("--nms", action="store_true", help="decode and run NMS inside the graph")
     parser.add_argument(
         "--dynamic", action="store_true", help="dynamic batch (and height / width if possible)"
@@ -99,11 +88,7 @@ def main(argv: list[str]) -> int:
         args.imgsz or detector.hparams.get("imgsz") or max(getattr(model, "default_input_size", (640,)))
     )
     source = Path(args.ckpt) if args.ckpt else Path(f"{args.model}_{Path(str(args.weights)).stem}")
-    suffix = ".xml" if args.format == "openvino" else ".onnx"
-    out = Path(args.out) if args.out else source.with_suffix((".nms" if args.nms else "") + suffix)
-    if args.precision != "fp32" and args.format != "openvino":
-        parser.error("--precision is an option of --format openvino")
-    options = {"precision": args.precision} if args.format == "openvino" else {}
+    out = Path(args.out) if args.out else source.with_suffix(".nms.onnx" if args.nms else ".onnx")
     example = torch.rand(args.batch, detector.hparams.in_chans, imgsz, imgsz)
     calibration = None
     if args.format == "int8":
@@ -123,7 +108,6 @@ def main(argv: list[str]) -> int:
         opset=args.opset,
         calib_data=calibration,
         metadata=detector_metadata(detector, (imgsz, imgsz), args.nms, source=what),
-        **options,
     )
     if Path(path) != out and out.is_file():  # a format that also wrote the float graph (int8)
         print(f"ONNX: {out} ({out.stat().st_size} bytes)")

@@ -39,14 +39,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, batch: int = 8) -> N
     parser.add_argument(
         "--weights",
         default=None,
-        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx (.xml) is an "
-        "exported file (with --engine onnxruntime or openvino (openvino), no --model)",
+        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx is an "
+        "exported file (with --engine onnxruntime, no --model)",
     )
     parser.add_argument(
         "--engine",
         default="torch",
-        help="torch (default: eager PyTorch), onnxruntime or openvino (--weights FILE.onnx / FILE.xml, or "
-        "--ckpt: a cached export)",
+        help="torch (default: eager PyTorch) or onnxruntime (--weights FILE.onnx, or --ckpt: a cached export)",
     )
     parser.add_argument(
         "--imgsz", type=int, default=None, help="network input size (default: the training size)"
@@ -99,14 +98,14 @@ def prepare_inference(
         torch_only: a reason the run needs the eager model (``--slice``), refused with another engine.
         memory_format: measure channels-last against NCHW (off for sliced inference, whose tile batches vary).
     """
-    from detforge.engines import is_exported_file, parse_engine_names
+    from detforge.engines import is_onnx_file, parse_engine_names
 
     (engine_name,) = parse_engine_names(args.engine)  # an unknown engine: one line and exit 2
-    named = args.weights is not None and not is_exported_file(args.weights)
+    named = args.weights is not None and not is_onnx_file(args.weights)
     if (args.ckpt is None) == (args.weights is None) or (args.model is None) == named:
         parser.error(
             "give --ckpt CKPT, --model NAME --weights W (e.g. --model fcos_resnet50_fpn --weights coco), or "
-            "--weights FILE.onnx --engine onnxruntime (FILE.xml --engine openvino)"
+            "--weights FILE.onnx --engine onnxruntime"
         )
     from detforge.engine.threads import configure_threads
 
@@ -123,10 +122,10 @@ def prepare_inference(
     conf, conf_source = choose_conf(args.conf, getattr(detector, "best_conf", None))
     log(conf_source)
     own_preprocess = uses_own_preprocess(detector)  # named weights: their resize, on the images as they are
-    onnx_file = args.weights if is_exported_file(args.weights) else None
-    if engine_name != "torch" and (own_preprocess or torch_only):
+    onnx_file = args.weights if is_onnx_file(args.weights) else None
+    if engine_name == "onnxruntime" and (own_preprocess or torch_only):
         why = torch_only or "named weights with their own pre-processing"
-        raise InvalidValueError(f"--engine {engine_name}: {why} runs with --engine torch only")
+        raise InvalidValueError(f"--engine onnxruntime: {why} runs with --engine torch only")
     if engine_name == "torch" and not args.no_fold_batchnorm and onnx_file is None:
         log(f"{fold_batchnorm(detector.model)} BatchNorm layers folded into their convolutions")
     imgsz = int(

@@ -8,7 +8,6 @@ detforge val --ckpt C --data synthetic-dense:50 --slice 512 --overlap 0.2   # sl
 detforge val --model fasterrcnn_resnet50_fpn --weights coco --data coco:ANN.json:IMAGES   # a COCO-trained model
 detforge val --ckpt runs/train/exp/best.ckpt --engine onnxruntime   # the network in onnxruntime (cached export)
 detforge val --weights best.onnx --engine onnxruntime --data synthetic:50   # an exported file (detforge export)
-detforge val --ckpt runs/train/exp/best.ckpt --engine openvino   # the network in OpenVINO (cached IR export)
 detforge val --ckpt C --data synthetic-video --track   # track the sequences, print HOTA / MOTA / IDF1
 """
 
@@ -47,14 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--weights",
         default=None,
-        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx (.xml) is an "
-        "exported file (with --engine onnxruntime or openvino (openvino), no --model)",
+        help="the model's named weights (coco) or a file in their layout; a path ending in .onnx is an "
+        "exported file (with --engine onnxruntime, no --model)",
     )
     model.add_argument(
         "--engine",
         default="torch",
-        help="torch (default: eager PyTorch), onnxruntime or openvino (--weights FILE.onnx / FILE.xml, or "
-        "--ckpt: a cached export)",
+        help="torch (default: eager PyTorch) or onnxruntime (--weights FILE.onnx, or --ckpt: a cached export)",
     )
     model.add_argument(
         "--data",
@@ -248,13 +246,13 @@ def main(argv: list[str]) -> int:
     from detforge.engine.threads import configure_threads
 
     configure_threads()
-    from detforge.engines import is_exported_file, parse_engine_names
+    from detforge.engines import is_onnx_file, parse_engine_names
 
     parse_engine_names(args.engine)  # an unknown engine: one line and exit 2
-    if (args.model is None) == (args.weights is not None and not is_exported_file(args.weights)):
+    if (args.model is None) == (args.weights is not None and not is_onnx_file(args.weights)):
         parser.error(
             "--model and --weights go together (a registered model and its named weights); an exported "
-            "--weights FILE.onnx (FILE.xml) needs no --model"
+            "--weights FILE.onnx needs no --model"
         )
     if args.track:
         if args.gt is not None or args.pred is not None:

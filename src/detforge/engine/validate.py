@@ -187,9 +187,9 @@ def validate_checkpoint(
             file in their layout; ``data`` is then needed): the images are read at their own size and the
             model's own pre-processing runs (:meth:`~detforge.models.base.Detector.predict`); its labels are
             mapped to the data set's through the category ids (COCO's 90 ids to a COCO file's classes).
-            ``weights`` ending in ``.onnx`` (``.xml``) is an exported file (``detforge export``; no
-            ``model_name``), run with ``engine="onnxruntime"`` (``"openvino"``).
-        engine: ``"torch"`` (eager), ``"onnxruntime"`` or ``"openvino"`` (:mod:`detforge.engines`): the exported ``weights``
+            ``weights`` ending in ``.onnx`` is an exported file (``detforge export``; no ``model_name``), run
+            with ``engine="onnxruntime"``.
+        engine: ``"torch"`` (eager) or ``"onnxruntime"`` (:mod:`detforge.engines`): the exported ``weights``
             file, or for ``ckpt`` its cached export beside it; the same pre- and post-processing either way.
 
     Returns:
@@ -201,7 +201,7 @@ def validate_checkpoint(
     from detforge.data.datamodule import DetectionDataModule
     from detforge.engine.callbacks import atomic_write, format_table
     from detforge.engine.report import gallery_images, write_report
-    from detforge.engines import engine_detections, is_exported_file, load_command_detector, open_engine
+    from detforge.engines import engine_detections, is_onnx_file, load_command_detector, open_engine
     from detforge.metrics import DetectionMAP, plot_detection_summary, write_coco_results
     from detforge.metrics.confusion import image_errors
     from detforge.slicing.predict import sliced_predict
@@ -231,10 +231,10 @@ def validate_checkpoint(
     own_preprocess = uses_own_preprocess(model) and slicing is None
     dev = model.device
     imgsz = imgsz or model.hparams.get("imgsz") or _default_imgsz(model)
-    if engine != "torch" and (own_preprocess or slicing is not None):
+    if engine == "onnxruntime" and (own_preprocess or slicing is not None):
         why = "sliced inference" if slicing is not None else "named weights with their own pre-processing"
-        raise InvalidValueError(f"--engine {engine}: {why} runs with --engine torch only")
-    onnx = str(weights) if is_exported_file(weights) else None
+        raise InvalidValueError(f"--engine onnxruntime: {why} runs with --engine torch only")
+    onnx = str(weights) if is_onnx_file(weights) else None
     runner = open_engine(engine, model, int(imgsz), ckpt=ckpt, onnx=onnx, log=print if verbose else None)
     dm = DetectionDataModule(
         data=data,

@@ -3,27 +3,17 @@
 - :mod:`detforge.engines.base`: the :class:`Engine` protocol and :func:`engine_detections`;
 - :mod:`detforge.engines.torch_engine`: :class:`TorchEngine`, the eager model;
 - :mod:`detforge.engines.ort`: :class:`OnnxRuntimeEngine`, an exported ``.onnx`` file in onnxruntime;
-- :mod:`detforge.engines.openvino_engine`: :class:`OpenVINOEngine`, an exported ``.xml`` (or ``.onnx``) file
-  in OpenVINO (imported when used);
-- :mod:`detforge.engines.exported`: what the engines of exported graphs share;
-- :mod:`detforge.engines.load`: the ``--engine`` / ``--weights FILE.onnx|FILE.xml`` choices of ``predict``, ``val`` and
+- :mod:`detforge.engines.load`: the ``--engine`` / ``--weights FILE.onnx`` choices of ``predict``, ``val`` and
   ``bench`` (:func:`load_command_detector`, :func:`open_engine`, the checkpoint's cached export).
 """
 
 from detforge.engines.base import ENGINE_NAMES, Engine, EngineName, engine_detections, parse_engine_names
-from detforge.engines.load import (
-    cached_export,
-    cached_onnx,
-    is_exported_file,
-    is_onnx_file,
-    load_command_detector,
-    open_engine,
-)
+from detforge.engines.load import cached_onnx, is_onnx_file, load_command_detector, open_engine
 from detforge.engines.ort import OnnxRuntimeEngine, ort_session
 from detforge.engines.torch_engine import TorchEngine
 
 __all__ = [
-    "ENGINE_NAMES", "Engine", "EngineName", "OnnxRuntimeEngine", "TorchEngine", "cached_export", "cached_onnx",
-    "engine_detections", "is_exported_file", "is_onnx_file", "load_command_detector", "open_engine", "ort_session",
+    "ENGINE_NAMES", "Engine", "EngineName", "OnnxRuntimeEngine", "TorchEngine", "cached_onnx",
+    "engine_detections", "is_onnx_file", "load_command_detector", "open_engine", "ort_session",
     "parse_engine_names",
 ]  # fmt: skip

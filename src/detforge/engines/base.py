@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 __all__ = ["ENGINE_NAMES", "Engine", "EngineName", "engine_detections", "parse_engine_names"]
 
-EngineName = Literal["torch", "onnxruntime", "openvino"]
+EngineName = Literal["torch", "onnxruntime"]
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 
 

@@ -1,10 +1,7 @@
-"""What an exported ``.onnx`` (or OpenVINO ``.xml``) file carries to rebuild detforge's pre- and
-post-processing around it.
+"""What an exported ``.onnx`` file carries to rebuild detforge's pre- and post-processing around it.
 
 ``detforge export`` (and :func:`detector_metadata` for any ``ObjectDetector``) writes these string entries
-into the file's ``metadata_props`` (an OpenVINO IR: its runtime info under ``detforge``,
-:mod:`detforge.export.openvino`); ``--engine onnxruntime --weights model.onnx`` (or ``--engine openvino
---weights model.xml``) reads them back
+into the file's ``metadata_props``; ``--engine onnxruntime --weights model.onnx`` reads them back
 (:func:`read_metadata`) and rebuilds the model skeleton with :func:`detector_from_metadata`:
 
 - ``detforge.format``: ``"1"``, the layout of these entries;
@@ -104,13 +101,7 @@ def write_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> Path
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Every ``metadata_props`` entry of the ONNX file at ``path`` (the graph's weights are not read), or for an
-    OpenVINO IR (``.xml``) the detforge entries of its runtime info
-    (:func:`detforge.export.openvino.read_openvino_metadata`)."""
-    if str(path).lower().endswith(".xml"):
-        from detforge.export.openvino import read_openvino_metadata
-
-        return read_openvino_metadata(path)
+    """Every ``metadata_props`` entry of the ONNX file at ``path`` (the graph's weights are not read)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -131,7 +122,7 @@ def detector_from_metadata(path: str | os.PathLike, metadata: Mapping[str, str] 
     if meta.get("detforge.format") != METADATA_FORMAT or "detforge.hparams" not in meta:
         raise InvalidValueError(
             f"{path}: no detforge metadata (written by `detforge export` of this version?): export the "
-            "checkpoint again with `detforge export --ckpt CKPT`, or run it with --ckpt CKPT --engine onnxruntime|openvino"
+            "checkpoint again with `detforge export --ckpt CKPT`, or run it with --ckpt CKPT --engine onnxruntime"
         )
     hparams = upgrade_hparams(json.loads(meta["detforge.hparams"]), source=str(path))
     backbone = hparams.get("backbone")

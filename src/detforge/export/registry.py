@@ -7,9 +7,8 @@ An exporter is a function ``(model, out_path, *, example, nms, dynamic, opset, c
     def export_onnx_format(model, out_path, *, example, nms=False, dynamic=False, opset=17,
                            calib_data=None, metadata=None) -> Path: ...
 
-The built-in formats (``onnx``, ``int8``, ``openvino``) register themselves in :mod:`detforge.export.onnx`,
-:mod:`detforge.export.int8` and :mod:`detforge.export.openvino`; :func:`list_formats` and :func:`get_exporter`
-import them first. A format may take options of its own as further keywords (``openvino``: ``precision``).
+The built-in formats (``onnx``, ``int8``) register themselves in :mod:`detforge.export.onnx` and
+:mod:`detforge.export.int8`; :func:`list_formats` and :func:`get_exporter` import them first.
 """
 
 from __future__ import annotations
@@ -77,11 +76,10 @@ def _qualified(function: Any) -> str:
 def _load_builtins() -> None:
     import detforge.export.onnx  # noqa: F401, I001  (registers "onnx" first)
     import detforge.export.int8  # noqa: F401  (registers "int8")
-    import detforge.export.openvino  # noqa: F401  (registers "openvino"; imports openvino when it runs)
 
 
 def list_formats() -> tuple[str, ...]:
-    """The registered format names, in registration order (``("onnx", "int8", "openvino", ...)``)."""
+    """The registered format names, in registration order (``("onnx", "int8", ...)``)."""
     _load_builtins()
     return tuple(_EXPORTERS)
 
