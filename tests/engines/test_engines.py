@@ -1,6 +1,7 @@
 """The engines behind ``--engine``: onnxruntime gives the model's raw outputs back under their names (or the
 detections of a graph with NMS), and the shared post-processing makes the detections the torch engine's."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,27 @@ def test_engine_names_and_missing_file(tiny_detector, tmp_path):
         parse_engine_names("torch,onnxruntime")
     with pytest.raises(FileNotFoundError, match=r"missing\.onnx: no such ONNX file"):
         OnnxRuntimeEngine(_tiny(tiny_detector), tmp_path / "missing.onnx")
+
+
+def test_layer_major_outputs_keep_every_decoder_layer(tmp_path):
+    """``rtdetr_n``'s ``[decoder layers, B, queries, C]`` outputs: a batch smaller than the layer count comes
+    back whole (it was cut to its first layers once), and static-batch runs join on the batch axis."""
+    from detforge.engines.ort import join_runs
+    from detforge.export import get_exporter
+    from detforge.models import create_model
+
+    model = create_model("rtdetr_n", num_classes=3).eval()
+    model.score_thresh = 0.0  # random weights: keep every query, so the last layer's scores are compared
+    image = torch.rand(1, 3, 128, 128)
+    path = get_exporter("onnx")(model, tmp_path / "rtdetr.onnx", example=image, dynamic=True)
+    with torch.no_grad():
+        expected = model.postprocess(model(image), [(128, 128)])[0]
+    got = engine_detections(OnnxRuntimeEngine(model, path), model, image, [(128, 128)])[0]
+    assert len(expected["scores"]) > 0
+    torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=0)
+
+    parts = [np.arange(24).reshape(3, 2, 4), np.arange(24).reshape(3, 2, 4) + 100]  # [layers, B, C] x 2 runs
+    joined = join_runs(parts, step=2, total=3)
+    assert joined.shape == (3, 3, 4)
+    np.testing.assert_array_equal(joined[:, 2], parts[1][:, 0])

@@ -43,6 +43,15 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def join_runs(parts: list[np.ndarray], step: int, total: int) -> np.ndarray:
+    """One output of runs of ``step`` images joined along its batch axis and cut to ``total`` images: the
+    first axis of size ``step`` (axis 0 for most outputs; axis 1 for a layer-major one such as a DETR
+    decoder's ``[layers, B, queries, C]``, which cutting axis 0 would truncate to its first layers)."""
+    axis = next((a for a, n in enumerate(parts[0].shape) if n == step), 0)
+    joined = np.concatenate(parts, axis=axis)
+    return np.take(joined, np.arange(total), axis=axis)
+
+
 class OnnxRuntimeEngine:
     """An exported graph of ``model`` run by onnxruntime (module docstring).
 
@@ -103,8 +112,10 @@ class OnnxRuntimeEngine:
                     k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in part.items()
                 }
             runs.append(self.session.run(self.output_names, part))
+        if len(runs) == 1 and step == total:  # one run of the whole batch: every output as the graph gave it
+            return dict(zip(self.output_names, runs[0], strict=True))
         return {
-            name: np.concatenate([run[i] for run in runs])[:total] for i, name in enumerate(self.output_names)
+            name: join_runs([run[i] for run in runs], step, total) for i, name in enumerate(self.output_names)
         }
 
     def __call__(
