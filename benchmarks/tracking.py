@@ -217,7 +217,7 @@ def end_to_end(ckpt: Path, frames: int = 150, rounds: int = 3) -> None:
     from detforge.commands.inference import prepare_inference
     from detforge.commands.track import build_parser
     from detforge.data.synthetic_video import SyntheticVideo
-    from detforge.tracking import create_tracker, tracker_thresholds
+    from detforge.tracking.registry import create_detector_tracker
     from detforge.tracking.run import frame_tensor, run_sequence
     from detforge.tracking.video import AnnotatedVideoWriter, open_video_source
 
@@ -240,13 +240,12 @@ def end_to_end(ckpt: Path, frames: int = 150, rounds: int = 3) -> None:
 
         def tracked(draw: bool):
             def run() -> float:
-                tracker = create_tracker("bytetrack", **tracker_thresholds("bytetrack", started.conf))
+                tracker = create_detector_tracker("bytetrack", conf=started.conf)
                 report = run_sequence(
                     open_video_source(str(video)),
                     started.pipeline,
                     conf=started.conf,
                     tracker=tracker,
-                    tracker_min_score=tracker.minimum_score,
                     out=Path(tmp) / "out",
                     batch=1,
                     draw=draw,

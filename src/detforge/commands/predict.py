@@ -88,6 +88,7 @@ def main(argv: list[str]) -> int:
         memory_format=args.slice is None,
     )
     from detforge.engine.callbacks import atomic_write, draw_predictions
+    from detforge.engines.pipeline import detection_records
     from detforge.io import load_image_uint8
 
     model, conf, names = started.detector, started.conf, started.class_names
@@ -119,21 +120,12 @@ def main(argv: list[str]) -> int:
         for path, raw, pred in zip(chunk, originals, preds, strict=True):
             keep = pred["scores"] >= conf
             pred = {k: v[keep].cpu() for k, v in pred.items()}
-            dets = [
-                {
-                    "box": [round(float(c), 2) for c in box],
-                    "score": round(float(score), 4),
-                    "label": int(label),
-                    "class_name": names[int(label)] if names else str(int(label)),
-                }
-                for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)
-            ]
             records.append(
                 {
                     "file": str(path),
                     "height": int(raw.shape[-2]),
                     "width": int(raw.shape[-1]),
-                    "detections": dets,
+                    "detections": detection_records(pred, names),
                 }
             )
             if not args.no_draw:

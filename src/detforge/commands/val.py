@@ -85,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     track.add_argument("--tracker", default="bytetrack", help="a registered tracker (default bytetrack)")
     track.add_argument(
-        "--tracker-option", action="append", default=[], metavar="NAME=VALUE", help="a tracker option (repeatable)"
+        "--tracker-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a tracker option (repeatable)",
     )
     track.add_argument(
         "--conf",
@@ -107,7 +111,7 @@ def _evaluate_tracking(args: argparse.Namespace, parser: argparse.ArgumentParser
     from detforge.errors import InvalidValueError
     from detforge.tracking import create_tracker, tracker_thresholds
     from detforge.tracking.evaluate import dataset_sequences, evaluate_tracking
-    from detforge.tracking.registry import model_options
+    from detforge.tracking.registry import create_detector_tracker
 
     if args.slice is not None:
         raise InvalidValueError("--track runs on whole frames: leave out --slice")
@@ -120,13 +124,15 @@ def _evaluate_tracking(args: argparse.Namespace, parser: argparse.ArgumentParser
         if kwargs is None and data == run.get("data"):
             kwargs = run.get("dataset_kwargs") or {}
     if not isinstance(data, str):
-        raise InvalidValueError("--track: give the video data set (--data synthetic-video or --data mot:ROOT)")
+        raise InvalidValueError(
+            "--track: give the video data set (--data synthetic-video or --data mot:ROOT)"
+        )
     sequences = dataset_sequences(build_dataset(data, "val", **(kwargs or {})))
     options = parse_options(args.tracker_option)
     create_tracker(args.tracker, **options)  # an unknown tracker or option: one line before the model loads
     started = prepare_inference(args, parser, batch=args.batch)
-    options = {**tracker_thresholds(args.tracker, started.conf), **options}
-    tracker = create_tracker(args.tracker, **{**model_options(args.tracker, started.detector), **options})
+    tracker = create_detector_tracker(args.tracker, conf=started.conf, detector=started.detector, **options)
+    options = {**tracker_thresholds(args.tracker, started.conf), **options}  # for the report
     out = args.out or (Path(args.ckpt).parent / "val_report" if args.ckpt is not None else Path("runs/val"))
     evaluation = evaluate_tracking(
         sequences,

@@ -47,15 +47,11 @@ def run_videos(
     opener = open_source or (lambda s: open_video_source(s, default_fps=getattr(args, "fps", None) or 30.0))
     tracker = None
     if tracker_name is not None:  # the detector's threshold is the tracker's, unless an option says otherwise
-        from detforge.tracking import create_tracker, tracker_thresholds
-        from detforge.tracking.registry import model_options
+        from detforge.tracking.registry import create_detector_tracker
 
-        options = {
-            **tracker_thresholds(tracker_name, started.conf),
-            **model_options(tracker_name, started.detector),  # e.g. Nexus's GRU memory for `memory`
-            **(tracker_options or {}),
-        }
-        tracker = create_tracker(tracker_name, **options)
+        tracker = create_detector_tracker(
+            tracker_name, conf=started.conf, detector=started.detector, **(tracker_options or {})
+        )
     command = "track" if tracker is not None else "predict"
     problems = 0
     for spec in sources:
@@ -72,7 +68,6 @@ def run_videos(
                 started.pipeline,
                 conf=started.conf,
                 tracker=tracker,
-                tracker_min_score=getattr(tracker, "minimum_score", None),
                 out=out,
                 batch=args.batch,
                 channels=started.detector.hparams.in_chans,

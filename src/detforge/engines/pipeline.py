@@ -15,7 +15,7 @@ from torch import Tensor
 
 from detforge.engines.base import Engine, engine_detections
 
-__all__ = ["DetectionPipeline"]
+__all__ = ["DetectionPipeline", "detection_records"]
 
 
 class DetectionPipeline:
@@ -58,3 +58,21 @@ class DetectionPipeline:
         sizes = [tuple(int(v) for v in t["size"]) for t in targets]
         preds = engine_detections(self.engine, self.detector.model, stacked, sizes)
         return to_original_size(preds, targets)
+
+
+def detection_records(pred: dict[str, Tensor], class_names: list[str] | None) -> list[dict]:
+    """``predictions.json``'s detections of one image or frame: ``box`` (xyxy pixels, 0.01 px), ``score``,
+    ``label``, ``class_name`` and, for tracked detections (``track_ids`` in ``pred``), ``track_id``."""
+    ids = pred.get("track_ids")
+    records = []
+    for i, (box, score, label) in enumerate(zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)):
+        record = {
+            "box": [round(float(c), 2) for c in box],
+            "score": round(float(score), 4),
+            "label": int(label),
+            "class_name": class_names[int(label)] if class_names else str(int(label)),
+        }
+        if ids is not None:
+            record["track_id"] = int(ids[i])
+        records.append(record)
+    return records

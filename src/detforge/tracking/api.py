@@ -73,31 +73,16 @@ def track(
         (``boxes`` [M, 4] xyxy pixels, ``scores`` [M], ``labels`` [M], ``track_ids`` [M] int64).
     """
     from detforge.metrics.f1 import DEFAULT_CONF
-    from detforge.tracking.registry import create_tracker, model_options, tracker_thresholds
-    from detforge.tracking.run import _numbered, frame_tensor
+    from detforge.tracking.registry import create_detector_tracker
+    from detforge.tracking.run import _numbered, detect_and_track
     from detforge.tracking.video import open_video_source
 
     conf = float(conf if conf is not None else getattr(model, "best_conf", None) or DEFAULT_CONF)
-    options = {**tracker_thresholds(tracker, conf), **model_options(tracker, model), **tracker_options}
-    follower = create_tracker(tracker, **options)
-    floor = min(getattr(follower, "minimum_score", conf), conf)
+    follower = create_detector_tracker(tracker, conf=conf, detector=model, **tracker_options)
     pipeline = _pipeline(model, imgsz)
     channels = getattr(getattr(model, "hparams", None), "get", lambda *_: None)("in_chans") or 3
     video = open_video_source(str(source))
     step = 1 if video.live else max(1, int(batch))
-    pending: list[tuple[int, np.ndarray]] = []
-    for item in _numbered(video):
-        pending.append(item)
-        if len(pending) < step:
-            continue
-        yield from _run(pending, pipeline, follower, floor, channels, frame_tensor)
-        pending = []
-    if pending:
-        yield from _run(pending, pipeline, follower, floor, channels, frame_tensor)
-
-
-def _run(pending, pipeline, follower, floor, channels, frame_tensor):
-    preds = pipeline([frame_tensor(frame, channels) for _, frame in pending])
-    for (number, frame), pred in zip(pending, preds, strict=True):
-        keep = pred["scores"] >= floor
-        yield number, frame, follower.update({k: v[keep].cpu() for k, v in pred.items()}, image=frame)
+    yield from detect_and_track(
+        _numbered(video), pipeline, conf=conf, tracker=follower, step=step, channels=channels
+    )

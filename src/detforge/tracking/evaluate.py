@@ -73,7 +73,6 @@ def evaluate_tracking(
             pipeline,
             conf=conf,
             tracker=tracker,
-            tracker_min_score=getattr(tracker, "minimum_score", None),
             out=out,
             batch=batch,
             channels=channels,

@@ -26,6 +26,7 @@ from detforge.errors import InvalidValueError
 __all__ = [
     "CONF_OPTIONS",
     "DEFAULT_TRACKER",
+    "create_detector_tracker",
     "create_tracker",
     "list_trackers",
     "model_options",
@@ -117,6 +118,14 @@ def model_options(name: str, model) -> dict[str, object]:
     if "memory" in tracker_options(name) and isinstance(memory, nn.Module):
         return {"memory": memory}
     return {}
+
+
+def create_detector_tracker(name: str, *, conf: float, detector=None, **options: Any):
+    """:func:`create_tracker` for a detector's detections, as ``detforge track``, ``val --track`` and
+    :func:`detforge.tracking.track` build it: :func:`tracker_thresholds` from ``conf`` and
+    :func:`model_options` from ``detector`` (when given), under the ``options`` the user sets."""
+    from_model = model_options(name, detector) if detector is not None else {}
+    return create_tracker(name, **{**tracker_thresholds(name, conf), **from_model, **options})
 
 
 def _builder(name: str) -> Callable[..., Any]:

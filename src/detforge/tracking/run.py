@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from detforge.engines.pipeline import detection_records
 from detforge.tracking.video import AnnotatedVideoWriter, VideoSource, draw_tracks
 
 __all__ = ["SequenceReport", "frame_tensor", "run_sequence"]
@@ -66,10 +67,6 @@ class SequenceReport:
     def fps(self) -> float:
         return self.frames / self.wall if self.wall > 0 else 0.0
 
-    def outside_network(self) -> float:
-        """Share of the wall time not spent in the network (decode, tracking, drawing, writing, the loop)."""
-        return 1.0 - self.seconds["network"] / self.wall if self.wall > 0 else 0.0
-
 
 class _Progress:
     """One stderr line with frames done and frames/s: rewritten in place on a terminal, every 10 s else."""
@@ -99,7 +96,6 @@ def run_sequence(
     *,
     conf: float,
     tracker=None,
-    tracker_min_score: float | None = None,
     out: Path | None = None,
     batch: int = 8,
     channels: int = 3,
@@ -114,10 +110,8 @@ def run_sequence(
     Args:
         source: the frames (:func:`detforge.tracking.video.open_video_source`).
         pipeline: decoded images (Tensor[C, H, W] uint8 each) -> detections in their pixels.
-        conf: the score threshold of what is drawn and recorded without a tracker.
-        tracker: a :class:`detforge.tracking.Tracker` (``reset()`` first), or None to only detect.
-        tracker_min_score: detections at or above this score go to the tracker (ByteTrack's second stage
-            wants the low-score ones); default ``conf``.
+        conf: the score threshold (see :func:`detect_and_track`).
+        tracker: a :class:`detforge.tracking.Tracker` (reset first), or None to only detect.
         out: folder for ``<name>.mp4`` (when ``draw``) and ``<name>.txt`` (MOT results, with a tracker).
         batch: frames per forward pass for files and folders; cameras and streams run one at a time.
         records: per-frame records for ``predictions.json`` are appended here when given.
@@ -129,49 +123,27 @@ def run_sequence(
     bar = _Progress(source.name, source.num_frames, progress)
     if tracker is not None:
         tracker.reset()
-    min_score = conf if tracker_min_score is None else min(tracker_min_score, conf)
     start = time.perf_counter()
-
-    def flush(frames: list[np.ndarray], numbers: list[int]) -> None:
-        t0 = time.perf_counter()
-        preds = pipeline([frame_tensor(f, channels) for f in frames])
-        seconds["network"] += time.perf_counter() - t0
-        for frame, number, pred in zip(frames, numbers, preds, strict=True):
+    if draw and out is not None:
+        writer = _DrawingWriter(out / f"{source.name}{video_suffix}", source.fps, class_names)
+    decoded = _Prefetch(_numbered(source), size=2 * step)
+    try:
+        frames = detect_and_track(
+            decoded, pipeline, conf=conf, tracker=tracker, step=step, channels=channels, seconds=seconds
+        )
+        for number, frame, pred in frames:
             t0 = time.perf_counter()
-            keep = pred["scores"] >= (min_score if tracker is not None else conf)
-            pred = {k: v[keep].cpu() for k, v in pred.items()}  # [K, ...]
             if tracker is not None:
-                pred = tracker.update(pred, image=frame)
                 report.tracked[number] = pred
                 report.track_ids.update(pred["track_ids"].tolist())
-            t1 = time.perf_counter()
-            seconds["track"] += t1 - t0
             report.detections += len(pred["scores"])
             if records is not None:
                 records.append(_record(source, number, frame, pred, class_names))
             if writer is not None:
                 writer.put(frame, pred)  # drawn and encoded in the writer's thread
-                seconds["write"] += time.perf_counter() - t1
+            seconds["write"] += time.perf_counter() - t0
             report.frames += 1
-        bar.update(report.frames)
-
-    frames: list[np.ndarray] = []
-    numbers: list[int] = []
-    if draw and out is not None:
-        writer = _DrawingWriter(out / f"{source.name}{video_suffix}", source.fps, class_names)
-    decoded = _Prefetch(_numbered(source), size=2 * step)
-    try:
-        t0 = time.perf_counter()
-        for number, frame in decoded:
-            seconds["decode"] += time.perf_counter() - t0
-            frames.append(frame)
-            numbers.append(number)
-            if len(frames) == step:
-                flush(frames, numbers)
-                frames, numbers = [], []
-            t0 = time.perf_counter()
-        if frames:
-            flush(frames, numbers)
+            bar.update(report.frames)
     finally:
         decoded.close()
         if writer is not None:  # also on an error or Ctrl-C: the frames written so far stay playable
@@ -195,6 +167,52 @@ def run_sequence(
     if source.stopped_early:
         report.warnings.append(source.stopped_early)
     return report
+
+
+def detect_and_track(
+    frames: Iterable[tuple[int, np.ndarray]],
+    pipeline: Callable[[list[Tensor]], list[dict[str, Tensor]]],
+    *,
+    conf: float,
+    tracker=None,
+    step: int = 1,
+    channels: int = 3,
+    seconds: dict[str, float] | None = None,
+) -> Iterator[tuple[int, np.ndarray, dict[str, Tensor]]]:
+    """The one detect-and-track loop of ``detforge track``, ``predict`` on videos, ``val --track`` and
+    :func:`detforge.tracking.track`: ``(number, frame)`` pairs (RGB [H, W, 3] uint8) run ``step`` at a time
+    through ``pipeline``; each frame's detections scoring at least ``conf`` are yielded, or with a tracker
+    those down to its low threshold (``minimum_score``: ByteTrack's second stage) go to ``tracker.update`` and
+    its output is yielded. ``seconds`` (when given) gains the waits for ``frames`` (``decode``), the
+    ``network`` and the ``track`` time."""
+    floor = conf if tracker is None else min(getattr(tracker, "minimum_score", conf), conf)
+    timer = seconds if seconds is not None else dict.fromkeys(("decode", "network", "track"), 0.0)
+    pending: list[tuple[int, np.ndarray]] = []
+    items = iter(frames)
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        timer["decode"] += time.perf_counter() - t0
+        if item is not None:
+            pending.append(item)
+            if len(pending) < step:
+                continue
+        if not pending:  # the frames ended on a full batch
+            return
+        t0 = time.perf_counter()
+        preds = pipeline([frame_tensor(frame, channels) for _, frame in pending])
+        timer["network"] += time.perf_counter() - t0
+        for (number, frame), pred in zip(pending, preds, strict=True):
+            t0 = time.perf_counter()
+            keep = pred["scores"] >= floor
+            pred = {k: v[keep].cpu() for k, v in pred.items()}  # [K, ...]
+            if tracker is not None:
+                pred = tracker.update(pred, image=frame)
+            timer["track"] += time.perf_counter() - t0
+            yield number, frame, pred
+        pending = []
+        if item is None:
+            return
 
 
 def _numbered(source: VideoSource) -> Iterator[tuple[int, np.ndarray]]:
@@ -293,18 +311,6 @@ def _record(
 ) -> dict:
     """One frame's ``predictions.json`` record: the source, the frame number (1-based), its size and the
     detections (``box`` xyxy pixels, ``score``, ``label``, ``class_name``, and ``track_id`` when tracked)."""
-    ids = pred.get("track_ids")
-    dets = []
-    for i, (box, score, label) in enumerate(zip(pred["boxes"], pred["scores"], pred["labels"], strict=True)):
-        det = {
-            "box": [round(float(c), 2) for c in box],
-            "score": round(float(score), 4),
-            "label": int(label),
-            "class_name": names[int(label)] if names else str(int(label)),
-        }
-        if ids is not None:
-            det["track_id"] = int(ids[i])
-        dets.append(det)
     record = {
         "file": source.source,
         "frame": number,
@@ -313,5 +319,5 @@ def _record(
     }
     if source.frame_paths:
         record["image"] = str(source.frame_paths[number - 1])
-    record["detections"] = dets
+    record["detections"] = detection_records(pred, names)
     return record
